@@ -1,0 +1,162 @@
+//! A circuit breaker that really opens.
+//!
+//! Closed: every call goes through; `failure_threshold` consecutive transient failures open it.
+//! Open: calls are rejected at once (a miss, no waiting) for `open_for`. Half-open: after the
+//! cool-down exactly one probe call goes through; success closes the breaker, failure re-opens
+//! it for another `open_for`.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker (0 disables the breaker).
+    pub failure_threshold: u32,
+    /// How long it stays open before a probe.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(5),
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// A breaker configuration.
+    pub fn new(failure_threshold: u32, open_for: Duration) -> Self {
+        BreakerConfig {
+            failure_threshold,
+            open_for,
+        }
+    }
+}
+
+/// Breaker state, for health reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls are rejected.
+    Open,
+    /// One probe is allowed.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    config: BreakerConfig,
+    epoch: Instant,
+    failures: AtomicU32,
+    /// Nanoseconds since `epoch` until which the breaker is open; 0 = closed.
+    open_until: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
+        Breaker {
+            config,
+            epoch: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.open_until.load(Acquire) {
+            0 => BreakerState::Closed,
+            until if self.now() < until => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a call may go through now. A `true` in half-open state reserves the probe: the
+    /// caller must report the outcome.
+    pub(crate) fn allow(&self) -> bool {
+        match self.state() {
+            BreakerState::Closed => true,
+            BreakerState::Open => false,
+            BreakerState::HalfOpen => self
+                .probing
+                .compare_exchange(false, true, AcqRel, Acquire)
+                .is_ok(),
+        }
+    }
+
+    pub(crate) fn success(&self) {
+        self.failures.store(0, Release);
+        if self.open_until.load(Acquire) != 0 {
+            self.open_until.store(0, Release);
+            self.probing.store(false, Release);
+            tracing::info!("cache circuit breaker closed");
+        }
+    }
+
+    pub(crate) fn failure(&self) {
+        if self.config.failure_threshold == 0 {
+            return;
+        }
+        let open = self.open_until.load(Acquire) != 0;
+        let failures = self.failures.fetch_add(1, AcqRel) + 1;
+        if open || failures >= self.config.failure_threshold {
+            let until = self.now() + self.config.open_for.as_nanos() as u64;
+            self.open_until.store(until, Release);
+            self.probing.store(false, Release);
+            if !open {
+                tracing::warn!(
+                    failures,
+                    open_for = ?self.config.open_for,
+                    "cache circuit breaker opened: lookups and writes are skipped"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_probes_and_closes() {
+        let b = Breaker::new(BreakerConfig::new(3, Duration::from_millis(30)));
+        assert!(b.allow());
+        b.failure();
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.allow(), "one probe");
+        assert!(!b.allow(), "only one probe");
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow());
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.allow() && b.allow());
+    }
+
+    #[test]
+    fn success_resets_the_count() {
+        let b = Breaker::new(BreakerConfig::new(2, Duration::from_secs(10)));
+        b.failure();
+        b.success();
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+}

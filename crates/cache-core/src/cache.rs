@@ -1,0 +1,1531 @@
+//! The orchestration: the one place that turns a request into a hit or a miss.
+//!
+//! ```text
+//! prepare:  gates (enabled, call type, mode, max_messages) → directives → key
+//! lookup:   L1 (memory) → breaker → backend with a deadline → decode + validate → semantic
+//! miss:     single-flight (one upstream call per key) → store off the response path
+//! ```
+//!
+//! Fail-open: every backend call has a deadline; an error, a timeout or an open breaker is a miss,
+//! logged with `tracing` and counted in [`Stats`]. Writes run in the background and never fail
+//! or slow the call.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{CacheBackend, Health, SharedBackend};
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::directives::CacheControl;
+use crate::envelope::{Entry, Usage, now_ms};
+use crate::error::{CacheError, Result};
+use crate::flight::{Flights, Join, Waited};
+use crate::key::{CacheKey, CallKind, KeyBuilder, KeyContext, KeyOptions};
+use crate::memory::{MemoryBackend, MemoryConfig};
+use crate::output::has_output;
+use crate::semantic::{SemanticLayer, SemanticRequest};
+use crate::stats::{CacheEvent, CacheObserver, EventKind, Stats};
+
+/// When the cache is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Every supported request reads and writes (LiteLLM `default_on`).
+    #[default]
+    DefaultOn,
+    /// Only requests with `use-cache: true` read and write (LiteLLM `default_off`).
+    DefaultOff,
+}
+
+/// Settings of the in-memory L1 tier in front of a shared backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct L1Config {
+    /// Bounds of the tier.
+    pub memory: MemoryConfig,
+    /// Longest an entry stays in L1. It never outlives the backend entry's own expiry.
+    pub ttl: Duration,
+}
+
+impl L1Config {
+    /// An L1 tier with the given bounds and TTL.
+    pub fn new(memory: MemoryConfig, ttl: Duration) -> Self {
+        L1Config { memory, ttl }
+    }
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        L1Config {
+            memory: MemoryConfig::default().with_max_items(Some(10_000)),
+            ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything that shapes the cache's behaviour, besides the backend.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CacheSettings {
+    /// `default_on` or `default_off`.
+    pub mode: CacheMode,
+    /// Call kinds that read and write (default: all).
+    pub supported_call_types: BTreeSet<CallKind>,
+    /// Requests with more messages than this are neither looked up nor stored (default: no
+    /// limit; LiteLLM's silent default of 4 is its F15).
+    pub max_messages: Option<usize>,
+    /// Namespace of every key (a per-request `namespace` directive wins).
+    pub namespace: Option<String>,
+    /// TTL of entries written without a per-request `ttl` (`None`: no expiry).
+    pub default_ttl: Option<Duration>,
+    /// Deadline of a backend read.
+    pub read_timeout: Duration,
+    /// Deadline of a backend write (runs in the background).
+    pub write_timeout: Duration,
+    /// Deadline of admin operations (delete, clear, ping).
+    pub admin_timeout: Duration,
+    /// Deadline of a semantic lookup (embedding + vector search).
+    pub semantic_timeout: Duration,
+    /// Circuit breaker of the backend.
+    pub breaker: BreakerConfig,
+    /// Single-flight of concurrent identical misses.
+    pub coalesce: bool,
+    /// Longest a follower waits for the leader's upstream call before going alone.
+    pub coalesce_timeout: Duration,
+    /// Optional in-memory tier in front of the backend.
+    pub l1: Option<L1Config>,
+    /// Key computation.
+    pub keys: KeyOptions,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            mode: CacheMode::DefaultOn,
+            supported_call_types: CallKind::ALL.into_iter().collect(),
+            max_messages: None,
+            namespace: None,
+            default_ttl: None,
+            read_timeout: Duration::from_millis(50),
+            write_timeout: Duration::from_secs(2),
+            admin_timeout: Duration::from_secs(10),
+            semantic_timeout: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
+            coalesce: true,
+            coalesce_timeout: Duration::from_secs(120),
+            l1: None,
+            keys: KeyOptions::default(),
+        }
+    }
+}
+
+/// Builds a [`Cache`] (or a [`CacheEngine`] to swap into a running one).
+#[derive(Debug)]
+pub struct CacheBuilder {
+    backend: SharedBackend,
+    settings: CacheSettings,
+    semantic: Option<Arc<dyn SemanticLayer>>,
+}
+
+impl CacheBuilder {
+    /// A builder over a backend, with default settings.
+    pub fn new(backend: impl CacheBackend) -> Self {
+        Self::from_shared(Arc::new(backend))
+    }
+
+    /// A builder over a shared backend handle.
+    pub fn from_shared(backend: SharedBackend) -> Self {
+        CacheBuilder {
+            backend,
+            settings: CacheSettings::default(),
+            semantic: None,
+        }
+    }
+
+    /// Replaces all settings.
+    pub fn settings(mut self, settings: CacheSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Mutates the settings in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut CacheSettings)) -> Self {
+        f(&mut self.settings);
+        self
+    }
+
+    /// Sets the namespace.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.settings.namespace = Some(ns.into());
+        self
+    }
+
+    /// Sets the default TTL.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the read deadline.
+    pub fn read_timeout(mut self, d: Duration) -> Self {
+        self.settings.read_timeout = d;
+        self
+    }
+
+    /// Adds an in-memory L1 tier.
+    pub fn l1(mut self, l1: L1Config) -> Self {
+        self.settings.l1 = Some(l1);
+        self
+    }
+
+    /// Adds a semantic layer consulted after an exact miss.
+    pub fn semantic(mut self, layer: Arc<dyn SemanticLayer>) -> Self {
+        self.semantic = Some(layer);
+        self
+    }
+
+    /// Builds an engine (to pass to [`Cache::update`]).
+    pub fn build_engine(self) -> Arc<CacheEngine> {
+        let settings = self.settings;
+        Arc::new(CacheEngine {
+            keys: KeyBuilder::new(settings.keys.clone()),
+            l1: settings.l1.as_ref().map(|c| MemoryBackend::new(c.memory.clone())),
+            breaker: Breaker::new(settings.breaker),
+            semantic_breaker: Breaker::new(settings.breaker),
+            backend: self.backend,
+            semantic: self.semantic,
+            flights: Flights::default(),
+            writes: TaskTracker::new(),
+            settings,
+        })
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> Cache {
+        Cache::new(Some(self.build_engine()))
+    }
+}
+
+/// One configured cache: backend, tiers, breaker, settings. Swapped atomically by
+/// [`Cache::update`]; requests in flight keep the engine they started with.
+pub struct CacheEngine {
+    settings: CacheSettings,
+    keys: KeyBuilder,
+    backend: SharedBackend,
+    l1: Option<MemoryBackend>,
+    breaker: Breaker,
+    semantic: Option<Arc<dyn SemanticLayer>>,
+    semantic_breaker: Breaker,
+    flights: Flights,
+    writes: TaskTracker,
+}
+
+impl fmt::Debug for CacheEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheEngine")
+            .field("backend", &self.backend.name())
+            .field("l1", &self.l1.is_some())
+            .field("semantic", &self.semantic.as_ref().map(|s| s.name().to_owned()))
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl CacheEngine {
+    /// The settings.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// The main backend.
+    pub fn backend(&self) -> &SharedBackend {
+        &self.backend
+    }
+
+    /// State of the backend's circuit breaker.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Number of keys with an upstream call in flight (single-flight leaders).
+    pub fn in_flight(&self) -> usize {
+        self.flights.in_flight()
+    }
+
+    /// The key builder.
+    pub fn keys(&self) -> &KeyBuilder {
+        &self.keys
+    }
+
+    /// The L1 tier, if any.
+    pub fn l1(&self) -> Option<&MemoryBackend> {
+        self.l1.as_ref()
+    }
+}
+
+struct Shared {
+    engine: ArcSwapOption<CacheEngine>,
+    stats: Stats,
+    observers: ArcSwap<Vec<Arc<dyn CacheObserver>>>,
+}
+
+/// The cache handle: cheap to clone, safe to share. Enable, disable or replace the active
+/// configuration at runtime without stopping in-flight calls.
+#[derive(Clone)]
+pub struct Cache {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("engine", &self.shared.engine.load())
+            .finish()
+    }
+}
+
+/// Where a hit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The in-memory L1 tier.
+    L1,
+    /// The main backend.
+    Backend,
+    /// The semantic layer.
+    Semantic,
+}
+
+/// Why a lookup did not produce a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissReason {
+    /// No entry.
+    NotFound,
+    /// An entry older than the request's `s-maxage`/`max-age`.
+    Stale,
+    /// Lookup skipped by `no-cache` (the result is still stored).
+    NoCache,
+    /// An entry that did not decode or does not fit the request (counted as corrupt).
+    Unusable,
+    /// The backend failed or timed out.
+    Error,
+    /// The circuit breaker is open.
+    BreakerOpen,
+}
+
+impl MissReason {
+    /// Label for logs and the `Cache-Status` detail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissReason::NotFound => "not-found",
+            MissReason::Stale => "stale",
+            MissReason::NoCache => "no-cache",
+            MissReason::Unusable => "unusable-entry",
+            MissReason::Error => "backend-error",
+            MissReason::BreakerOpen => "breaker-open",
+        }
+    }
+}
+
+/// A cache hit.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The entry.
+    pub entry: Entry,
+    /// Its age.
+    pub age: Duration,
+    /// Where it came from.
+    pub tier: Tier,
+    /// Similarity, for semantic hits.
+    pub similarity: Option<f32>,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Served from the cache.
+    Hit(Hit),
+    /// Not served from the cache; the caller goes upstream.
+    Miss(MissReason),
+    /// The cache does not apply to this request.
+    Bypass(&'static str),
+}
+
+/// What the cache did for a request: the `Cache-Status` (RFC 9211) of the response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheStatus {
+    /// Served from the cache.
+    Hit {
+        /// Tier.
+        tier: Tier,
+        /// Age of the entry.
+        age: Duration,
+        /// Similarity (semantic hits).
+        similarity: Option<f32>,
+    },
+    /// Fetched upstream.
+    Miss {
+        /// Why.
+        reason: MissReason,
+        /// Whether the response is being stored.
+        stored: bool,
+    },
+    /// Answered by a concurrent identical request's upstream call.
+    Coalesced,
+    /// Embeddings: some inputs served from the cache, the rest fetched upstream.
+    Partial {
+        /// Inputs served from the cache.
+        cached: usize,
+        /// All inputs.
+        total: usize,
+        /// Whether the fetched inputs are being stored.
+        stored: bool,
+    },
+    /// Not cacheable.
+    Bypass {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl CacheStatus {
+    /// The `Cache-Status` header value (RFC 9211) with `name` as the cache identifier.
+    pub fn header_value(&self, name: &str) -> String {
+        match self {
+            CacheStatus::Hit {
+                tier, similarity, ..
+            } => match (tier, similarity) {
+                (Tier::Semantic, Some(s)) => {
+                    format!("{name}; hit; detail=semantic; key=\"similarity={s:.4}\"")
+                }
+                (Tier::Semantic, None) => format!("{name}; hit; detail=semantic"),
+                (Tier::L1, _) => format!("{name}; hit; detail=l1"),
+                (Tier::Backend, _) => format!("{name}; hit"),
+            },
+            CacheStatus::Miss { reason, stored } => {
+                let fwd = match reason {
+                    MissReason::Stale => "stale",
+                    MissReason::NoCache => "request",
+                    _ => "miss",
+                };
+                let mut s = format!("{name}; fwd={fwd}");
+                if *stored {
+                    s.push_str("; stored");
+                }
+                if matches!(
+                    reason,
+                    MissReason::Error | MissReason::BreakerOpen | MissReason::Unusable
+                ) {
+                    s.push_str("; detail=");
+                    s.push_str(reason.as_str());
+                }
+                s
+            }
+            CacheStatus::Coalesced => format!("{name}; fwd=miss; collapsed"),
+            CacheStatus::Partial {
+                cached,
+                total,
+                stored,
+            } => {
+                let stored = if *stored { "; stored" } else { "" };
+                format!("{name}; fwd=partial{stored}; detail=\"cached {cached} of {total}\"")
+            }
+            CacheStatus::Bypass { reason } => format!("{name}; fwd=bypass; detail={reason}"),
+        }
+    }
+
+    /// Whether the response came from the cache.
+    pub fn is_hit(&self) -> bool {
+        matches!(self, CacheStatus::Hit { .. })
+    }
+}
+
+/// A value with what the cache did for it.
+#[derive(Debug, Clone)]
+pub struct Cached<T> {
+    /// The response.
+    pub value: T,
+    /// What the cache did.
+    pub status: CacheStatus,
+    /// The key used, when the request was cacheable.
+    pub key: Option<CacheKey>,
+    /// The served entry (hits only).
+    pub entry: Option<Entry>,
+}
+
+/// Errors of a cached call.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<E> {
+    /// The upstream call failed (never cached).
+    #[error("upstream call failed: {0}")]
+    Upstream(E),
+    /// `only-if-cached` and nothing usable was cached.
+    #[error("only-if-cached: no cached response")]
+    NotCached,
+    /// Invalid cache input (a bad `cache_key`, a request that is not an object).
+    #[error(transparent)]
+    Invalid(CacheError),
+}
+
+/// Per-request context besides the body and directives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContext<'a> {
+    /// Model group (the proxy's `model_name`); keyed instead of `model`.
+    pub model_group: Option<&'a str>,
+    /// Tenant partition: requests with different partitions never share entries.
+    pub partition: Option<&'a str>,
+}
+
+/// A ping report (the proxy's `/cache/ping`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PingReport {
+    /// Backend health.
+    pub health: Health,
+    /// Whether a test write + read round-trip succeeded.
+    pub set_ok: bool,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Semantic layer health, when configured.
+    pub semantic: Option<std::result::Result<Health, String>>,
+}
+
+/// A request prepared for the cache: gates applied, key computed.
+pub struct Prepared {
+    cache: Cache,
+    engine: Option<Arc<CacheEngine>>,
+    kind: CallKind,
+    key: Option<CacheKey>,
+    read: bool,
+    write: bool,
+    ttl: Option<Duration>,
+    max_age: Option<Duration>,
+    only_if_cached: bool,
+    bypass: Option<&'static str>,
+    semantic: Option<SemanticInput>,
+}
+
+#[derive(Clone)]
+struct SemanticInput {
+    request: Arc<Value>,
+    model_group: Option<String>,
+    namespace: Option<String>,
+    min_similarity: Option<f32>,
+}
+
+impl SemanticInput {
+    fn as_request(&self, kind: CallKind) -> SemanticRequest<'_> {
+        SemanticRequest::new(
+            kind,
+            &self.request,
+            self.model_group.as_deref(),
+            self.namespace.as_deref(),
+            self.min_similarity,
+        )
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("kind", &self.kind)
+            .field("key", &self.key)
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .field("ttl", &self.ttl)
+            .field("max_age", &self.max_age)
+            .field("bypass", &self.bypass)
+            .finish()
+    }
+}
+
+fn message_count(request: &Value) -> usize {
+    if let Some(m) = request.get("messages").and_then(Value::as_array) {
+        return m.len();
+    }
+    match request.get("input") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter(|i| i.is_object() && i.get("type").and_then(Value::as_str) != Some("file"))
+            .count(),
+        _ => 0,
+    }
+}
+
+impl Cache {
+    /// A cache with the given engine (`None`: disabled).
+    pub fn new(engine: Option<Arc<CacheEngine>>) -> Self {
+        Cache {
+            shared: Arc::new(Shared {
+                engine: ArcSwapOption::new(engine),
+                stats: Stats::default(),
+                observers: ArcSwap::from_pointee(Vec::new()),
+            }),
+        }
+    }
+
+    /// A builder over a backend.
+    pub fn builder(backend: impl CacheBackend) -> CacheBuilder {
+        CacheBuilder::new(backend)
+    }
+
+    /// An in-memory cache with default settings.
+    pub fn in_memory() -> Self {
+        CacheBuilder::new(MemoryBackend::default()).build()
+    }
+
+    /// A disabled cache (every request bypasses it) that can be enabled later.
+    pub fn disabled() -> Self {
+        Cache::new(None)
+    }
+
+    /// Enables the cache with `engine` unless one is active (LiteLLM's `enable_cache`).
+    /// Returns whether it was enabled.
+    pub fn enable(&self, engine: Arc<CacheEngine>) -> bool {
+        let prev = self
+            .shared
+            .engine
+            .compare_and_swap(&None::<Arc<CacheEngine>>, Some(engine));
+        prev.is_none()
+    }
+
+    /// Replaces the active engine (LiteLLM's `update_cache`). In-flight requests finish with the
+    /// engine they started with.
+    pub fn update(&self, engine: Arc<CacheEngine>) {
+        self.shared.engine.store(Some(engine));
+    }
+
+    /// Disables the cache (LiteLLM's `disable_cache`). In-flight requests are not affected.
+    pub fn disable(&self) {
+        self.shared.engine.store(None);
+    }
+
+    /// Whether an engine is active.
+    pub fn is_enabled(&self) -> bool {
+        self.shared.engine.load().is_some()
+    }
+
+    /// The active engine.
+    pub fn engine(&self) -> Option<Arc<CacheEngine>> {
+        self.shared.engine.load_full()
+    }
+
+    /// Process-wide counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Registers an observer of cache events.
+    pub fn add_observer(&self, observer: Arc<dyn CacheObserver>) {
+        self.shared.observers.rcu(|list| {
+            let mut list = Vec::clone(list);
+            list.push(observer.clone());
+            list
+        });
+    }
+
+    fn emit(&self, event: impl FnOnce() -> CacheEvent<'static>) {
+        self.emit_with(|emit| emit(&event()));
+    }
+
+    fn emit_with(&self, make: impl FnOnce(&dyn Fn(&CacheEvent<'_>))) {
+        let observers = self.shared.observers.load();
+        if observers.is_empty() {
+            return;
+        }
+        make(&|e| {
+            for o in observers.iter() {
+                o.on_event(e);
+            }
+        });
+    }
+
+    /// Applies the gates and directives to a request and computes its key.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when the request is not a JSON object or a client `cache_key` is
+    /// allowed but malformed.
+    pub fn prepare(
+        &self,
+        kind: CallKind,
+        request: &Value,
+        cc: &CacheControl,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Prepared> {
+        let engine = self.shared.engine.load_full();
+        let mut p = Prepared {
+            cache: self.clone(),
+            engine: None,
+            kind,
+            key: None,
+            read: false,
+            write: false,
+            ttl: None,
+            max_age: None,
+            only_if_cached: cc.is_only_if_cached(),
+            bypass: None,
+            semantic: None,
+        };
+        let Some(engine) = engine else {
+            p.bypass = Some("disabled");
+            return Ok(p);
+        };
+        let s = &engine.settings;
+        let bypass = if !s.supported_call_types.contains(&kind) {
+            Some("call-type")
+        } else if s.mode == CacheMode::DefaultOff && cc.use_cache != Some(true) {
+            Some("default-off")
+        } else if s.max_messages.is_some_and(|max| message_count(request) > max) {
+            Some("max-messages")
+        } else {
+            None
+        };
+        let namespace = cc.namespace.as_deref().or(s.namespace.as_deref());
+        let key_ctx = KeyContext {
+            model_group: ctx.model_group,
+            namespace,
+            partition: ctx.partition,
+        };
+        p.key = Some(engine.keys.key(kind, request, &key_ctx)?);
+        if let Some(reason) = bypass {
+            p.bypass = Some(reason);
+            p.engine = Some(engine);
+            return Ok(p);
+        }
+        p.read = !cc.skips_lookup();
+        p.write = !cc.skips_store();
+        p.ttl = cc.ttl.or(s.default_ttl);
+        p.max_age = cc.max_age;
+        if engine.semantic.is_some()
+            && matches!(
+                kind,
+                CallKind::Chat | CallKind::TextCompletion | CallKind::Responses
+            )
+        {
+            p.semantic = Some(SemanticInput {
+                request: Arc::new(request.clone()),
+                model_group: ctx.model_group.map(str::to_owned),
+                namespace: namespace.map(str::to_owned),
+                min_similarity: cc.similarity_threshold,
+            });
+        }
+        p.engine = Some(engine);
+        Ok(p)
+    }
+
+    /// Deletes entries by full key from every tier (the proxy's `/cache/delete`).
+    ///
+    /// A key without the configured namespace is also tried with it (`k` → `ns:k`), as LiteLLM
+    /// does. Returns how many keys existed (as far as the backend knows).
+    ///
+    /// # Errors
+    /// The backend's error (admin calls report failures instead of hiding them).
+    pub async fn delete(&self, keys: &[String]) -> Result<u64> {
+        let Some(engine) = self.engine() else {
+            return Err(CacheError::Config("the cache is disabled".to_owned()));
+        };
+        if !engine.backend.capabilities().delete {
+            return Err(CacheError::unsupported(engine.backend.name(), "delete"));
+        }
+        let mut targets: Vec<String> = Vec::with_capacity(keys.len() * 2);
+        for k in keys {
+            targets.push(k.clone());
+            if let Some(ns) = &engine.settings.namespace
+                && !k.starts_with(&format!("{ns}:"))
+            {
+                targets.push(format!("{ns}:{k}"));
+            }
+        }
+        let mut deleted = 0;
+        for k in &targets {
+            if let Some(l1) = &engine.l1 {
+                l1.delete_sync(k);
+            }
+            let existed = engine
+                .admin(engine.backend.delete(k), "delete", &self.shared.stats)
+                .await?;
+            deleted += u64::from(existed);
+        }
+        Ok(deleted)
+    }
+
+    /// Removes every entry of a namespace from every tier (default: the configured namespace;
+    /// with none configured, every entry the backend owns). The proxy's `/cache/flushall`.
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub async fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        let Some(engine) = self.engine() else {
+            return Err(CacheError::Config("the cache is disabled".to_owned()));
+        };
+        let ns = namespace.or(engine.settings.namespace.as_deref());
+        if let Some(l1) = &engine.l1 {
+            l1.clear_sync(ns);
+        }
+        let n = engine
+            .admin(engine.backend.clear(ns), "clear", &self.shared.stats)
+            .await?;
+        if let Some(sem) = &engine.semantic {
+            engine
+                .admin(sem.clear(ns), "clear", &self.shared.stats)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Checks the backend: a ping plus a test write and read (LiteLLM's `/cache/ping` writes a
+    /// test entry too).
+    ///
+    /// # Errors
+    /// The backend's error when the ping fails.
+    pub async fn ping(&self) -> Result<PingReport> {
+        let Some(engine) = self.engine() else {
+            return Err(CacheError::Config("the cache is disabled".to_owned()));
+        };
+        let stats = &self.shared.stats;
+        let health = engine.admin(engine.backend.ping(), "ping", stats).await?;
+        let key = CacheKey::new(
+            engine.settings.namespace.as_deref(),
+            "llm-cache-health-check",
+        );
+        let probe = Entry::new(
+            CallKind::Chat,
+            Bytes::from_static(b"{\"ping\":true}"),
+            None,
+            Some(Duration::from_secs(60)),
+        )
+        .encode();
+        let set_ok = match engine
+            .admin(
+                engine
+                    .backend
+                    .set(key.as_str(), probe.clone(), Some(Duration::from_secs(60))),
+                "set",
+                stats,
+            )
+            .await
+        {
+            Ok(()) => matches!(
+                engine.admin(engine.backend.get(key.as_str()), "get", stats).await,
+                Ok(Some(v)) if v == probe
+            ),
+            Err(_) => false,
+        };
+        let semantic = match &engine.semantic {
+            None => None,
+            Some(s) => Some(
+                engine
+                    .admin(s.ping(), "ping", stats)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+        };
+        Ok(PingReport {
+            health,
+            set_ok,
+            breaker: engine.breaker.state(),
+            semantic,
+        })
+    }
+
+    /// Waits (bounded) for background writes, then flushes the backend. Call on shutdown.
+    ///
+    /// # Errors
+    /// The backend's flush error.
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let Some(engine) = self.engine() else {
+            return Ok(());
+        };
+        engine.writes.close();
+        let drained = tokio::time::timeout(timeout, engine.writes.wait()).await;
+        engine.writes.reopen();
+        if drained.is_err() {
+            tracing::warn!(
+                pending = engine.writes.len(),
+                "cache flush: background writes still pending after {timeout:?}"
+            );
+        }
+        engine
+            .admin(engine.backend.flush(), "flush", &self.shared.stats)
+            .await
+    }
+
+    /// The typed API: look the request up, or call `fetch` and store its result.
+    ///
+    /// Works with any serde request/response types (async-openai, hand-written structs,
+    /// `serde_json::Value`).
+    ///
+    /// ```
+    /// # use cache_core::{Cache, CacheControl, CallKind};
+    /// # use serde_json::{json, Value};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = Cache::in_memory();
+    /// let request = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    /// let call = || async {
+    ///     Ok::<Value, std::io::Error>(json!({"choices": [{"message": {"content": "hello"}}]}))
+    /// };
+    /// let first = cache.get_or_fetch(CallKind::Chat, &request, &CacheControl::none(), call).await.unwrap();
+    /// assert!(!first.status.is_hit());
+    /// cache.flush(std::time::Duration::from_secs(1)).await.unwrap();
+    /// let second = cache.get_or_fetch(CallKind::Chat, &request, &CacheControl::none(), call).await.unwrap();
+    /// assert!(second.status.is_hit());
+    /// assert_eq!(first.value, second.value);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`CallError::Upstream`] when `fetch` fails, [`CallError::NotCached`] for an
+    /// `only-if-cached` miss, [`CallError::Invalid`] for unusable cache input.
+    pub async fn get_or_fetch<Req, Resp, F, Fut, E>(
+        &self,
+        kind: CallKind,
+        request: &Req,
+        cc: &CacheControl,
+        fetch: F,
+    ) -> std::result::Result<Cached<Resp>, CallError<E>>
+    where
+        Req: Serialize + ?Sized,
+        Resp: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Resp, E>>,
+    {
+        let value = serde_json::to_value(request)
+            .map_err(|e| CallError::Invalid(CacheError::Serialization(e.to_string())))?;
+        let prepared = self
+            .prepare(kind, &value, cc, &RequestContext::default())
+            .map_err(CallError::Invalid)?;
+        prepared
+            .run(
+                fetch,
+                |r: &Resp| serde_json::to_vec(r).ok().map(Bytes::from),
+                |b: &Bytes| serde_json::from_slice(b).ok(),
+            )
+            .await
+    }
+}
+
+impl CacheEngine {
+    async fn admin<T>(
+        &self,
+        fut: impl Future<Output = Result<T>>,
+        op: &'static str,
+        stats: &Stats,
+    ) -> Result<T> {
+        let res = match tokio::time::timeout(self.settings.admin_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout {
+                backend: self.backend.name().to_owned(),
+                operation: op,
+                after: self.settings.admin_timeout,
+            }),
+        };
+        if let Err(e) = &res {
+            stats.record_error(self.backend.name(), op, e.kind_label());
+            tracing::warn!(backend = self.backend.name(), op, error = %e, "cache admin operation failed");
+        }
+        res
+    }
+
+    /// Runs a backend call with the breaker and a deadline. `Err(None)` = skipped (breaker open).
+    pub(crate) async fn guarded<T>(
+        &self,
+        fut: impl Future<Output = Result<T>>,
+        op: &'static str,
+        timeout: Duration,
+        stats: &Stats,
+    ) -> std::result::Result<T, Option<CacheError>> {
+        if !self.breaker.allow() {
+            stats.breaker_rejections.fetch_add(1, Relaxed);
+            return Err(None);
+        }
+        let res = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout {
+                backend: self.backend.name().to_owned(),
+                operation: op,
+                after: timeout,
+            }),
+        };
+        match res {
+            Ok(v) => {
+                self.breaker.success();
+                Ok(v)
+            }
+            Err(e) => {
+                if e.is_transient() {
+                    self.breaker.failure();
+                } else {
+                    self.breaker.success();
+                }
+                stats.record_error(self.backend.name(), op, e.kind_label());
+                tracing::warn!(backend = self.backend.name(), op, error = %e, "cache backend call failed; treated as a miss");
+                Err(Some(e))
+            }
+        }
+    }
+}
+
+/// Checks a decoded entry against the request. `Err` is the miss reason.
+fn validate(
+    raw: &Bytes,
+    kind: CallKind,
+    max_age: Option<Duration>,
+    now: u64,
+) -> std::result::Result<(Entry, Duration), MissReason> {
+    let entry = Entry::decode(raw).map_err(|e| {
+        tracing::debug!(error = %e, "unusable cache entry");
+        MissReason::Unusable
+    })?;
+    if entry.kind != kind {
+        return Err(MissReason::Unusable);
+    }
+    if entry.is_expired(now) {
+        return Err(MissReason::NotFound);
+    }
+    let age = entry.age(now);
+    if let Some(max) = max_age
+        && (max.is_zero() || age > max)
+    {
+        return Err(MissReason::Stale);
+    }
+    Ok((entry, age))
+}
+
+impl Prepared {
+    /// The key (also for bypassed requests, for the `x-litellm-cache-key` header).
+    pub fn key(&self) -> Option<&CacheKey> {
+        self.key.as_ref()
+    }
+
+    /// The call kind.
+    pub fn kind(&self) -> CallKind {
+        self.kind
+    }
+
+    /// Why the cache does not apply, if it does not.
+    pub fn bypass_reason(&self) -> Option<&'static str> {
+        self.bypass
+    }
+
+    /// Whether the lookup runs.
+    pub fn reads(&self) -> bool {
+        self.bypass.is_none() && self.read
+    }
+
+    /// Whether the result may be stored.
+    pub fn writes(&self) -> bool {
+        self.bypass.is_none() && self.write
+    }
+
+    /// Whether a miss must not go upstream.
+    pub fn only_if_cached(&self) -> bool {
+        self.only_if_cached
+    }
+
+    /// The TTL the entry will be written with.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The cache this request was prepared by.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub(crate) fn engine(&self) -> Option<&Arc<CacheEngine>> {
+        self.engine.as_ref()
+    }
+
+    /// Looks the request up: L1, then the backend (deadline, breaker), then the semantic layer.
+    pub async fn lookup(&self) -> Lookup {
+        let stats = &self.cache.shared.stats;
+        if let Some(reason) = self.bypass {
+            stats.bypasses.fetch_add(1, Relaxed);
+            self.cache.emit(|| CacheEvent {
+                kind: EventKind::Bypass,
+                key: None,
+                backend: "cache",
+                latency: Duration::ZERO,
+                age: None,
+                similarity: None,
+                bytes: 0,
+                detail: Some(reason),
+            });
+            return Lookup::Bypass(reason);
+        }
+        let (Some(engine), Some(key)) = (&self.engine, &self.key) else {
+            return Lookup::Bypass("disabled");
+        };
+        if !self.read {
+            stats.misses.fetch_add(1, Relaxed);
+            return Lookup::Miss(MissReason::NoCache);
+        }
+        let start = Instant::now();
+        let now = now_ms();
+        let mut reason = MissReason::NotFound;
+
+        if let Some(l1) = &engine.l1
+            && let Some(raw) = l1.get_sync(key.as_str())
+        {
+            match validate(&raw, self.kind, self.max_age, now) {
+                Ok((entry, age)) => return self.hit(engine, key, entry, age, Tier::L1, None, start),
+                Err(r) => reason = r,
+            }
+        }
+
+        let backend_name = engine.backend.name();
+        match engine
+            .guarded(
+                engine.backend.get(key.as_str()),
+                "get",
+                engine.settings.read_timeout,
+                stats,
+            )
+            .await
+        {
+            Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
+                Ok((entry, age)) => {
+                    if let Some(l1) = &engine.l1 {
+                        let l1_ttl = engine.settings.l1.as_ref().map_or(Duration::ZERO, |c| c.ttl);
+                        let ttl = entry.remaining_ttl(now).map_or(l1_ttl, |r| r.min(l1_ttl));
+                        let _ = l1.set_sync(key.as_str(), raw.clone(), Some(ttl));
+                    }
+                    return self.hit(engine, key, entry, age, Tier::Backend, None, start);
+                }
+                Err(r) => {
+                    if r == MissReason::Unusable {
+                        stats.corrupt.fetch_add(1, Relaxed);
+                        tracing::warn!(backend = backend_name, key = key.as_str(), "unusable cache entry treated as a miss");
+                    } else if r == MissReason::NotFound && !engine.backend.capabilities().native_ttl {
+                        self.delete_in_background(engine, key);
+                    }
+                    reason = r;
+                }
+            },
+            Ok(None) => {}
+            Err(None) => reason = MissReason::BreakerOpen,
+            Err(Some(e)) => {
+                reason = MissReason::Error;
+                let msg = e.to_string();
+                self.cache.emit_with(|emit| {
+                    emit(&CacheEvent {
+                        kind: EventKind::Error,
+                        key: Some(key.as_str()),
+                        backend: backend_name,
+                        latency: start.elapsed(),
+                        age: None,
+                        similarity: None,
+                        bytes: 0,
+                        detail: Some(&msg),
+                    })
+                });
+            }
+        }
+
+        if let (Some(sem), Some(input)) = (&engine.semantic, &self.semantic)
+            && reason != MissReason::Stale
+        {
+            if let Some(hit) = self.semantic_lookup(engine, sem, input, now).await {
+                let (entry, age, similarity) = hit;
+                return self.hit(engine, key, entry, age, Tier::Semantic, Some(similarity), start);
+            }
+        }
+
+        let latency = start.elapsed();
+        stats.misses.fetch_add(1, Relaxed);
+        stats.lookup_latency.observe(latency);
+        tracing::debug!(key = key.as_str(), reason = reason.as_str(), ?latency, "cache miss");
+        self.cache.emit_with(|emit| {
+            emit(&CacheEvent {
+                kind: EventKind::Miss,
+                key: Some(key.as_str()),
+                backend: backend_name,
+                latency,
+                age: None,
+                similarity: None,
+                bytes: 0,
+                detail: Some(reason.as_str()),
+            })
+        });
+        Lookup::Miss(reason)
+    }
+
+    async fn semantic_lookup(
+        &self,
+        engine: &CacheEngine,
+        sem: &Arc<dyn SemanticLayer>,
+        input: &SemanticInput,
+        now: u64,
+    ) -> Option<(Entry, Duration, f32)> {
+        let stats = &self.cache.shared.stats;
+        if !engine.semantic_breaker.allow() {
+            stats.breaker_rejections.fetch_add(1, Relaxed);
+            return None;
+        }
+        let req = input.as_request(self.kind);
+        let res = tokio::time::timeout(engine.settings.semantic_timeout, sem.lookup(&req)).await;
+        let res = match res {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout {
+                backend: sem.name().to_owned(),
+                operation: "semantic_lookup",
+                after: engine.settings.semantic_timeout,
+            }),
+        };
+        match res {
+            Ok(Some(hit)) => {
+                engine.semantic_breaker.success();
+                match validate(&hit.value, self.kind, self.max_age, now) {
+                    Ok((entry, age)) => Some((entry, age, hit.similarity)),
+                    Err(_) => None,
+                }
+            }
+            Ok(None) => {
+                engine.semantic_breaker.success();
+                None
+            }
+            Err(e) => {
+                if e.is_transient() {
+                    engine.semantic_breaker.failure();
+                }
+                stats.record_error(sem.name(), "semantic_lookup", e.kind_label());
+                tracing::warn!(backend = sem.name(), error = %e, "semantic lookup failed; treated as a miss");
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hit(
+        &self,
+        engine: &CacheEngine,
+        key: &CacheKey,
+        entry: Entry,
+        age: Duration,
+        tier: Tier,
+        similarity: Option<f32>,
+        start: Instant,
+    ) -> Lookup {
+        let stats = &self.cache.shared.stats;
+        let latency = start.elapsed();
+        match tier {
+            Tier::L1 => stats.hits_l1.fetch_add(1, Relaxed),
+            Tier::Backend => stats.hits_backend.fetch_add(1, Relaxed),
+            Tier::Semantic => stats.hits_semantic.fetch_add(1, Relaxed),
+        };
+        stats.lookup_latency.observe(latency);
+        stats
+            .bytes_served
+            .fetch_add(entry.body.len() as u64, Relaxed);
+        if let Some(u) = &entry.usage {
+            stats.prompt_tokens_saved.fetch_add(u.prompt_tokens, Relaxed);
+            stats
+                .completion_tokens_saved
+                .fetch_add(u.completion_tokens, Relaxed);
+        }
+        let backend = match tier {
+            Tier::L1 => MemoryBackend::NAME,
+            Tier::Backend => engine.backend.name(),
+            Tier::Semantic => engine.semantic.as_ref().map_or("semantic", |s| s.name()),
+        };
+        tracing::debug!(key = key.as_str(), backend, ?age, ?latency, "cache hit");
+        self.cache.emit_with(|emit| {
+            emit(&CacheEvent {
+                kind: EventKind::Hit,
+                key: Some(key.as_str()),
+                backend,
+                latency,
+                age: Some(age),
+                similarity,
+                bytes: entry.body.len(),
+                detail: None,
+            })
+        });
+        Lookup::Hit(Hit {
+            entry,
+            age,
+            tier,
+            similarity,
+        })
+    }
+
+    fn delete_in_background(&self, engine: &Arc<CacheEngine>, key: &CacheKey) {
+        let engine = engine.clone();
+        let key = key.as_str().to_owned();
+        let cache = self.cache.clone();
+        engine.clone().writes.spawn(async move {
+            let _ = engine
+                .guarded(
+                    engine.backend.delete(&key),
+                    "delete",
+                    engine.settings.write_timeout,
+                    cache.stats(),
+                )
+                .await;
+        });
+    }
+
+    /// Stores a response body (JSON) in the background. Returns whether a write was scheduled:
+    /// not for bypassed/`no-store` requests, non-JSON bodies, or responses without output.
+    pub fn store(&self, body: Bytes) -> bool {
+        if !self.writes() {
+            return false;
+        }
+        let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
+            tracing::debug!("response is not JSON; not stored");
+            return false;
+        };
+        self.store_parsed(body, &parsed)
+    }
+
+    /// [`Prepared::store`] for a body the caller has already parsed.
+    pub fn store_parsed(&self, body: Bytes, parsed: &Value) -> bool {
+        if !self.writes() || !has_output(self.kind, parsed) {
+            return false;
+        }
+        let usage = Usage::from_response(parsed);
+        self.store_entry(Entry::new(self.kind, body, usage, self.ttl))
+    }
+
+    fn store_entry(&self, entry: Entry) -> bool {
+        let (Some(engine), Some(key)) = (&self.engine, &self.key) else {
+            return false;
+        };
+        let raw = entry.encode();
+        if let Some(l1) = &engine.l1 {
+            let l1_ttl = engine.settings.l1.as_ref().map_or(Duration::ZERO, |c| c.ttl);
+            let ttl = self.ttl.map_or(l1_ttl, |t| t.min(l1_ttl));
+            let _ = l1.set_sync(key.as_str(), raw.clone(), Some(ttl));
+        }
+        let ttl = self.ttl;
+        let key_s = key.as_str().to_owned();
+        let cache = self.cache.clone();
+        let eng = engine.clone();
+        let semantic = self.semantic.clone();
+        let kind = self.kind;
+        let bytes = raw.len();
+        engine.writes.spawn(async move {
+            let start = Instant::now();
+            let stats = cache.stats();
+            let res = eng
+                .guarded(
+                    eng.backend.set(&key_s, raw.clone(), ttl),
+                    "set",
+                    eng.settings.write_timeout,
+                    stats,
+                )
+                .await;
+            if res.is_ok() {
+                stats.stores.fetch_add(1, Relaxed);
+                cache.emit_with(|emit| {
+                    emit(&CacheEvent {
+                        kind: EventKind::Store,
+                        key: Some(&key_s),
+                        backend: eng.backend.name(),
+                        latency: start.elapsed(),
+                        age: None,
+                        similarity: None,
+                        bytes,
+                        detail: None,
+                    })
+                });
+            }
+            if let (Some(sem), Some(input)) = (&eng.semantic, semantic) {
+                let req = input.as_request(kind);
+                let res =
+                    tokio::time::timeout(eng.settings.write_timeout, sem.store(&req, raw, ttl))
+                        .await;
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        stats.record_error(sem.name(), "semantic_store", e.kind_label());
+                        tracing::warn!(backend = sem.name(), error = %e, "semantic store failed");
+                    }
+                    Err(_) => {
+                        stats.record_error(sem.name(), "semantic_store", "timeout");
+                        tracing::warn!(backend = sem.name(), "semantic store timed out");
+                    }
+                }
+            }
+        });
+        true
+    }
+
+    /// Lookup, then on a miss a single-flight upstream call whose result is stored.
+    ///
+    /// `fetch` returns the response body (JSON bytes) or the caller's error; errors are never
+    /// cached and never handed to other waiting requests.
+    ///
+    /// # Errors
+    /// [`CallError::Upstream`] from `fetch`; [`CallError::NotCached`] for an `only-if-cached` miss.
+    pub async fn get_or_fetch<F, Fut, E>(
+        &self,
+        fetch: F,
+    ) -> std::result::Result<Cached<Bytes>, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Bytes, E>>,
+    {
+        self.run(fetch, |b: &Bytes| Some(b.clone()), |b: &Bytes| Some(b.clone()))
+            .await
+    }
+
+    /// The shared request flow over any response type.
+    async fn run<T, F, Fut, E>(
+        &self,
+        fetch: F,
+        encode: impl Fn(&T) -> Option<Bytes>,
+        decode: impl Fn(&Bytes) -> Option<T>,
+    ) -> std::result::Result<Cached<T>, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
+        let stats = &self.cache.shared.stats;
+        let reason = match self.lookup().await {
+            Lookup::Hit(hit) => match decode(&hit.entry.body) {
+                Some(value) => {
+                    return Ok(Cached {
+                        value,
+                        status: CacheStatus::Hit {
+                            tier: hit.tier,
+                            age: hit.age,
+                            similarity: hit.similarity,
+                        },
+                        key: self.key.clone(),
+                        entry: Some(hit.entry),
+                    });
+                }
+                None => {
+                    stats.corrupt.fetch_add(1, Relaxed);
+                    Some(MissReason::Unusable)
+                }
+            },
+            Lookup::Miss(r) => Some(r),
+            Lookup::Bypass(_) => None,
+        };
+        if self.only_if_cached {
+            return Err(CallError::NotCached);
+        }
+        let status = |stored: bool| match (reason, self.bypass) {
+            (Some(reason), _) => CacheStatus::Miss { reason, stored },
+            (None, reason) => CacheStatus::Bypass {
+                reason: reason.unwrap_or("disabled"),
+            },
+        };
+        let mut fetch = Some(fetch);
+
+        if let (Some(engine), Some(key), true) = (&self.engine, &self.key, self.reads())
+            && engine.settings.coalesce
+        {
+            for _ in 0..3 {
+                match engine.flights.join(key.as_str()) {
+                    Join::Lead(leader) => {
+                        let f = fetch.take().expect("fetch is called once");
+                        let value = f().await.map_err(CallError::Upstream)?;
+                        let stored = match encode(&value) {
+                            Some(body) => {
+                                let stored = self.store(body.clone());
+                                leader.publish(body);
+                                stored
+                            }
+                            None => false,
+                        };
+                        return Ok(Cached {
+                            value,
+                            status: status(stored),
+                            key: self.key.clone(),
+                            entry: None,
+                        });
+                    }
+                    Join::Follow(rx) => {
+                        match Flights::wait(rx, engine.settings.coalesce_timeout).await {
+                            Waited::Done(body) => {
+                                if let Some(value) = decode(&body) {
+                                    stats.coalesced.fetch_add(1, Relaxed);
+                                    self.cache.emit_with(|emit| {
+                                        emit(&CacheEvent {
+                                            kind: EventKind::Coalesced,
+                                            key: Some(key.as_str()),
+                                            backend: "upstream",
+                                            latency: Duration::ZERO,
+                                            age: None,
+                                            similarity: None,
+                                            bytes: body.len(),
+                                            detail: None,
+                                        })
+                                    });
+                                    return Ok(Cached {
+                                        value,
+                                        status: CacheStatus::Coalesced,
+                                        key: self.key.clone(),
+                                        entry: None,
+                                    });
+                                }
+                                break;
+                            }
+                            Waited::Retry => continue,
+                            Waited::TimedOut => break,
+                        }
+                    }
+                }
+            }
+        }
+
+        let f = fetch.take().expect("fetch is called once");
+        let value = f().await.map_err(CallError::Upstream)?;
+        let stored = encode(&value).is_some_and(|body| self.store(body));
+        Ok(Cached {
+            value,
+            status: status(stored),
+            key: self.key.clone(),
+            entry: None,
+        })
+    }
+}
+
+impl Cache {
+    /// Writes encoded entries to L1 and, in the background, to the backend.
+    pub(crate) fn write_many(
+        &self,
+        engine: &Arc<CacheEngine>,
+        entries: Vec<(String, Bytes)>,
+        ttl: Option<Duration>,
+    ) {
+        if entries.is_empty() {
+            return;
+        }
+        if let Some(l1) = &engine.l1 {
+            let l1_ttl = engine.settings.l1.as_ref().map_or(Duration::ZERO, |c| c.ttl);
+            let l1_ttl = ttl.map_or(l1_ttl, |t| t.min(l1_ttl));
+            for (k, v) in &entries {
+                let _ = l1.set_sync(k, v.clone(), Some(l1_ttl));
+            }
+        }
+        let eng = engine.clone();
+        let cache = self.clone();
+        engine.writes.spawn(async move {
+            let n = entries.len() as u64;
+            let stats = cache.stats();
+            let res = eng
+                .guarded(
+                    eng.backend.set_many(entries, ttl),
+                    "set_many",
+                    eng.settings.write_timeout,
+                    stats,
+                )
+                .await;
+            if res.is_ok() {
+                stats.stores.fetch_add(n, Relaxed);
+            }
+        });
+    }
+}

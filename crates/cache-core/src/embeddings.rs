@@ -1,0 +1,405 @@
+//! Per-input embedding caching with partial hits (reference §5.3, without LiteLLM's F10 clash).
+//!
+//! Each input of an embeddings request is its own entry, keyed as the request with `input`
+//! replaced by that one element. A request whose inputs are partly cached sends upstream only the
+//! missing inputs; the answer is merged back in the original order, `index` renumbered, usage
+//! summed (cached per-item prompt tokens plus the fresh usage).
+//!
+//! An item entry's body is `{"model": M, "item": {...the data element without index...}}`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::cache::{Cache, CacheEngine, CacheStatus, CallError, MissReason, RequestContext};
+use crate::directives::CacheControl;
+use crate::envelope::{Entry, Usage, now_ms};
+use crate::key::{CacheKey, CallKind, KeyContext};
+
+/// The result of a cached embeddings call.
+#[derive(Debug, Clone)]
+pub struct EmbeddingOutcome {
+    /// The response body (the upstream body verbatim when nothing was cached).
+    pub body: Bytes,
+    /// Inputs served from the cache.
+    pub cached: usize,
+    /// Inputs sent upstream.
+    pub fetched: usize,
+    /// What the cache did.
+    pub status: CacheStatus,
+    /// Key of the whole request (for the `x-litellm-cache-key` header).
+    pub key: Option<CacheKey>,
+}
+
+struct CachedItem {
+    model: Option<String>,
+    item: Map<String, Value>,
+    usage: Usage,
+    age: Duration,
+}
+
+fn decode_item(raw: &Bytes, max_age: Option<Duration>, now: u64) -> Option<CachedItem> {
+    let entry = Entry::decode(raw).ok()?;
+    if entry.kind != CallKind::Embedding || entry.is_expired(now) {
+        return None;
+    }
+    let age = entry.age(now);
+    if max_age.is_some_and(|m| m.is_zero() || age > m) {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&entry.body).ok()?;
+    let item = v.get("item")?.as_object()?.clone();
+    if !item.contains_key("embedding") {
+        return None;
+    }
+    Some(CachedItem {
+        model: v.get("model").and_then(Value::as_str).map(str::to_owned),
+        item,
+        usage: entry.usage.unwrap_or_default(),
+        age,
+    })
+}
+
+impl Cache {
+    /// An embeddings call with per-input caching and partial hits.
+    ///
+    /// `fetch` receives the request to send upstream (the original, or a copy whose `input`
+    /// holds only the missing inputs) and returns the upstream body.
+    ///
+    /// # Errors
+    /// [`CallError::Upstream`] from `fetch`, [`CallError::NotCached`] for an `only-if-cached`
+    /// request with a missing input, [`CallError::Invalid`] for a request that is not an object.
+    pub async fn embeddings<F, Fut, E>(
+        &self,
+        request: &Value,
+        cc: &CacheControl,
+        ctx: &RequestContext<'_>,
+        fetch: F,
+    ) -> Result<EmbeddingOutcome, CallError<E>>
+    where
+        F: FnOnce(Value) -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+    {
+        let prepared = self
+            .prepare(CallKind::Embedding, request, cc, ctx)
+            .map_err(CallError::Invalid)?;
+        let whole_key = prepared.key().cloned();
+        let engine = match (prepared.engine(), prepared.bypass_reason()) {
+            (Some(engine), None) => engine.clone(),
+            (_, reason) => {
+                let reason = reason.unwrap_or("disabled");
+                self.stats().bypasses.fetch_add(1, Relaxed);
+                if prepared.only_if_cached() {
+                    return Err(CallError::NotCached);
+                }
+                let body = fetch(request.clone()).await.map_err(CallError::Upstream)?;
+                return Ok(EmbeddingOutcome {
+                    body,
+                    cached: 0,
+                    fetched: 1,
+                    status: CacheStatus::Bypass { reason },
+                    key: whole_key,
+                });
+            }
+        };
+        let namespace = cc
+            .namespace
+            .as_deref()
+            .or(engine.settings().namespace.as_deref());
+        let items = engine
+            .keys()
+            .embedding_item_keys(
+                request,
+                &KeyContext {
+                    model_group: ctx.model_group,
+                    namespace,
+                    partition: ctx.partition,
+                },
+            )
+            .map_err(CallError::Invalid)?;
+        let scalar_input = !matches!(request.get("input"), Some(Value::Array(a)) if !a.iter().all(Value::is_number) || a.is_empty());
+
+        let start = Instant::now();
+        let mut found: Vec<Option<CachedItem>> = (0..items.len()).map(|_| None).collect();
+        if prepared.reads() {
+            self.lookup_items(&engine, &items, &mut found, cc.max_age).await;
+        }
+        let cached = found.iter().filter(|f| f.is_some()).count();
+        let stats = self.stats();
+        stats.lookup_latency.observe(start.elapsed());
+
+        if cached == items.len() && !items.is_empty() {
+            stats.hits_backend.fetch_add(1, Relaxed);
+            let age = found
+                .iter()
+                .flatten()
+                .map(|c| c.age)
+                .max()
+                .unwrap_or_default();
+            let found: Vec<CachedItem> = found.into_iter().flatten().collect();
+            for f in &found {
+                stats
+                    .prompt_tokens_saved
+                    .fetch_add(f.usage.prompt_tokens, Relaxed);
+            }
+            let body = merge(request, found.into_iter().map(Slot::Cached).collect(), None);
+            stats.bytes_served.fetch_add(body.len() as u64, Relaxed);
+            return Ok(EmbeddingOutcome {
+                body,
+                cached,
+                fetched: 0,
+                status: CacheStatus::Hit {
+                    tier: crate::cache::Tier::Backend,
+                    age,
+                    similarity: None,
+                },
+                key: whole_key,
+            });
+        }
+        if prepared.only_if_cached() {
+            return Err(CallError::NotCached);
+        }
+        stats.misses.fetch_add(1, Relaxed);
+
+        let missing: Vec<usize> = (0..items.len()).filter(|i| found[*i].is_none()).collect();
+        let upstream_request = if cached == 0 {
+            request.clone()
+        } else {
+            let mut sub = request.clone();
+            sub["input"] = if scalar_input {
+                items[0].1.clone()
+            } else {
+                Value::Array(missing.iter().map(|i| items[*i].1.clone()).collect())
+            };
+            sub
+        };
+        let body = fetch(upstream_request)
+            .await
+            .map_err(CallError::Upstream)?;
+
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let fresh = parsed.as_ref().and_then(|p| fresh_items(p, missing.len()));
+        let Some(fresh) = fresh else {
+            tracing::warn!(
+                expected = missing.len(),
+                "embeddings response has an unexpected shape; returned as is, not cached"
+            );
+            return Ok(EmbeddingOutcome {
+                body,
+                cached,
+                fetched: missing.len(),
+                status: CacheStatus::Miss {
+                    reason: MissReason::NotFound,
+                    stored: false,
+                },
+                key: whole_key,
+            });
+        };
+        let parsed = parsed.expect("fresh items come from a parsed body");
+        let model = parsed.get("model").and_then(Value::as_str).map(str::to_owned);
+        let fresh_usage = Usage::from_response(&parsed).unwrap_or_default();
+
+        let stored = prepared.writes() && {
+            let n = fresh.len() as u64;
+            let (per, rem) = if n == 0 {
+                (0, 0)
+            } else {
+                (fresh_usage.prompt_tokens / n, fresh_usage.prompt_tokens % n)
+            };
+            let ttl = prepared.ttl();
+            let entries: Vec<(String, Bytes)> = fresh
+                .iter()
+                .enumerate()
+                .map(|(j, item)| {
+                    let tokens = per + u64::from((j as u64) < rem);
+                    let body = serde_json::to_vec(&json!({"model": model, "item": item}))
+                        .expect("JSON values serialize");
+                    let usage = Usage {
+                        prompt_tokens: tokens,
+                        completion_tokens: 0,
+                        total_tokens: tokens,
+                    };
+                    let entry = Entry::new(CallKind::Embedding, Bytes::from(body), Some(usage), ttl);
+                    (items[missing[j]].0.as_str().to_owned(), entry.encode())
+                })
+                .collect();
+            self.write_many(&engine, entries, ttl);
+            true
+        };
+
+        if cached == 0 {
+            return Ok(EmbeddingOutcome {
+                body,
+                cached: 0,
+                fetched: missing.len(),
+                status: CacheStatus::Miss {
+                    reason: MissReason::NotFound,
+                    stored,
+                },
+                key: whole_key,
+            });
+        }
+        for f in found.iter().flatten() {
+            stats
+                .prompt_tokens_saved
+                .fetch_add(f.usage.prompt_tokens, Relaxed);
+        }
+        let mut fresh = fresh.into_iter();
+        let slots = found
+            .into_iter()
+            .map(|f| match f {
+                Some(c) => Slot::Cached(c),
+                None => Slot::Fresh(fresh.next().expect("one fresh item per missing input")),
+            })
+            .collect();
+        let body = merge(request, slots, Some((&parsed, fresh_usage)));
+        Ok(EmbeddingOutcome {
+            body,
+            cached,
+            fetched: missing.len(),
+            status: CacheStatus::Partial {
+                cached,
+                total: items.len(),
+                stored,
+            },
+            key: whole_key,
+        })
+    }
+
+    async fn lookup_items(
+        &self,
+        engine: &Arc<CacheEngine>,
+        items: &[(CacheKey, Value)],
+        found: &mut [Option<CachedItem>],
+        max_age: Option<Duration>,
+    ) {
+        let now = now_ms();
+        let mut remote: Vec<usize> = Vec::new();
+        for (i, (key, _)) in items.iter().enumerate() {
+            let hit = engine
+                .l1()
+                .and_then(|l1| l1.get_sync(key.as_str()))
+                .and_then(|raw| decode_item(&raw, max_age, now));
+            match hit {
+                Some(h) => found[i] = Some(h),
+                None => remote.push(i),
+            }
+        }
+        if remote.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = remote
+            .iter()
+            .map(|i| items[*i].0.as_str().to_owned())
+            .collect();
+        let res = engine
+            .guarded_get_many(&keys, self.stats())
+            .await;
+        if let Some(values) = res {
+            for (slot, raw) in remote.iter().zip(values) {
+                if let Some(raw) = raw {
+                    match decode_item(&raw, max_age, now) {
+                        Some(h) => found[*slot] = Some(h),
+                        None => {
+                            if Entry::decode(&raw).is_err() {
+                                self.stats().corrupt.fetch_add(1, Relaxed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Slot {
+    Cached(CachedItem),
+    Fresh(Map<String, Value>),
+}
+
+/// The fresh `data` items, ordered by their `index`, if there are exactly `expected` of them.
+fn fresh_items(parsed: &Value, expected: usize) -> Option<Vec<Map<String, Value>>> {
+    let data = parsed.get("data")?.as_array()?;
+    if data.len() != expected {
+        return None;
+    }
+    let mut items: Vec<(u64, Map<String, Value>)> = data
+        .iter()
+        .enumerate()
+        .map(|(pos, d)| {
+            let obj = d.as_object()?;
+            obj.get("embedding")?;
+            let idx = obj.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
+            let mut obj = obj.clone();
+            obj.remove("index");
+            Some((idx, obj))
+        })
+        .collect::<Option<_>>()?;
+    items.sort_by_key(|(i, _)| *i);
+    Some(items.into_iter().map(|(_, o)| o).collect())
+}
+
+fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> Bytes {
+    let mut prompt = 0u64;
+    let mut total = 0u64;
+    let mut model: Option<String> = None;
+    let mut data = Vec::with_capacity(slots.len());
+    for (index, slot) in slots.into_iter().enumerate() {
+        let mut item = match slot {
+            Slot::Cached(c) => {
+                prompt += c.usage.prompt_tokens;
+                total += c.usage.total_tokens;
+                if model.is_none() {
+                    model = c.model;
+                }
+                c.item
+            }
+            Slot::Fresh(item) => item,
+        };
+        item.insert("index".to_owned(), json!(index));
+        item.entry("object")
+            .or_insert_with(|| Value::String("embedding".to_owned()));
+        data.push(Value::Object(item));
+    }
+    if let Some((parsed, usage)) = fresh {
+        prompt += usage.prompt_tokens;
+        total += usage.total_tokens;
+        if let Some(m) = parsed.get("model").and_then(Value::as_str) {
+            model = Some(m.to_owned());
+        }
+    }
+    let model = model
+        .or_else(|| request.get("model").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    let body = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": total},
+    });
+    Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"))
+}
+
+impl CacheEngine {
+    async fn guarded_get_many(
+        &self,
+        keys: &[String],
+        stats: &crate::stats::Stats,
+    ) -> Option<Vec<Option<Bytes>>> {
+        match self
+            .guarded(self.backend().get_many(keys), "get_many", self.settings().read_timeout, stats)
+            .await
+        {
+            Ok(v) if v.len() == keys.len() => Some(v),
+            Ok(_) => {
+                stats.record_error(self.backend().name(), "get_many", "backend");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The stored entry envelope.
+//!
+//! Every backend stores the same bytes: a small JSON document whose header fields come first and
+//! whose `body` (the upstream response, verbatim) comes last:
+//!
+//! ```text
+//! {"llmc":1,"kind":"chat","stored_at":1795000000123,"expires_at":1795000600123,
+//!  "usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},
+//!  "len":1234,"crc":3735928559,"body":{...the response, byte for byte...}}
+//! ```
+//!
+//! * `llmc` is the envelope version; anything else (a LiteLLM entry, another program's value)
+//!   is foreign and decodes to [`DecodeError::Foreign`].
+//! * Times are Unix milliseconds; `expires_at` is absent for entries without expiry.
+//! * `len` and `crc` (CRC-32 of the body) make truncation and corruption detectable without
+//!   parsing the body, so a damaged entry is a miss, never a wrong answer.
+//!
+//! The whole envelope is valid JSON (object stores serve it as `application/json`), and a decode
+//! borrows the body from the stored buffer without copying it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::key::CallKind;
+
+/// Current envelope version.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+const BODY_MARKER: &[u8] = b",\"body\":";
+/// Headers are far smaller than this; a marker further in means the value is not ours.
+const MAX_HEADER_LEN: usize = 1024;
+
+/// Token usage recorded with an entry (what a hit saves).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt (input) tokens.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion (output) tokens.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Total tokens.
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Reads the `usage` object of an OpenAI-style response (`prompt_tokens`/`completion_tokens`,
+    /// or the Responses/Anthropic `input_tokens`/`output_tokens`).
+    pub fn from_response(response: &Value) -> Option<Usage> {
+        let u = response.get("usage")?.as_object()?;
+        let get = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| u.get(*n).and_then(Value::as_u64))
+                .unwrap_or(0)
+        };
+        let prompt = get(&["prompt_tokens", "input_tokens"]);
+        let completion = get(&["completion_tokens", "output_tokens"]);
+        let total = u
+            .get("total_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(prompt + completion);
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+        })
+    }
+}
+
+/// A decoded cache entry.
+#[derive(Clone, PartialEq)]
+pub struct Entry {
+    /// The call kind the entry was stored for.
+    pub kind: CallKind,
+    /// When it was stored (Unix ms).
+    pub stored_at_ms: u64,
+    /// When it expires (Unix ms), if ever.
+    pub expires_at_ms: Option<u64>,
+    /// Token usage of the stored response.
+    pub usage: Option<Usage>,
+    /// The response body, byte for byte.
+    pub body: Bytes,
+}
+
+impl std::fmt::Debug for Entry {
+    // Never print cached payloads: they may hold private conversation text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("kind", &self.kind)
+            .field("stored_at_ms", &self.stored_at_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("usage", &self.usage)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// Why a stored value did not decode. Every case is treated as a miss.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not an llm-cache envelope (another program's value, a LiteLLM entry).
+    #[error("not an llm-cache envelope")]
+    Foreign,
+    /// An envelope of a version this build does not read.
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u32),
+    /// Shorter or longer than its header says.
+    #[error("truncated or padded envelope: body is {actual} bytes, header says {expected}")]
+    Truncated {
+        /// Length announced by the header.
+        expected: usize,
+        /// Length found.
+        actual: usize,
+    },
+    /// The body checksum does not match.
+    #[error("corrupt envelope: checksum mismatch")]
+    Corrupt,
+    /// The header is not valid.
+    #[error("invalid envelope header: {0}")]
+    Header(String),
+}
+
+#[derive(Serialize)]
+struct HeaderOut<'a> {
+    llmc: u32,
+    kind: &'a str,
+    stored_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a Usage>,
+    len: usize,
+    crc: u32,
+}
+
+#[derive(Deserialize)]
+struct HeaderIn<'a> {
+    llmc: u32,
+    #[serde(borrow)]
+    kind: &'a str,
+    stored_at: u64,
+    #[serde(default)]
+    expires_at: Option<u64>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    len: usize,
+    crc: u32,
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Entry {
+    /// A new entry stored now, expiring after `ttl` (if any).
+    pub fn new(kind: CallKind, body: Bytes, usage: Option<Usage>, ttl: Option<Duration>) -> Self {
+        let now = now_ms();
+        Entry {
+            kind,
+            stored_at_ms: now,
+            expires_at_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
+            usage,
+            body,
+        }
+    }
+
+    /// Age of the entry at `now_ms`.
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
+    }
+
+    /// Whether the entry has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|e| now_ms >= e)
+    }
+
+    /// Time left before expiry at `now_ms` (`None`: never expires).
+    pub fn remaining_ttl(&self, now_ms: u64) -> Option<Duration> {
+        self.expires_at_ms
+            .map(|e| Duration::from_millis(e.saturating_sub(now_ms)))
+    }
+
+    /// Encodes the envelope.
+    ///
+    /// The body must be one JSON value (every response llm-cache stores is); it is embedded
+    /// verbatim.
+    pub fn encode(&self) -> Bytes {
+        let header = HeaderOut {
+            llmc: ENVELOPE_VERSION,
+            kind: self.kind.as_str(),
+            stored_at: self.stored_at_ms,
+            expires_at: self.expires_at_ms,
+            usage: self.usage.as_ref(),
+            len: self.body.len(),
+            crc: crc32fast::hash(&self.body),
+        };
+        let mut out = BytesMut::with_capacity(self.body.len() + 200);
+        serde_json::to_writer((&mut out).writer(), &header).expect("header serializes");
+        out.truncate(out.len() - 1); // drop the closing '}'
+        out.extend_from_slice(BODY_MARKER);
+        out.extend_from_slice(&self.body);
+        out.put_u8(b'}');
+        out.freeze()
+    }
+
+    /// Decodes an envelope, borrowing the body from `raw`.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] for anything that is not an intact envelope of this version. Never
+    /// panics, whatever the input.
+    pub fn decode(raw: &Bytes) -> Result<Entry, DecodeError> {
+        if !raw.starts_with(b"{\"llmc\":") {
+            return Err(DecodeError::Foreign);
+        }
+        let window = &raw[..raw.len().min(MAX_HEADER_LEN)];
+        let pos = window
+            .windows(BODY_MARKER.len())
+            .position(|w| w == BODY_MARKER)
+            .ok_or(DecodeError::Foreign)?;
+        let mut header_buf = Vec::with_capacity(pos + 1);
+        header_buf.extend_from_slice(&raw[..pos]);
+        header_buf.push(b'}');
+        let header: HeaderIn<'_> = serde_json::from_slice(&header_buf)
+            .map_err(|e| DecodeError::Header(e.to_string()))?;
+        if header.llmc != ENVELOPE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(header.llmc));
+        }
+        let kind = CallKind::parse(header.kind)
+            .ok_or_else(|| DecodeError::Header(format!("unknown kind `{}`", header.kind)))?;
+        let body_start = pos + BODY_MARKER.len();
+        let actual = raw.len().saturating_sub(body_start + 1);
+        if raw.len() < body_start + 1 || raw[raw.len() - 1] != b'}' || actual != header.len {
+            return Err(DecodeError::Truncated {
+                expected: header.len,
+                actual,
+            });
+        }
+        let body = raw.slice(body_start..raw.len() - 1);
+        if crc32fast::hash(&body) != header.crc {
+            return Err(DecodeError::Corrupt);
+        }
+        Ok(Entry {
+            kind,
+            stored_at_ms: header.stored_at,
+            expires_at_ms: header.expires_at,
+            usage: header.usage,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Entry {
+        Entry {
+            kind: CallKind::Chat,
+            stored_at_ms: 1_795_000_000_123,
+            expires_at_ms: Some(1_795_000_600_123),
+            usage: Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 12,
+                total_tokens: 21,
+            }),
+            body: Bytes::from_static(br#"{"id":"chatcmpl-1","choices":[{"message":{"content":"hi \"body\":"}}]}"#),
+        }
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_valid_json() {
+        let e = sample();
+        let raw = e.encode();
+        let v: Value = serde_json::from_slice(&raw).expect("envelope is JSON");
+        assert_eq!(v["llmc"], json!(1));
+        assert_eq!(v["body"]["id"], json!("chatcmpl-1"));
+        let d = Entry::decode(&raw).unwrap();
+        assert_eq!(d, e);
+        let no_exp = Entry {
+            expires_at_ms: None,
+            usage: None,
+            ..sample()
+        };
+        assert_eq!(Entry::decode(&no_exp.encode()).unwrap(), no_exp);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let raw = sample().encode();
+        for cut in 0..raw.len() {
+            assert!(Entry::decode(&raw.slice(..cut)).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_detected_or_harmless() {
+        let e = sample();
+        let raw = e.encode();
+        for i in 0..raw.len() {
+            for flip in [0x01u8, 0x20, 0x80] {
+                let mut bad = raw.to_vec();
+                bad[i] ^= flip;
+                match Entry::decode(&Bytes::from(bad)) {
+                    Err(_) => {}
+                    // A flip in a header number can still decode; the body must be intact.
+                    Ok(d) => assert_eq!(d.body, e.body, "byte {i} flip {flip:#x}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_values_are_rejected() {
+        for raw in [
+            &b""[..],
+            b"{}",
+            b"null",
+            b"\x00\x01\x02",
+            br#"{"timestamp": 1795000000.1, "response": "{\"id\":1}"}"#,
+            br#"{"llmc":2,"kind":"chat","stored_at":1,"len":2,"crc":0,"body":{}}"#,
+            br#"{"llmc":1,"kind":"video","stored_at":1,"len":2,"crc":0,"body":{}}"#,
+        ] {
+            assert!(Entry::decode(&Bytes::copy_from_slice(raw)).is_err());
+        }
+    }
+
+    #[test]
+    fn usage_is_read_from_responses() {
+        let u = Usage::from_response(&json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}));
+        assert_eq!(u.unwrap().total_tokens, 7);
+        let u = Usage::from_response(&json!({"usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 8}}));
+        assert_eq!(u.unwrap().total_tokens, 8);
+        assert!(Usage::from_response(&json!({})).is_none());
+    }
+}

@@ -1,0 +1,530 @@
+//! The conformance kit: the checks every exact backend must pass, ours or a third party's.
+//!
+//! **Not covered by semver**: checks are added as the contract is sharpened.
+//!
+//! Use it from a backend crate's integration tests with one line per backend:
+//!
+//! ```ignore
+//! // tests/conformance.rs of a backend crate, with
+//! // [dev-dependencies] cache-core = { version = "...", features = ["testing"] }
+//! cache_core::cache_conformance!(backend = async { my_backend::MyBackend::new() });
+//! ```
+//!
+//! The macro expands to one `#[test]` per check (named after it), each with its own Tokio
+//! runtime. For a backend that needs a service, return `Option<B>` and use
+//! `optional_backend = ...`: `None` skips the checks with a message, unless
+//! `LLM_CACHE_TEST_STRICT=1` (set by CI), where [`service_unavailable`] fails the test instead.
+//!
+//! Checks take a [`SharedBackend`] (`Arc<dyn CacheBackend>`), so they can also build a
+//! [`Cache`] over it and check the orchestration end to end.
+//!
+//! Every check uses its own random namespace, so checks can run concurrently against one shared
+//! service, and cleans up after itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::backend::{CacheBackend, SharedBackend};
+use crate::cache::{Cache, CacheBuilder, CacheStatus};
+use crate::directives::CacheControl;
+use crate::key::CallKind;
+
+/// Names of every check, in the order [`run_all`] runs them.
+pub const CHECKS: &[&str] = &[
+    "round_trip",
+    "binary_safe",
+    "overwrite",
+    "overwrite_replaces_ttl",
+    "ttl_expiry",
+    "no_ttl_persists",
+    "delete",
+    "namespaces_are_isolated",
+    "clear_namespace",
+    "batch",
+    "large_value",
+    "concurrent_writers",
+    "ping",
+    "cache_round_trip",
+    "corrupt_entry_is_a_miss",
+];
+
+/// A Tokio runtime for one check (used by the macro).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Whether missing services must fail tests (`LLM_CACHE_TEST_STRICT=1`, set by CI).
+pub fn strict() -> bool {
+    std::env::var("LLM_CACHE_TEST_STRICT").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Reports an unreachable service: panics in strict mode, else prints a loud skip message and
+/// returns `None` (so `let Some(x) = service_unavailable(...) else { return }` reads well).
+pub fn service_unavailable<T>(what: &str, why: &str) -> Option<T> {
+    if strict() {
+        panic!(
+            "{what} is not reachable ({why}) and LLM_CACHE_TEST_STRICT=1: start it with `cargo xtask services up`"
+        );
+    }
+    eprintln!(
+        "SKIPPED: {what} is not reachable ({why}); start it with `cargo xtask services up` (CI sets LLM_CACHE_TEST_STRICT=1 and fails instead)"
+    );
+    None
+}
+
+/// A namespace unique to this process, check and call.
+pub fn unique_namespace(check: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "conf-{check}-{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn cleanup(b: &SharedBackend, ns: &str) {
+    if b.capabilities().clear {
+        let _ = b.clear(Some(ns)).await;
+    }
+}
+
+fn k(ns: &str, name: &str) -> String {
+    format!("{ns}:{name}")
+}
+
+/// Polls `get` until it returns `None` or `limit` passes; returns whether it disappeared.
+async fn wait_gone(b: &SharedBackend, key: &str, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if b.get(key).await.expect("get").is_none() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `set` then `get` returns the same bytes; a missing key is `None`.
+pub async fn round_trip(b: &SharedBackend) {
+    let ns = unique_namespace("round_trip");
+    let key = k(&ns, "a");
+    assert_eq!(b.get(&key).await.expect("get missing"), None, "missing key must be None");
+    b.set(&key, Bytes::from_static(b"{\"v\":1}"), Some(Duration::from_secs(60)))
+        .await
+        .expect("set");
+    assert_eq!(
+        b.get(&key).await.expect("get").as_deref(),
+        Some(&b"{\"v\":1}"[..]),
+        "get after set"
+    );
+    cleanup(b, &ns).await;
+}
+
+/// Arbitrary bytes survive: every byte value, NUL, invalid UTF-8, the empty value.
+pub async fn binary_safe(b: &SharedBackend) {
+    let ns = unique_namespace("binary_safe");
+    let all: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let cases: Vec<Bytes> = vec![
+        Bytes::from(all),
+        Bytes::from_static(b"\x00\x00\xff\xfe"),
+        Bytes::from_static(b""),
+        Bytes::from("é ✓ \u{1F600} \"quoted\" \\ \r\n"),
+    ];
+    for (i, v) in cases.into_iter().enumerate() {
+        let key = k(&ns, &format!("bin{i}"));
+        b.set(&key, v.clone(), Some(Duration::from_secs(60)))
+            .await
+            .expect("set");
+        assert_eq!(b.get(&key).await.expect("get"), Some(v), "case {i}");
+    }
+    cleanup(b, &ns).await;
+}
+
+/// A second `set` replaces the value.
+pub async fn overwrite(b: &SharedBackend) {
+    let ns = unique_namespace("overwrite");
+    let key = k(&ns, "a");
+    b.set(&key, Bytes::from_static(b"one"), Some(Duration::from_secs(60)))
+        .await
+        .expect("set 1");
+    b.set(&key, Bytes::from_static(b"two"), Some(Duration::from_secs(60)))
+        .await
+        .expect("set 2");
+    assert_eq!(b.get(&key).await.expect("get").as_deref(), Some(&b"two"[..]));
+    cleanup(b, &ns).await;
+}
+
+/// A second `set` replaces the TTL too (LiteLLM F7): a short TTL followed by a long one
+/// survives past the short one. Native-TTL backends only.
+pub async fn overwrite_replaces_ttl(b: &SharedBackend) {
+    if !b.capabilities().native_ttl {
+        eprintln!("overwrite_replaces_ttl: {} has no native TTL; skipped", b.name());
+        return;
+    }
+    let ns = unique_namespace("overwrite_ttl");
+    let key = k(&ns, "a");
+    b.set(&key, Bytes::from_static(b"short"), Some(Duration::from_secs(1)))
+        .await
+        .expect("set short");
+    b.set(&key, Bytes::from_static(b"long"), Some(Duration::from_secs(60)))
+        .await
+        .expect("set long");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        b.get(&key).await.expect("get").as_deref(),
+        Some(&b"long"[..]),
+        "the second set's TTL must replace the first"
+    );
+    cleanup(b, &ns).await;
+}
+
+/// An entry written with a TTL disappears after it. For backends with native TTL the backend
+/// itself must stop returning it; for the others, the cache (which checks the envelope's
+/// expiry) must stop serving it.
+pub async fn ttl_expiry(b: &SharedBackend) {
+    let ns = unique_namespace("ttl_expiry");
+    if b.capabilities().native_ttl {
+        let key = k(&ns, "a");
+        b.set(&key, Bytes::from_static(b"x"), Some(Duration::from_secs(1)))
+            .await
+            .expect("set");
+        assert!(b.get(&key).await.expect("get").is_some(), "present before expiry");
+        assert!(
+            wait_gone(b, &key, Duration::from_secs(5)).await,
+            "an entry with a 1 s TTL is still there after 5 s"
+        );
+    }
+    // Through the orchestration: every backend.
+    let cache = cache_over(b, &ns);
+    let req = json!({"model": "conformance", "messages": [{"role": "user", "content": "ttl"}]});
+    let cc = CacheControl::none().with_ttl(Duration::from_secs(1));
+    let first = fetch_once(&cache, &req, &cc, "ttl-body").await;
+    assert!(!first.is_hit());
+    cache.flush(Duration::from_secs(10)).await.expect("flush");
+    assert!(fetch_once(&cache, &req, &cc, "unused").await.is_hit(), "hit before expiry");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        !fetch_once(&cache, &req, &cc, "refetched").await.is_hit(),
+        "the cache served an entry past its TTL"
+    );
+    cache.flush(Duration::from_secs(10)).await.expect("flush");
+    cleanup(b, &ns).await;
+}
+
+/// An entry written without a TTL is still there later.
+pub async fn no_ttl_persists(b: &SharedBackend) {
+    let ns = unique_namespace("no_ttl");
+    let key = k(&ns, "a");
+    b.set(&key, Bytes::from_static(b"forever"), None)
+        .await
+        .expect("set");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(b.get(&key).await.expect("get").as_deref(), Some(&b"forever"[..]));
+    cleanup(b, &ns).await;
+    if !b.capabilities().clear {
+        let _ = b.delete(&key).await;
+    }
+}
+
+/// `delete` removes a key; deleting a missing key is not an error.
+pub async fn delete(b: &SharedBackend) {
+    if !b.capabilities().delete {
+        eprintln!("delete: {} cannot delete; skipped", b.name());
+        return;
+    }
+    let ns = unique_namespace("delete");
+    let key = k(&ns, "a");
+    b.set(&key, Bytes::from_static(b"x"), Some(Duration::from_secs(60)))
+        .await
+        .expect("set");
+    b.delete(&key).await.expect("delete existing");
+    assert_eq!(b.get(&key).await.expect("get"), None, "deleted key must be gone");
+    b.delete(&k(&ns, "never-written"))
+        .await
+        .expect("deleting a missing key is not an error");
+}
+
+/// The same name in two namespaces is two entries.
+pub async fn namespaces_are_isolated(b: &SharedBackend) {
+    let ns1 = unique_namespace("ns_a");
+    let ns2 = unique_namespace("ns_b");
+    b.set(&k(&ns1, "same"), Bytes::from_static(b"1"), Some(Duration::from_secs(60)))
+        .await
+        .expect("set 1");
+    b.set(&k(&ns2, "same"), Bytes::from_static(b"2"), Some(Duration::from_secs(60)))
+        .await
+        .expect("set 2");
+    assert_eq!(b.get(&k(&ns1, "same")).await.expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(b.get(&k(&ns2, "same")).await.expect("get").as_deref(), Some(&b"2"[..]));
+    cleanup(b, &ns1).await;
+    cleanup(b, &ns2).await;
+}
+
+/// `clear(Some(ns))` removes exactly the keys under `ns:` (including nested namespaces) and
+/// nothing else, not even keys whose namespace merely starts with the same letters.
+pub async fn clear_namespace(b: &SharedBackend) {
+    if !b.capabilities().clear {
+        eprintln!("clear_namespace: {} cannot clear; skipped", b.name());
+        return;
+    }
+    let ns = unique_namespace("clear");
+    let other = unique_namespace("clear_other");
+    let lookalike = format!("{ns}x");
+    let ttl = Some(Duration::from_secs(60));
+    let mine = [k(&ns, "a"), k(&ns, "b"), k(&ns, "nested:c")];
+    let theirs = [k(&other, "a"), k(&lookalike, "a")];
+    for key in mine.iter().chain(theirs.iter()) {
+        b.set(key, Bytes::from_static(b"v"), ttl).await.expect("set");
+    }
+    b.clear(Some(&ns)).await.expect("clear");
+    for key in &mine {
+        assert_eq!(b.get(key).await.expect("get"), None, "{key} must be cleared");
+    }
+    for key in &theirs {
+        assert!(b.get(key).await.expect("get").is_some(), "{key} must survive");
+    }
+    cleanup(b, &other).await;
+    cleanup(b, &lookalike).await;
+}
+
+/// `set_many` then `get_many` (with missing keys in between) keeps order.
+pub async fn batch(b: &SharedBackend) {
+    let ns = unique_namespace("batch");
+    let entries: Vec<(String, Bytes)> = (0..20)
+        .map(|i| (k(&ns, &format!("item{i}")), Bytes::from(format!("value-{i}"))))
+        .collect();
+    b.set_many(entries.clone(), Some(Duration::from_secs(60)))
+        .await
+        .expect("set_many");
+    let mut keys: Vec<String> = Vec::new();
+    for (i, (key, _)) in entries.iter().enumerate() {
+        keys.push(key.clone());
+        if i % 5 == 0 {
+            keys.push(k(&ns, &format!("missing{i}")));
+        }
+    }
+    let got = b.get_many(&keys).await.expect("get_many");
+    assert_eq!(got.len(), keys.len(), "one slot per key");
+    for (key, value) in keys.iter().zip(got) {
+        match entries.iter().find(|(k2, _)| k2 == key) {
+            Some((_, v)) => assert_eq!(value.as_ref(), Some(v), "{key}"),
+            None => assert_eq!(value, None, "{key} was never written"),
+        }
+    }
+    assert!(b.get_many(&[]).await.expect("empty get_many").is_empty());
+    cleanup(b, &ns).await;
+}
+
+/// A value of 4 MiB (or the backend's limit) round-trips intact.
+pub async fn large_value(b: &SharedBackend) {
+    let ns = unique_namespace("large");
+    let size = b
+        .capabilities()
+        .max_value_size
+        .map_or(4 << 20, |m| m.min(4 << 20) - 256);
+    let value: Bytes = (0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>().into();
+    let key = k(&ns, "big");
+    b.set(&key, value.clone(), Some(Duration::from_secs(60)))
+        .await
+        .expect("set large");
+    let got = b.get(&key).await.expect("get large").expect("large value present");
+    assert_eq!(got.len(), value.len());
+    assert!(got == value, "large value corrupted");
+    cleanup(b, &ns).await;
+}
+
+/// 16 concurrent writers: every key readable; a contended key holds one of the written values.
+pub async fn concurrent_writers(b: &SharedBackend) {
+    let ns = unique_namespace("concurrent");
+    let shared = k(&ns, "contended");
+    let futs = (0..16).map(|w| {
+        let ns = ns.clone();
+        let shared = shared.clone();
+        async move {
+            for i in 0..10 {
+                let key = k(&ns, &format!("w{w}-{i}"));
+                b.set(&key, Bytes::from(format!("{w}-{i}")), Some(Duration::from_secs(60)))
+                    .await
+                    .expect("set");
+                b.set(&shared, Bytes::from(format!("writer-{w}")), Some(Duration::from_secs(60)))
+                    .await
+                    .expect("set contended");
+            }
+        }
+    });
+    futures::future::join_all(futs).await;
+    for w in 0..16 {
+        for i in 0..10 {
+            let key = k(&ns, &format!("w{w}-{i}"));
+            assert_eq!(
+                b.get(&key).await.expect("get"),
+                Some(Bytes::from(format!("{w}-{i}")))
+            );
+        }
+    }
+    let v = b.get(&shared).await.expect("get contended").expect("present");
+    let s = String::from_utf8(v.to_vec()).expect("utf8");
+    assert!(s.starts_with("writer-"), "contended key holds a torn value: {s:?}");
+    cleanup(b, &ns).await;
+}
+
+/// `ping` answers and names the backend.
+pub async fn ping(b: &SharedBackend) {
+    let h = b.ping().await.expect("ping");
+    assert_eq!(h.backend, b.name());
+}
+
+/// A cache over the backend: a miss is stored, the repeat is a byte-identical hit.
+pub async fn cache_round_trip(b: &SharedBackend) {
+    let ns = unique_namespace("cache_rt");
+    let cache = cache_over(b, &ns);
+    let req = json!({"model": "conformance", "messages": [{"role": "user", "content": "hello"}]});
+    let cc = CacheControl::none();
+    let first = cache
+        .get_or_fetch(CallKind::Chat, &req, &cc, || async {
+            Ok::<_, std::io::Error>(chat_body("first"))
+        })
+        .await
+        .expect("first call");
+    assert!(matches!(first.status, CacheStatus::Miss { stored: true, .. }), "{:?}", first.status);
+    cache.flush(Duration::from_secs(10)).await.expect("flush");
+    let second = cache
+        .get_or_fetch(CallKind::Chat, &req, &cc, || async {
+            Ok::<_, std::io::Error>(chat_body("second"))
+        })
+        .await
+        .expect("second call");
+    assert!(second.status.is_hit(), "{:?}", second.status);
+    assert_eq!(first.value, second.value);
+    cleanup(b, &ns).await;
+}
+
+/// Garbage at an entry's key is a miss (never a panic or a wrong body), then gets replaced.
+pub async fn corrupt_entry_is_a_miss(b: &SharedBackend) {
+    let ns = unique_namespace("corrupt");
+    let cache = cache_over(b, &ns);
+    let req = json!({"model": "conformance", "messages": [{"role": "user", "content": "corrupt"}]});
+    let key = cache
+        .prepare(CallKind::Chat, &req, &CacheControl::none(), &Default::default())
+        .expect("prepare")
+        .key()
+        .expect("key")
+        .clone();
+    for garbage in [
+        &b"not json"[..],
+        b"{\"llmc\":1,\"kind\":\"chat\",\"stored_at\":1,\"len\":999,\"crc\":1,\"body\":{}}",
+        b"{\"timestamp\": 1.0, \"response\": \"{}\"}",
+    ] {
+        b.set(key.as_str(), Bytes::copy_from_slice(garbage), Some(Duration::from_secs(60)))
+            .await
+            .expect("set garbage");
+        let got = fetch_once(&cache, &req, &CacheControl::none(), "fresh").await;
+        assert!(!got.is_hit(), "garbage served as a hit");
+        cache.flush(Duration::from_secs(10)).await.expect("flush");
+    }
+    let again = fetch_once(&cache, &req, &CacheControl::none(), "unused").await;
+    assert!(again.is_hit(), "the good entry replaced the garbage");
+    cleanup(b, &ns).await;
+}
+
+/// Runs every check in order.
+pub async fn run_all(b: &SharedBackend) {
+    round_trip(b).await;
+    binary_safe(b).await;
+    overwrite(b).await;
+    overwrite_replaces_ttl(b).await;
+    ttl_expiry(b).await;
+    no_ttl_persists(b).await;
+    delete(b).await;
+    namespaces_are_isolated(b).await;
+    clear_namespace(b).await;
+    batch(b).await;
+    large_value(b).await;
+    concurrent_writers(b).await;
+    ping(b).await;
+    cache_round_trip(b).await;
+    corrupt_entry_is_a_miss(b).await;
+}
+
+fn cache_over(b: &SharedBackend, ns: &str) -> Cache {
+    CacheBuilder::from_shared(b.clone())
+        .namespace(ns)
+        .configure(|s| {
+            s.read_timeout = Duration::from_secs(5);
+            s.write_timeout = Duration::from_secs(10);
+        })
+        .build()
+}
+
+fn chat_body(text: &str) -> Value {
+    json!({
+        "id": format!("chatcmpl-{text}"),
+        "object": "chat.completion",
+        "created": 1_795_000_000,
+        "model": "conformance",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    })
+}
+
+async fn fetch_once(cache: &Cache, req: &Value, cc: &CacheControl, text: &str) -> CacheStatus {
+    cache
+        .get_or_fetch(CallKind::Chat, req, cc, || async {
+            Ok::<_, std::io::Error>(chat_body(text))
+        })
+        .await
+        .expect("call")
+        .status
+}
+
+/// Expands to one `#[test]` per conformance check.
+///
+/// * `cache_conformance!(backend = <future resolving to a backend>);`
+/// * `cache_conformance!(optional_backend = <future resolving to Option<backend>>);`
+///   (`None` skips, or fails under `LLM_CACHE_TEST_STRICT=1` if the factory used
+///   [`service_unavailable`]).
+///
+/// The future is evaluated once per check, so each check gets a fresh client.
+#[macro_export]
+macro_rules! cache_conformance {
+    (backend = $factory:expr) => {
+        $crate::cache_conformance!(@checks (async { ::core::option::Option::Some($factory.await) }));
+    };
+    (optional_backend = $factory:expr) => {
+        $crate::cache_conformance!(@checks ($factory));
+    };
+    (@checks ($factory:expr)) => {
+        $crate::cache_conformance!(@each ($factory)
+            round_trip binary_safe overwrite overwrite_replaces_ttl ttl_expiry no_ttl_persists
+            delete namespaces_are_isolated clear_namespace batch large_value concurrent_writers
+            ping cache_round_trip corrupt_entry_is_a_miss);
+    };
+    (@each ($factory:expr) $($check:ident)+) => {
+        $(
+            #[test]
+            fn $check() {
+                $crate::testing::runtime().block_on(async {
+                    let ::core::option::Option::Some(backend) = $factory.await else {
+                        return;
+                    };
+                    let backend: $crate::SharedBackend = ::std::sync::Arc::new(backend);
+                    $crate::testing::$check(&backend).await;
+                });
+            }
+        )+
+    };
+}
