@@ -159,9 +159,11 @@ pub trait CacheBackend: Send + Sync + Debug + 'static {
     ///
     /// The default runs the sets concurrently; backends with pipelines override it.
     async fn set_many(&self, entries: Vec<(String, Bytes)>, ttl: Option<Duration>) -> Result<()> {
-        futures::future::try_join_all(entries.into_iter().map(|(k, v)| async move {
-            self.set(&k, v, ttl).await
-        }))
+        futures::future::try_join_all(
+            entries
+                .into_iter()
+                .map(|(k, v)| async move { self.set(&k, v, ttl).await }),
+        )
         .await
         .map(|_| ())
     }

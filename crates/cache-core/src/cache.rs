@@ -198,7 +198,10 @@ impl CacheBuilder {
         let settings = self.settings;
         Arc::new(CacheEngine {
             keys: KeyBuilder::new(settings.keys.clone()),
-            l1: settings.l1.as_ref().map(|c| MemoryBackend::new(c.memory.clone())),
+            l1: settings
+                .l1
+                .as_ref()
+                .map(|c| MemoryBackend::new(c.memory.clone())),
             breaker: Breaker::new(settings.breaker),
             semantic_breaker: Breaker::new(settings.breaker),
             backend: self.backend,
@@ -234,7 +237,10 @@ impl fmt::Debug for CacheEngine {
         f.debug_struct("CacheEngine")
             .field("backend", &self.backend.name())
             .field("l1", &self.l1.is_some())
-            .field("semantic", &self.semantic.as_ref().map(|s| s.name().to_owned()))
+            .field(
+                "semantic",
+                &self.semantic.as_ref().map(|s| s.name().to_owned()),
+            )
             .field("settings", &self.settings)
             .finish()
     }
@@ -683,7 +689,10 @@ impl Cache {
             Some("call-type")
         } else if s.mode == CacheMode::DefaultOff && cc.use_cache != Some(true) {
             Some("default-off")
-        } else if s.max_messages.is_some_and(|max| message_count(request) > max) {
+        } else if s
+            .max_messages
+            .is_some_and(|max| message_count(request) > max)
+        {
             Some("max-messages")
         } else {
             None
@@ -1076,7 +1085,9 @@ impl Prepared {
             && let Some(raw) = l1.get_sync(key.as_str())
         {
             match validate(&raw, self.kind, self.max_age, now) {
-                Ok((entry, age)) => return self.hit(engine, key, entry, age, Tier::L1, None, start),
+                Ok((entry, age)) => {
+                    return self.hit(engine, key, entry, age, Tier::L1, None, start);
+                }
                 Err(r) => reason = r,
             }
         }
@@ -1094,7 +1105,11 @@ impl Prepared {
             Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
                 Ok((entry, age)) => {
                     if let Some(l1) = &engine.l1 {
-                        let l1_ttl = engine.settings.l1.as_ref().map_or(Duration::ZERO, |c| c.ttl);
+                        let l1_ttl = engine
+                            .settings
+                            .l1
+                            .as_ref()
+                            .map_or(Duration::ZERO, |c| c.ttl);
                         let ttl = entry.remaining_ttl(now).map_or(l1_ttl, |r| r.min(l1_ttl));
                         let _ = l1.set_sync(key.as_str(), raw.clone(), Some(ttl));
                     }
@@ -1103,8 +1118,13 @@ impl Prepared {
                 Err(r) => {
                     if r == MissReason::Unusable {
                         stats.corrupt.fetch_add(1, Relaxed);
-                        tracing::warn!(backend = backend_name, key = key.as_str(), "unusable cache entry treated as a miss");
-                    } else if r == MissReason::NotFound && !engine.backend.capabilities().native_ttl {
+                        tracing::warn!(
+                            backend = backend_name,
+                            key = key.as_str(),
+                            "unusable cache entry treated as a miss"
+                        );
+                    } else if r == MissReason::NotFound && !engine.backend.capabilities().native_ttl
+                    {
                         self.delete_in_background(engine, key);
                     }
                     reason = r;
@@ -1135,14 +1155,27 @@ impl Prepared {
         {
             if let Some(hit) = self.semantic_lookup(engine, sem, input, now).await {
                 let (entry, age, similarity) = hit;
-                return self.hit(engine, key, entry, age, Tier::Semantic, Some(similarity), start);
+                return self.hit(
+                    engine,
+                    key,
+                    entry,
+                    age,
+                    Tier::Semantic,
+                    Some(similarity),
+                    start,
+                );
             }
         }
 
         let latency = start.elapsed();
         stats.misses.fetch_add(1, Relaxed);
         stats.lookup_latency.observe(latency);
-        tracing::debug!(key = key.as_str(), reason = reason.as_str(), ?latency, "cache miss");
+        tracing::debug!(
+            key = key.as_str(),
+            reason = reason.as_str(),
+            ?latency,
+            "cache miss"
+        );
         self.cache.emit_with(|emit| {
             emit(&CacheEvent {
                 kind: EventKind::Miss,
@@ -1226,7 +1259,9 @@ impl Prepared {
             .bytes_served
             .fetch_add(entry.body.len() as u64, Relaxed);
         if let Some(u) = &entry.usage {
-            stats.prompt_tokens_saved.fetch_add(u.prompt_tokens, Relaxed);
+            stats
+                .prompt_tokens_saved
+                .fetch_add(u.prompt_tokens, Relaxed);
             stats
                 .completion_tokens_saved
                 .fetch_add(u.completion_tokens, Relaxed);
@@ -1301,7 +1336,11 @@ impl Prepared {
         };
         let raw = entry.encode();
         if let Some(l1) = &engine.l1 {
-            let l1_ttl = engine.settings.l1.as_ref().map_or(Duration::ZERO, |c| c.ttl);
+            let l1_ttl = engine
+                .settings
+                .l1
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.ttl);
             let ttl = self.ttl.map_or(l1_ttl, |t| t.min(l1_ttl));
             let _ = l1.set_sync(key.as_str(), raw.clone(), Some(ttl));
         }
@@ -1374,8 +1413,12 @@ impl Prepared {
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<Bytes, E>>,
     {
-        self.run(fetch, |b: &Bytes| Some(b.clone()), |b: &Bytes| Some(b.clone()))
-            .await
+        self.run(
+            fetch,
+            |b: &Bytes| Some(b.clone()),
+            |b: &Bytes| Some(b.clone()),
+        )
+        .await
     }
 
     /// The shared request flow over any response type.
@@ -1504,7 +1547,11 @@ impl Cache {
             return;
         }
         if let Some(l1) = &engine.l1 {
-            let l1_ttl = engine.settings.l1.as_ref().map_or(Duration::ZERO, |c| c.ttl);
+            let l1_ttl = engine
+                .settings
+                .l1
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.ttl);
             let l1_ttl = ttl.map_or(l1_ttl, |t| t.min(l1_ttl));
             for (k, v) in &entries {
                 let _ = l1.set_sync(k, v.clone(), Some(l1_ttl));

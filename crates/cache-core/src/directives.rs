@@ -291,7 +291,9 @@ fn namespace_value(field: &str, v: &Value) -> Result<String, DirectiveError> {
             format!("longer than {MAX_NAMESPACE_LEN} bytes"),
         ));
     }
-    if s.chars().any(|c| c.is_control() || c.is_whitespace() || c == '*') {
+    if s.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '*')
+    {
         return Err(DirectiveError::new(
             field,
             "must not contain whitespace, control characters or `*`",
@@ -338,7 +340,10 @@ mod tests {
 
     #[test]
     fn null_and_absent_are_no_directives() {
-        assert_eq!(CacheControl::from_json(None).unwrap(), CacheControl::default());
+        assert_eq!(
+            CacheControl::from_json(None).unwrap(),
+            CacheControl::default()
+        );
         assert_eq!(
             CacheControl::from_json(Some(&Value::Null)).unwrap(),
             CacheControl::default()
@@ -363,7 +368,10 @@ mod tests {
             (json!({"namespace": 5}), "cache.namespace"),
             (json!({"namespace": ""}), "cache.namespace"),
             (json!({"namespace": "a b"}), "cache.namespace"),
-            (json!({"similarity-threshold": 1.5}), "cache.similarity-threshold"),
+            (
+                json!({"similarity-threshold": 1.5}),
+                "cache.similarity-threshold",
+            ),
             (json!({"no_cache": true}), "cache.no_cache"),
         ];
         for (input, field) in cases {

@@ -126,7 +126,8 @@ impl Cache {
         let start = Instant::now();
         let mut found: Vec<Option<CachedItem>> = (0..items.len()).map(|_| None).collect();
         if prepared.reads() {
-            self.lookup_items(&engine, &items, &mut found, cc.max_age).await;
+            self.lookup_items(&engine, &items, &mut found, cc.max_age)
+                .await;
         }
         let cached = found.iter().filter(|f| f.is_some()).count();
         let stats = self.stats();
@@ -177,9 +178,7 @@ impl Cache {
             };
             sub
         };
-        let body = fetch(upstream_request)
-            .await
-            .map_err(CallError::Upstream)?;
+        let body = fetch(upstream_request).await.map_err(CallError::Upstream)?;
 
         let parsed: Option<Value> = serde_json::from_slice(&body).ok();
         let fresh = parsed.as_ref().and_then(|p| fresh_items(p, missing.len()));
@@ -200,7 +199,10 @@ impl Cache {
             });
         };
         let parsed = parsed.expect("fresh items come from a parsed body");
-        let model = parsed.get("model").and_then(Value::as_str).map(str::to_owned);
+        let model = parsed
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let fresh_usage = Usage::from_response(&parsed).unwrap_or_default();
 
         let stored = prepared.writes() && {
@@ -223,7 +225,8 @@ impl Cache {
                         completion_tokens: 0,
                         total_tokens: tokens,
                     };
-                    let entry = Entry::new(CallKind::Embedding, Bytes::from(body), Some(usage), ttl);
+                    let entry =
+                        Entry::new(CallKind::Embedding, Bytes::from(body), Some(usage), ttl);
                     (items[missing[j]].0.as_str().to_owned(), entry.encode())
                 })
                 .collect();
@@ -296,9 +299,7 @@ impl Cache {
             .iter()
             .map(|i| items[*i].0.as_str().to_owned())
             .collect();
-        let res = engine
-            .guarded_get_many(&keys, self.stats())
-            .await;
+        let res = engine.guarded_get_many(&keys, self.stats()).await;
         if let Some(values) = res {
             for (slot, raw) in remote.iter().zip(values) {
                 if let Some(raw) = raw {
@@ -333,7 +334,10 @@ fn fresh_items(parsed: &Value, expected: usize) -> Option<Vec<Map<String, Value>
         .map(|(pos, d)| {
             let obj = d.as_object()?;
             obj.get("embedding")?;
-            let idx = obj.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
+            let idx = obj
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(pos as u64);
             let mut obj = obj.clone();
             obj.remove("index");
             Some((idx, obj))
@@ -373,7 +377,12 @@ fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> B
         }
     }
     let model = model
-        .or_else(|| request.get("model").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| {
+            request
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     let body = json!({
         "object": "list",
@@ -391,7 +400,12 @@ impl CacheEngine {
         stats: &crate::stats::Stats,
     ) -> Option<Vec<Option<Bytes>>> {
         match self
-            .guarded(self.backend().get_many(keys), "get_many", self.settings().read_timeout, stats)
+            .guarded(
+                self.backend().get_many(keys),
+                "get_many",
+                self.settings().read_timeout,
+                stats,
+            )
             .await
         {
             Ok(v) if v.len() == keys.len() => Some(v),

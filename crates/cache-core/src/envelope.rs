@@ -230,8 +230,8 @@ impl Entry {
         let mut header_buf = Vec::with_capacity(pos + 1);
         header_buf.extend_from_slice(&raw[..pos]);
         header_buf.push(b'}');
-        let header: HeaderIn<'_> = serde_json::from_slice(&header_buf)
-            .map_err(|e| DecodeError::Header(e.to_string()))?;
+        let header: HeaderIn<'_> =
+            serde_json::from_slice(&header_buf).map_err(|e| DecodeError::Header(e.to_string()))?;
         if header.llmc != ENVELOPE_VERSION {
             return Err(DecodeError::UnsupportedVersion(header.llmc));
         }
@@ -274,7 +274,9 @@ mod tests {
                 completion_tokens: 12,
                 total_tokens: 21,
             }),
-            body: Bytes::from_static(br#"{"id":"chatcmpl-1","choices":[{"message":{"content":"hi \"body\":"}}]}"#),
+            body: Bytes::from_static(
+                br#"{"id":"chatcmpl-1","choices":[{"message":{"content":"hi \"body\":"}}]}"#,
+            ),
         }
     }
 
@@ -337,9 +339,12 @@ mod tests {
 
     #[test]
     fn usage_is_read_from_responses() {
-        let u = Usage::from_response(&json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}));
+        let u =
+            Usage::from_response(&json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}));
         assert_eq!(u.unwrap().total_tokens, 7);
-        let u = Usage::from_response(&json!({"usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 8}}));
+        let u = Usage::from_response(
+            &json!({"usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 8}}),
+        );
         assert_eq!(u.unwrap().total_tokens, 8);
         assert!(Usage::from_response(&json!({})).is_none());
     }

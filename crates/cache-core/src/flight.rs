@@ -48,7 +48,10 @@ impl Drop for Leader {
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Only remove our own flight (a new leader may already have replaced it).
-        if map.get(&self.key).is_some_and(|rx| rx.same_channel(&self.tx.subscribe())) {
+        if map
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
             map.remove(&self.key);
         }
     }
@@ -88,11 +91,8 @@ impl Flights {
     }
 
     pub(crate) async fn wait(mut rx: watch::Receiver<State>, timeout: Duration) -> Waited {
-        let waited = tokio::time::timeout(
-            timeout,
-            rx.wait_for(|s| !matches!(s, State::Pending)),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(timeout, rx.wait_for(|s| !matches!(s, State::Pending))).await;
         match waited {
             Err(_) => Waited::TimedOut,
             Ok(Err(_)) => Waited::Retry,

@@ -403,7 +403,12 @@ impl KeyBuilder {
     }
 
     /// The preimage (the bytes that are hashed), for debugging and for the golden vectors.
-    pub fn preimage(&self, kind: CallKind, request: &Value, ctx: &KeyContext<'_>) -> Result<String> {
+    pub fn preimage(
+        &self,
+        kind: CallKind,
+        request: &Value,
+        ctx: &KeyContext<'_>,
+    ) -> Result<String> {
         let obj = as_object(request)?;
         let mut buf = Vec::new();
         self.write_preimage(&mut buf, kind, obj, ctx, None);
@@ -651,9 +656,67 @@ fn write_number(buf: &mut Vec<u8>, n: &Number) {
     }
 }
 
+/// Writes a JSON string: `"` and `\\` escaped, `\b \f \n \r \t` for those controls, every other
+/// byte below 0x20 as `\u00xx` (lowercase hex), everything else as raw UTF-8.
 fn write_str(buf: &mut Vec<u8>, s: &str) {
-    // serde_json escapes exactly `"`, `\` and control characters; everything else is raw UTF-8.
-    let _ = serde_json::to_writer(&mut *buf, s);
+    let bytes = s.as_bytes();
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip 8 clean bytes at a time (SWAR); fall back to bytes around anything to escape.
+        while let Some(chunk) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if needs_escape(word) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = bytes.get(i) else { break };
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                buf.extend_from_slice(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                buf.extend_from_slice(b"\\u00");
+                buf.push(HEX[(b >> 4) as usize]);
+                buf.push(HEX[(b & 0xf) as usize]);
+                i += 1;
+                start = i;
+                continue;
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.extend_from_slice(esc);
+        i += 1;
+        start = i;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+/// Whether any byte of `x` is below 0x20, `"` or `\\` (exact for "any"; which byte is unknown).
+#[inline]
+fn needs_escape(x: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let below_space = x.wrapping_sub(LO * 0x20) & !x & HI;
+    let q = x ^ (LO * u64::from(b'"'));
+    let quote = q.wrapping_sub(LO) & !q & HI;
+    let bs = x ^ (LO * u64::from(b'\\'));
+    let backslash = bs.wrapping_sub(LO) & !bs & HI;
+    (below_space | quote | backslash) != 0
 }
 
 #[cfg(test)]
@@ -726,9 +789,8 @@ mod tests {
     #[test]
     fn model_group_and_caching_groups() {
         let req = json!({"model": "azure/gpt-4o-eu", "messages": []});
-        let kb = KeyBuilder::new(
-            KeyOptions::default().with_caching_groups([["gpt-4o", "gpt-4o-mini"]]),
-        );
+        let kb =
+            KeyBuilder::new(KeyOptions::default().with_caching_groups([["gpt-4o", "gpt-4o-mini"]]));
         let k1 = kb
             .key(
                 CallKind::Chat,
@@ -799,9 +861,37 @@ mod tests {
     }
 
     #[test]
+    fn string_escaping_matches_serde_json() {
+        let mut samples: Vec<String> = (0u8..0x80)
+            .map(|b| format!("ab{}cdefghij", b as char))
+            .collect();
+        samples.push("plain ascii text that is longer than eight bytes".into());
+        samples.push("é ✓ \u{1F600} \"q\" \\ \u{7f}\u{1}\u{1f}".into());
+        samples.push(String::new());
+        for s in samples {
+            let mut buf = Vec::new();
+            write_str(&mut buf, &s);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                serde_json::to_string(&s).unwrap(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
     fn numbers_are_normalised() {
-        assert_eq!(canonical_json(&json!([1, 1.0, -0.0, 1e-5, 0.1, 1e300, 1.5])), "[1,1,0,1e-5,1e-1,1e300,1.5e0]");
-        assert_eq!(canonical_json(&json!(18446744073709551615u64)), "18446744073709551615");
-        assert_eq!(canonical_json(&json!({"b": 1, "a": {"d": null, "c": "é\n"}})), "{\"a\":{\"c\":\"é\\n\"},\"b\":1}");
+        assert_eq!(
+            canonical_json(&json!([1, 1.0, -0.0, 1e-5, 0.1, 1e300, 1.5])),
+            "[1,1,0,1e-5,1e-1,1e300,1.5e0]"
+        );
+        assert_eq!(
+            canonical_json(&json!(18446744073709551615u64)),
+            "18446744073709551615"
+        );
+        assert_eq!(
+            canonical_json(&json!({"b": 1, "a": {"d": null, "c": "é\n"}})),
+            "{\"a\":{\"c\":\"é\\n\"},\"b\":1}"
+        );
     }
 }

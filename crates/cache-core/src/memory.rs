@@ -135,11 +135,9 @@ impl MemoryBackend {
             }
             (Some(items), None) => builder = builder.max_capacity(items),
             (None, Some(bytes)) => {
-                builder = builder
-                    .max_capacity(bytes)
-                    .weigher(|k: &String, v: &Slot| {
-                        (k.len() + v.value.len()).clamp(1, u32::MAX as usize) as u32
-                    });
+                builder = builder.max_capacity(bytes).weigher(|k: &String, v: &Slot| {
+                    (k.len() + v.value.len()).clamp(1, u32::MAX as usize) as u32
+                });
             }
             (None, None) => {}
         }
@@ -305,7 +303,11 @@ mod tests {
         m.cache.run_pending_tasks();
         let total: usize = m.cache.iter().map(|(k, v)| k.len() + v.value.len()).sum();
         assert!(total <= 10_000, "total bytes {total}");
-        assert!(m.len() >= 5, "should keep several entries, kept {}", m.len());
+        assert!(
+            m.len() >= 5,
+            "should keep several entries, kept {}",
+            m.len()
+        );
     }
 
     #[tokio::test]
@@ -322,17 +324,25 @@ mod tests {
     #[tokio::test]
     async fn reset_replaces_expiry() {
         let m = MemoryBackend::default();
-        m.set("k", Bytes::from_static(b"1"), Some(Duration::from_millis(50)))
-            .await
-            .unwrap();
+        m.set(
+            "k",
+            Bytes::from_static(b"1"),
+            Some(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
         m.set("k", Bytes::from_static(b"2"), Some(Duration::from_secs(60)))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(m.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
-        m.set("k", Bytes::from_static(b"3"), Some(Duration::from_millis(50)))
-            .await
-            .unwrap();
+        m.set(
+            "k",
+            Bytes::from_static(b"3"),
+            Some(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert!(m.get("k").await.unwrap().is_none());
     }

@@ -78,8 +78,14 @@ mod tests {
         ));
         assert!(!has_output(CallKind::Responses, &json!({"output": []})));
         assert!(!has_output(CallKind::Embedding, &json!({"data": []})));
-        assert!(!has_output(CallKind::TextCompletion, &json!({"choices": [{"text": ""}]})));
-        assert!(!has_output(CallKind::Chat, &json!({"error": {"message": "x"}})));
+        assert!(!has_output(
+            CallKind::TextCompletion,
+            &json!({"choices": [{"text": ""}]})
+        ));
+        assert!(!has_output(
+            CallKind::Chat,
+            &json!({"error": {"message": "x"}})
+        ));
     }
 
     #[test]
@@ -92,7 +98,13 @@ mod tests {
             CallKind::Chat,
             &json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "t"}]}}]})
         ));
-        assert!(has_output(CallKind::TextCompletion, &json!({"choices": [{"text": "x"}]})));
-        assert!(has_output(CallKind::Embedding, &json!({"data": [{"embedding": [0.1]}]})));
+        assert!(has_output(
+            CallKind::TextCompletion,
+            &json!({"choices": [{"text": "x"}]})
+        ));
+        assert!(has_output(
+            CallKind::Embedding,
+            &json!({"data": [{"embedding": [0.1]}]})
+        ));
     }
 }

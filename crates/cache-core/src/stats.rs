@@ -101,7 +101,10 @@ impl Stats {
 
     /// Errors by (backend, operation, kind).
     pub fn errors(&self) -> BTreeMap<(String, &'static str, &'static str), u64> {
-        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Total errors.
@@ -115,7 +118,9 @@ impl Stats {
 
     /// Total hits, every tier.
     pub fn hits(&self) -> u64 {
-        self.hits_l1.load(Relaxed) + self.hits_backend.load(Relaxed) + self.hits_semantic.load(Relaxed)
+        self.hits_l1.load(Relaxed)
+            + self.hits_backend.load(Relaxed)
+            + self.hits_semantic.load(Relaxed)
     }
 }
 

@@ -122,10 +122,18 @@ async fn wait_gone(b: &SharedBackend, key: &str, limit: Duration) -> bool {
 pub async fn round_trip(b: &SharedBackend) {
     let ns = unique_namespace("round_trip");
     let key = k(&ns, "a");
-    assert_eq!(b.get(&key).await.expect("get missing"), None, "missing key must be None");
-    b.set(&key, Bytes::from_static(b"{\"v\":1}"), Some(Duration::from_secs(60)))
-        .await
-        .expect("set");
+    assert_eq!(
+        b.get(&key).await.expect("get missing"),
+        None,
+        "missing key must be None"
+    );
+    b.set(
+        &key,
+        Bytes::from_static(b"{\"v\":1}"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set");
     assert_eq!(
         b.get(&key).await.expect("get").as_deref(),
         Some(&b"{\"v\":1}"[..]),
@@ -158,13 +166,24 @@ pub async fn binary_safe(b: &SharedBackend) {
 pub async fn overwrite(b: &SharedBackend) {
     let ns = unique_namespace("overwrite");
     let key = k(&ns, "a");
-    b.set(&key, Bytes::from_static(b"one"), Some(Duration::from_secs(60)))
-        .await
-        .expect("set 1");
-    b.set(&key, Bytes::from_static(b"two"), Some(Duration::from_secs(60)))
-        .await
-        .expect("set 2");
-    assert_eq!(b.get(&key).await.expect("get").as_deref(), Some(&b"two"[..]));
+    b.set(
+        &key,
+        Bytes::from_static(b"one"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set 1");
+    b.set(
+        &key,
+        Bytes::from_static(b"two"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set 2");
+    assert_eq!(
+        b.get(&key).await.expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
     cleanup(b, &ns).await;
 }
 
@@ -172,17 +191,28 @@ pub async fn overwrite(b: &SharedBackend) {
 /// survives past the short one. Native-TTL backends only.
 pub async fn overwrite_replaces_ttl(b: &SharedBackend) {
     if !b.capabilities().native_ttl {
-        eprintln!("overwrite_replaces_ttl: {} has no native TTL; skipped", b.name());
+        eprintln!(
+            "overwrite_replaces_ttl: {} has no native TTL; skipped",
+            b.name()
+        );
         return;
     }
     let ns = unique_namespace("overwrite_ttl");
     let key = k(&ns, "a");
-    b.set(&key, Bytes::from_static(b"short"), Some(Duration::from_secs(1)))
-        .await
-        .expect("set short");
-    b.set(&key, Bytes::from_static(b"long"), Some(Duration::from_secs(60)))
-        .await
-        .expect("set long");
+    b.set(
+        &key,
+        Bytes::from_static(b"short"),
+        Some(Duration::from_secs(1)),
+    )
+    .await
+    .expect("set short");
+    b.set(
+        &key,
+        Bytes::from_static(b"long"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set long");
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
         b.get(&key).await.expect("get").as_deref(),
@@ -202,7 +232,10 @@ pub async fn ttl_expiry(b: &SharedBackend) {
         b.set(&key, Bytes::from_static(b"x"), Some(Duration::from_secs(1)))
             .await
             .expect("set");
-        assert!(b.get(&key).await.expect("get").is_some(), "present before expiry");
+        assert!(
+            b.get(&key).await.expect("get").is_some(),
+            "present before expiry"
+        );
         assert!(
             wait_gone(b, &key, Duration::from_secs(5)).await,
             "an entry with a 1 s TTL is still there after 5 s"
@@ -215,7 +248,10 @@ pub async fn ttl_expiry(b: &SharedBackend) {
     let first = fetch_once(&cache, &req, &cc, "ttl-body").await;
     assert!(!first.is_hit());
     cache.flush(Duration::from_secs(10)).await.expect("flush");
-    assert!(fetch_once(&cache, &req, &cc, "unused").await.is_hit(), "hit before expiry");
+    assert!(
+        fetch_once(&cache, &req, &cc, "unused").await.is_hit(),
+        "hit before expiry"
+    );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(
         !fetch_once(&cache, &req, &cc, "refetched").await.is_hit(),
@@ -233,7 +269,10 @@ pub async fn no_ttl_persists(b: &SharedBackend) {
         .await
         .expect("set");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(b.get(&key).await.expect("get").as_deref(), Some(&b"forever"[..]));
+    assert_eq!(
+        b.get(&key).await.expect("get").as_deref(),
+        Some(&b"forever"[..])
+    );
     cleanup(b, &ns).await;
     if !b.capabilities().clear {
         let _ = b.delete(&key).await;
@@ -248,11 +287,19 @@ pub async fn delete(b: &SharedBackend) {
     }
     let ns = unique_namespace("delete");
     let key = k(&ns, "a");
-    b.set(&key, Bytes::from_static(b"x"), Some(Duration::from_secs(60)))
-        .await
-        .expect("set");
+    b.set(
+        &key,
+        Bytes::from_static(b"x"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set");
     b.delete(&key).await.expect("delete existing");
-    assert_eq!(b.get(&key).await.expect("get"), None, "deleted key must be gone");
+    assert_eq!(
+        b.get(&key).await.expect("get"),
+        None,
+        "deleted key must be gone"
+    );
     b.delete(&k(&ns, "never-written"))
         .await
         .expect("deleting a missing key is not an error");
@@ -262,14 +309,28 @@ pub async fn delete(b: &SharedBackend) {
 pub async fn namespaces_are_isolated(b: &SharedBackend) {
     let ns1 = unique_namespace("ns_a");
     let ns2 = unique_namespace("ns_b");
-    b.set(&k(&ns1, "same"), Bytes::from_static(b"1"), Some(Duration::from_secs(60)))
-        .await
-        .expect("set 1");
-    b.set(&k(&ns2, "same"), Bytes::from_static(b"2"), Some(Duration::from_secs(60)))
-        .await
-        .expect("set 2");
-    assert_eq!(b.get(&k(&ns1, "same")).await.expect("get").as_deref(), Some(&b"1"[..]));
-    assert_eq!(b.get(&k(&ns2, "same")).await.expect("get").as_deref(), Some(&b"2"[..]));
+    b.set(
+        &k(&ns1, "same"),
+        Bytes::from_static(b"1"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set 1");
+    b.set(
+        &k(&ns2, "same"),
+        Bytes::from_static(b"2"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set 2");
+    assert_eq!(
+        b.get(&k(&ns1, "same")).await.expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        b.get(&k(&ns2, "same")).await.expect("get").as_deref(),
+        Some(&b"2"[..])
+    );
     cleanup(b, &ns1).await;
     cleanup(b, &ns2).await;
 }
@@ -288,14 +349,23 @@ pub async fn clear_namespace(b: &SharedBackend) {
     let mine = [k(&ns, "a"), k(&ns, "b"), k(&ns, "nested:c")];
     let theirs = [k(&other, "a"), k(&lookalike, "a")];
     for key in mine.iter().chain(theirs.iter()) {
-        b.set(key, Bytes::from_static(b"v"), ttl).await.expect("set");
+        b.set(key, Bytes::from_static(b"v"), ttl)
+            .await
+            .expect("set");
     }
     b.clear(Some(&ns)).await.expect("clear");
     for key in &mine {
-        assert_eq!(b.get(key).await.expect("get"), None, "{key} must be cleared");
+        assert_eq!(
+            b.get(key).await.expect("get"),
+            None,
+            "{key} must be cleared"
+        );
     }
     for key in &theirs {
-        assert!(b.get(key).await.expect("get").is_some(), "{key} must survive");
+        assert!(
+            b.get(key).await.expect("get").is_some(),
+            "{key} must survive"
+        );
     }
     cleanup(b, &other).await;
     cleanup(b, &lookalike).await;
@@ -305,7 +375,12 @@ pub async fn clear_namespace(b: &SharedBackend) {
 pub async fn batch(b: &SharedBackend) {
     let ns = unique_namespace("batch");
     let entries: Vec<(String, Bytes)> = (0..20)
-        .map(|i| (k(&ns, &format!("item{i}")), Bytes::from(format!("value-{i}"))))
+        .map(|i| {
+            (
+                k(&ns, &format!("item{i}")),
+                Bytes::from(format!("value-{i}")),
+            )
+        })
         .collect();
     b.set_many(entries.clone(), Some(Duration::from_secs(60)))
         .await
@@ -336,12 +411,19 @@ pub async fn large_value(b: &SharedBackend) {
         .capabilities()
         .max_value_size
         .map_or(4 << 20, |m| m.min(4 << 20) - 256);
-    let value: Bytes = (0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>().into();
+    let value: Bytes = (0..size)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
     let key = k(&ns, "big");
     b.set(&key, value.clone(), Some(Duration::from_secs(60)))
         .await
         .expect("set large");
-    let got = b.get(&key).await.expect("get large").expect("large value present");
+    let got = b
+        .get(&key)
+        .await
+        .expect("get large")
+        .expect("large value present");
     assert_eq!(got.len(), value.len());
     assert!(got == value, "large value corrupted");
     cleanup(b, &ns).await;
@@ -357,12 +439,20 @@ pub async fn concurrent_writers(b: &SharedBackend) {
         async move {
             for i in 0..10 {
                 let key = k(&ns, &format!("w{w}-{i}"));
-                b.set(&key, Bytes::from(format!("{w}-{i}")), Some(Duration::from_secs(60)))
-                    .await
-                    .expect("set");
-                b.set(&shared, Bytes::from(format!("writer-{w}")), Some(Duration::from_secs(60)))
-                    .await
-                    .expect("set contended");
+                b.set(
+                    &key,
+                    Bytes::from(format!("{w}-{i}")),
+                    Some(Duration::from_secs(60)),
+                )
+                .await
+                .expect("set");
+                b.set(
+                    &shared,
+                    Bytes::from(format!("writer-{w}")),
+                    Some(Duration::from_secs(60)),
+                )
+                .await
+                .expect("set contended");
             }
         }
     });
@@ -376,9 +466,16 @@ pub async fn concurrent_writers(b: &SharedBackend) {
             );
         }
     }
-    let v = b.get(&shared).await.expect("get contended").expect("present");
+    let v = b
+        .get(&shared)
+        .await
+        .expect("get contended")
+        .expect("present");
     let s = String::from_utf8(v.to_vec()).expect("utf8");
-    assert!(s.starts_with("writer-"), "contended key holds a torn value: {s:?}");
+    assert!(
+        s.starts_with("writer-"),
+        "contended key holds a torn value: {s:?}"
+    );
     cleanup(b, &ns).await;
 }
 
@@ -400,7 +497,11 @@ pub async fn cache_round_trip(b: &SharedBackend) {
         })
         .await
         .expect("first call");
-    assert!(matches!(first.status, CacheStatus::Miss { stored: true, .. }), "{:?}", first.status);
+    assert!(
+        matches!(first.status, CacheStatus::Miss { stored: true, .. }),
+        "{:?}",
+        first.status
+    );
     cache.flush(Duration::from_secs(10)).await.expect("flush");
     let second = cache
         .get_or_fetch(CallKind::Chat, &req, &cc, || async {
@@ -419,7 +520,12 @@ pub async fn corrupt_entry_is_a_miss(b: &SharedBackend) {
     let cache = cache_over(b, &ns);
     let req = json!({"model": "conformance", "messages": [{"role": "user", "content": "corrupt"}]});
     let key = cache
-        .prepare(CallKind::Chat, &req, &CacheControl::none(), &Default::default())
+        .prepare(
+            CallKind::Chat,
+            &req,
+            &CacheControl::none(),
+            &Default::default(),
+        )
         .expect("prepare")
         .key()
         .expect("key")
@@ -429,9 +535,13 @@ pub async fn corrupt_entry_is_a_miss(b: &SharedBackend) {
         b"{\"llmc\":1,\"kind\":\"chat\",\"stored_at\":1,\"len\":999,\"crc\":1,\"body\":{}}",
         b"{\"timestamp\": 1.0, \"response\": \"{}\"}",
     ] {
-        b.set(key.as_str(), Bytes::copy_from_slice(garbage), Some(Duration::from_secs(60)))
-            .await
-            .expect("set garbage");
+        b.set(
+            key.as_str(),
+            Bytes::copy_from_slice(garbage),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .expect("set garbage");
         let got = fetch_once(&cache, &req, &CacheControl::none(), "fresh").await;
         assert!(!got.is_hit(), "garbage served as a hit");
         cache.flush(Duration::from_secs(10)).await.expect("flush");

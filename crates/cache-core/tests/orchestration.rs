@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    Bytes, BreakerConfig, BreakerState, Cache, CacheBackend, CacheBuilder, CacheControl,
+    BreakerConfig, BreakerState, Bytes, Cache, CacheBackend, CacheBuilder, CacheControl,
     CacheError, CacheEvent, CacheMode, CacheStatus, CallError, CallKind, Capabilities, EventKind,
     Health, L1Config, MemoryBackend, MemoryConfig, MissReason, RequestContext, Result, Tier,
     async_trait,
@@ -101,7 +101,13 @@ fn content(v: &Value) -> &str {
 async fn miss_then_byte_identical_hit() {
     let cache = Cache::in_memory();
     let (v1, s1) = call(&cache, &req("q"), &CacheControl::none(), "a").await;
-    assert!(matches!(s1, CacheStatus::Miss { reason: MissReason::NotFound, stored: true }));
+    assert!(matches!(
+        s1,
+        CacheStatus::Miss {
+            reason: MissReason::NotFound,
+            stored: true
+        }
+    ));
     settle(&cache).await;
     let (v2, s2) = call(&cache, &req("q"), &CacheControl::none(), "b").await;
     assert!(s2.is_hit());
@@ -116,9 +122,18 @@ async fn no_cache_skips_lookup_but_stores() {
     let cache = Cache::in_memory();
     call(&cache, &req("q"), &CacheControl::none(), "old").await;
     settle(&cache).await;
-    let (v, s) = call(&cache, &req("q"), &CacheControl::none().with_no_cache(), "new").await;
+    let (v, s) = call(
+        &cache,
+        &req("q"),
+        &CacheControl::none().with_no_cache(),
+        "new",
+    )
+    .await;
     assert_eq!(content(&v), "new");
-    assert_eq!(s.header_value("llm-cache"), "llm-cache; fwd=request; stored");
+    assert_eq!(
+        s.header_value("llm-cache"),
+        "llm-cache; fwd=request; stored"
+    );
     settle(&cache).await;
     let (v, s) = call(&cache, &req("q"), &CacheControl::none(), "unused").await;
     assert!(s.is_hit());
@@ -128,13 +143,25 @@ async fn no_cache_skips_lookup_but_stores() {
 #[tokio::test]
 async fn no_store_looks_up_but_does_not_store() {
     let cache = Cache::in_memory();
-    let (_, s) = call(&cache, &req("q"), &CacheControl::none().with_no_store(), "x").await;
+    let (_, s) = call(
+        &cache,
+        &req("q"),
+        &CacheControl::none().with_no_store(),
+        "x",
+    )
+    .await;
     assert!(matches!(s, CacheStatus::Miss { stored: false, .. }));
     settle(&cache).await;
     let (_, s) = call(&cache, &req("q"), &CacheControl::none(), "y").await;
     assert!(!s.is_hit(), "no-store must not write");
     settle(&cache).await;
-    let (v, s) = call(&cache, &req("q"), &CacheControl::none().with_no_store(), "z").await;
+    let (v, s) = call(
+        &cache,
+        &req("q"),
+        &CacheControl::none().with_no_store(),
+        "z",
+    )
+    .await;
     assert!(s.is_hit(), "no-store still reads");
     assert_eq!(content(&v), "y");
 }
@@ -144,12 +171,28 @@ async fn ttl_directive_and_default_ttl() {
     let cache = CacheBuilder::new(MemoryBackend::default())
         .default_ttl(Duration::from_secs(600))
         .build();
-    call(&cache, &req("short"), &CacheControl::none().with_ttl(Duration::from_millis(300)), "a").await;
+    call(
+        &cache,
+        &req("short"),
+        &CacheControl::none().with_ttl(Duration::from_millis(300)),
+        "a",
+    )
+    .await;
     call(&cache, &req("long"), &CacheControl::none(), "b").await;
     settle(&cache).await;
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert!(!call(&cache, &req("short"), &CacheControl::none(), "c").await.1.is_hit());
-    assert!(call(&cache, &req("long"), &CacheControl::none(), "d").await.1.is_hit());
+    assert!(
+        !call(&cache, &req("short"), &CacheControl::none(), "c")
+            .await
+            .1
+            .is_hit()
+    );
+    assert!(
+        call(&cache, &req("long"), &CacheControl::none(), "d")
+            .await
+            .1
+            .is_hit()
+    );
 }
 
 #[tokio::test]
@@ -160,7 +203,13 @@ async fn max_age_zero_is_always_a_miss_and_refreshes() {
     let cc0 = CacheControl::none().with_max_age(Duration::ZERO);
     for i in 0..3 {
         let (v, s) = call(&cache, &req("q"), &cc0, &format!("v{}", i + 2)).await;
-        assert_eq!(s, CacheStatus::Miss { reason: MissReason::Stale, stored: true });
+        assert_eq!(
+            s,
+            CacheStatus::Miss {
+                reason: MissReason::Stale,
+                stored: true
+            }
+        );
         assert_eq!(content(&v), format!("v{}", i + 2));
         settle(&cache).await;
     }
@@ -177,29 +226,69 @@ async fn max_age_accepts_young_and_rejects_old_entries() {
     assert!(call(&cache, &req("q"), &cc, "x").await.1.is_hit());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (v, s) = call(&cache, &req("q"), &cc, "v2").await;
-    assert!(matches!(s, CacheStatus::Miss { reason: MissReason::Stale, .. }));
+    assert!(matches!(
+        s,
+        CacheStatus::Miss {
+            reason: MissReason::Stale,
+            ..
+        }
+    ));
     assert_eq!(content(&v), "v2");
     assert_eq!(s.header_value("llm-cache"), "llm-cache; fwd=stale; stored");
 }
 
 #[tokio::test]
 async fn namespaces_isolate_and_per_request_namespace_wins() {
-    let cache = CacheBuilder::new(MemoryBackend::default()).namespace("app").build();
+    let cache = CacheBuilder::new(MemoryBackend::default())
+        .namespace("app")
+        .build();
     call(&cache, &req("q"), &CacheControl::none(), "app").await;
-    call(&cache, &req("q"), &CacheControl::none().with_namespace("team-a"), "team").await;
+    call(
+        &cache,
+        &req("q"),
+        &CacheControl::none().with_namespace("team-a"),
+        "team",
+    )
+    .await;
     settle(&cache).await;
     let (v, _) = call(&cache, &req("q"), &CacheControl::none(), "x").await;
     assert_eq!(content(&v), "app");
-    let (v, _) = call(&cache, &req("q"), &CacheControl::none().with_namespace("team-a"), "x").await;
+    let (v, _) = call(
+        &cache,
+        &req("q"),
+        &CacheControl::none().with_namespace("team-a"),
+        "x",
+    )
+    .await;
     assert_eq!(content(&v), "team");
     let p = cache
-        .prepare(CallKind::Chat, &req("q"), &CacheControl::none().with_namespace("team-a"), &RequestContext::default())
+        .prepare(
+            CallKind::Chat,
+            &req("q"),
+            &CacheControl::none().with_namespace("team-a"),
+            &RequestContext::default(),
+        )
         .unwrap();
     assert!(p.key().unwrap().as_str().starts_with("team-a:"));
     // clear() defaults to the configured namespace only.
     cache.clear(None).await.unwrap();
-    assert!(!call(&cache, &req("q"), &CacheControl::none(), "y").await.1.is_hit());
-    assert!(call(&cache, &req("q"), &CacheControl::none().with_namespace("team-a"), "y").await.1.is_hit());
+    assert!(
+        !call(&cache, &req("q"), &CacheControl::none(), "y")
+            .await
+            .1
+            .is_hit()
+    );
+    assert!(
+        call(
+            &cache,
+            &req("q"),
+            &CacheControl::none().with_namespace("team-a"),
+            "y"
+        )
+        .await
+        .1
+        .is_hit()
+    );
 }
 
 #[tokio::test]
@@ -208,12 +297,22 @@ async fn default_off_mode_needs_use_cache_on_both_requests() {
         .configure(|s| s.mode = CacheMode::DefaultOff)
         .build();
     let (_, s) = call(&cache, &req("q"), &CacheControl::none(), "a").await;
-    assert_eq!(s, CacheStatus::Bypass { reason: "default-off" });
+    assert_eq!(
+        s,
+        CacheStatus::Bypass {
+            reason: "default-off"
+        }
+    );
     settle(&cache).await;
     let on = CacheControl::none().with_use_cache();
     assert!(!call(&cache, &req("q"), &on, "b").await.1.is_hit());
     settle(&cache).await;
-    assert!(!call(&cache, &req("q"), &CacheControl::none(), "c").await.1.is_hit());
+    assert!(
+        !call(&cache, &req("q"), &CacheControl::none(), "c")
+            .await
+            .1
+            .is_hit()
+    );
     assert!(call(&cache, &req("q"), &on, "d").await.1.is_hit());
 }
 
@@ -222,10 +321,15 @@ async fn only_if_cached_never_calls_upstream() {
     let cache = Cache::in_memory();
     let called = AtomicBool::new(false);
     let out = cache
-        .get_or_fetch(CallKind::Chat, &req("q"), &CacheControl::none().with_only_if_cached(), || async {
-            called.store(true, SeqCst);
-            Ok::<_, std::io::Error>(chat("x"))
-        })
+        .get_or_fetch(
+            CallKind::Chat,
+            &req("q"),
+            &CacheControl::none().with_only_if_cached(),
+            || async {
+                called.store(true, SeqCst);
+                Ok::<_, std::io::Error>(chat("x"))
+            },
+        )
         .await;
     assert!(matches!(out, Err(CallError::NotCached)));
     assert!(!called.load(SeqCst));
@@ -240,7 +344,9 @@ async fn gates_call_types_and_max_messages() {
         .build();
     assert_eq!(
         call(&cache, &req("q"), &CacheControl::none(), "a").await.1,
-        CacheStatus::Bypass { reason: "call-type" }
+        CacheStatus::Bypass {
+            reason: "call-type"
+        }
     );
     let cache = CacheBuilder::new(MemoryBackend::default())
         .configure(|s| s.max_messages = Some(2))
@@ -248,15 +354,24 @@ async fn gates_call_types_and_max_messages() {
     let long = json!({"model": "m", "messages": [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "3"}]});
     assert_eq!(
         call(&cache, &long, &CacheControl::none(), "a").await.1,
-        CacheStatus::Bypass { reason: "max-messages" }
+        CacheStatus::Bypass {
+            reason: "max-messages"
+        }
     );
     // No default limit (LiteLLM's silent 4 is F15).
     let cache = Cache::in_memory();
-    let many: Vec<Value> = (0..10).map(|i| json!({"role": "user", "content": i.to_string()})).collect();
+    let many: Vec<Value> = (0..10)
+        .map(|i| json!({"role": "user", "content": i.to_string()}))
+        .collect();
     let r = json!({"model": "m", "messages": many});
     call(&cache, &r, &CacheControl::none(), "a").await;
     settle(&cache).await;
-    assert!(call(&cache, &r, &CacheControl::none(), "b").await.1.is_hit());
+    assert!(
+        call(&cache, &r, &CacheControl::none(), "b")
+            .await
+            .1
+            .is_hit()
+    );
 }
 
 #[tokio::test]
@@ -269,9 +384,17 @@ async fn responses_without_output_are_not_stored() {
         })
         .await
         .unwrap();
-    assert!(matches!(out.status, CacheStatus::Miss { stored: false, .. }));
+    assert!(matches!(
+        out.status,
+        CacheStatus::Miss { stored: false, .. }
+    ));
     settle(&cache).await;
-    assert!(!call(&cache, &req("q"), &CacheControl::none(), "x").await.1.is_hit());
+    assert!(
+        !call(&cache, &req("q"), &CacheControl::none(), "x")
+            .await
+            .1
+            .is_hit()
+    );
 }
 
 #[tokio::test]
@@ -286,12 +409,29 @@ async fn a_hanging_backend_costs_at_most_the_deadline() {
         let start = Instant::now();
         let (v, s) = call(&cache, &req("q"), &CacheControl::none(), "fresh").await;
         assert_eq!(content(&v), "fresh");
-        assert!(matches!(s, CacheStatus::Miss { reason: MissReason::Error, .. }), "{s:?}");
-        assert!(start.elapsed() < Duration::from_millis(400), "took {:?}", start.elapsed());
+        assert!(
+            matches!(
+                s,
+                CacheStatus::Miss {
+                    reason: MissReason::Error,
+                    ..
+                }
+            ),
+            "{s:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(400),
+            "took {:?}",
+            start.elapsed()
+        );
     }
     assert!(cache.stats().error_total() >= 3);
     let errors = cache.stats().errors();
-    assert!(errors.keys().any(|(b, op, kind)| b == "faulty" && *op == "get" && *kind == "timeout"));
+    assert!(
+        errors
+            .keys()
+            .any(|(b, op, kind)| b == "faulty" && *op == "get" && *kind == "timeout")
+    );
 }
 
 #[tokio::test]
@@ -302,16 +442,38 @@ async fn an_erroring_backend_is_a_miss_and_the_breaker_opens_then_recovers() {
         .configure(|s| s.breaker = BreakerConfig::new(3, Duration::from_millis(300)))
         .build();
     for _ in 0..3 {
-        let (v, _) = call(&cache, &req("q"), &CacheControl::none().with_no_store(), "ok").await;
+        let (v, _) = call(
+            &cache,
+            &req("q"),
+            &CacheControl::none().with_no_store(),
+            "ok",
+        )
+        .await;
         assert_eq!(content(&v), "ok");
     }
     assert_eq!(cache.engine().unwrap().breaker_state(), BreakerState::Open);
     let gets = backend.gets.load(SeqCst);
     for _ in 0..10 {
-        let (_, s) = call(&cache, &req("q"), &CacheControl::none().with_no_store(), "ok").await;
-        assert!(matches!(s, CacheStatus::Miss { reason: MissReason::BreakerOpen, .. }));
+        let (_, s) = call(
+            &cache,
+            &req("q"),
+            &CacheControl::none().with_no_store(),
+            "ok",
+        )
+        .await;
+        assert!(matches!(
+            s,
+            CacheStatus::Miss {
+                reason: MissReason::BreakerOpen,
+                ..
+            }
+        ));
     }
-    assert_eq!(backend.gets.load(SeqCst), gets, "an open breaker makes no backend calls");
+    assert_eq!(
+        backend.gets.load(SeqCst),
+        gets,
+        "an open breaker makes no backend calls"
+    );
     assert_eq!(cache.stats().breaker_rejections.load(SeqCst), 10);
 
     // Backend recovers; after the cool-down one probe goes through and closes the breaker.
@@ -319,7 +481,10 @@ async fn an_erroring_backend_is_a_miss_and_the_breaker_opens_then_recovers() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     call(&cache, &req("q"), &CacheControl::none(), "stored").await;
     settle(&cache).await;
-    assert_eq!(cache.engine().unwrap().breaker_state(), BreakerState::Closed);
+    assert_eq!(
+        cache.engine().unwrap().breaker_state(),
+        BreakerState::Closed
+    );
     let (v, s) = call(&cache, &req("q"), &CacheControl::none(), "unused").await;
     assert!(s.is_hit());
     assert_eq!(content(&v), "stored");
@@ -347,11 +512,16 @@ async fn one_hundred_concurrent_misses_make_one_upstream_call() {
             let fetches = fetches.clone();
             tokio::spawn(async move {
                 cache
-                    .get_or_fetch(CallKind::Chat, &req("same"), &CacheControl::none(), || async move {
-                        fetches.fetch_add(1, SeqCst);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Ok::<_, std::io::Error>(chat("only-one"))
-                    })
+                    .get_or_fetch(
+                        CallKind::Chat,
+                        &req("same"),
+                        &CacheControl::none(),
+                        || async move {
+                            fetches.fetch_add(1, SeqCst);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            Ok::<_, std::io::Error>(chat("only-one"))
+                        },
+                    )
                     .await
                     .unwrap()
             })
@@ -363,7 +533,11 @@ async fn one_hundred_concurrent_misses_make_one_upstream_call() {
         assert_eq!(content(&out.value), "only-one");
         coalesced += usize::from(out.status == CacheStatus::Coalesced);
     }
-    assert_eq!(fetches.load(SeqCst), 1, "100 concurrent identical misses → 1 fetch");
+    assert_eq!(
+        fetches.load(SeqCst),
+        1,
+        "100 concurrent identical misses → 1 fetch"
+    );
     assert_eq!(coalesced, 99);
     assert_eq!(cache.stats().coalesced.load(SeqCst), 99);
 }
@@ -381,15 +555,20 @@ async fn a_failed_leader_does_not_poison_its_followers() {
                     tokio::time::sleep(Duration::from_millis(30)).await;
                 }
                 cache
-                    .get_or_fetch(CallKind::Chat, &req("same"), &CacheControl::none(), || async move {
-                        let n = fetches.fetch_add(1, SeqCst);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        if n == 0 {
-                            Err(std::io::Error::other("upstream 500"))
-                        } else {
-                            Ok(chat("second-try"))
-                        }
-                    })
+                    .get_or_fetch(
+                        CallKind::Chat,
+                        &req("same"),
+                        &CacheControl::none(),
+                        || async move {
+                            let n = fetches.fetch_add(1, SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if n == 0 {
+                                Err(std::io::Error::other("upstream 500"))
+                            } else {
+                                Ok(chat("second-try"))
+                            }
+                        },
+                    )
                     .await
             })
         })
@@ -403,7 +582,11 @@ async fn a_failed_leader_does_not_poison_its_followers() {
         }
     }
     assert_eq!(errors, 1, "only the failed leader sees its error");
-    assert_eq!(fetches.load(SeqCst), 2, "one new leader, the rest follow it");
+    assert_eq!(
+        fetches.load(SeqCst),
+        2,
+        "one new leader, the rest follow it"
+    );
 }
 
 #[tokio::test]
@@ -411,7 +594,10 @@ async fn l1_tier_serves_and_delete_and_clear_reach_both_tiers() {
     let backend = Arc::new(Faulty::default());
     let cache = CacheBuilder::from_shared(backend.clone())
         .namespace("ns")
-        .l1(L1Config::new(MemoryConfig::default(), Duration::from_secs(60)))
+        .l1(L1Config::new(
+            MemoryConfig::default(),
+            Duration::from_secs(60),
+        ))
         .build();
     call(&cache, &req("q"), &CacheControl::none(), "v").await;
     settle(&cache).await;
@@ -422,31 +608,68 @@ async fn l1_tier_serves_and_delete_and_clear_reach_both_tiers() {
         })
         .await
         .unwrap();
-    assert!(matches!(out.status, CacheStatus::Hit { tier: Tier::L1, .. }));
-    assert_eq!(backend.gets.load(SeqCst), gets, "L1 hit makes no backend call");
+    assert!(matches!(
+        out.status,
+        CacheStatus::Hit { tier: Tier::L1, .. }
+    ));
+    assert_eq!(
+        backend.gets.load(SeqCst),
+        gets,
+        "L1 hit makes no backend call"
+    );
 
     // delete by the key the client saw (x-litellm-cache-key) reaches both tiers (F3).
     let key = out.key.unwrap().to_string();
     assert_eq!(cache.delete(&[key]).await.unwrap(), 1);
-    assert!(!call(&cache, &req("q"), &CacheControl::none(), "v2").await.1.is_hit());
+    assert!(
+        !call(&cache, &req("q"), &CacheControl::none(), "v2")
+            .await
+            .1
+            .is_hit()
+    );
     settle(&cache).await;
-    assert!(call(&cache, &req("q"), &CacheControl::none(), "x").await.1.is_hit());
+    assert!(
+        call(&cache, &req("q"), &CacheControl::none(), "x")
+            .await
+            .1
+            .is_hit()
+    );
     cache.clear(None).await.unwrap();
-    assert!(!call(&cache, &req("q"), &CacheControl::none(), "v3").await.1.is_hit());
+    assert!(
+        !call(&cache, &req("q"), &CacheControl::none(), "v3")
+            .await
+            .1
+            .is_hit()
+    );
 }
 
 #[tokio::test]
 async fn l1_never_outlives_the_backend_entry() {
     let backend = Arc::new(Faulty::default());
     let cache = CacheBuilder::from_shared(backend.clone())
-        .l1(L1Config::new(MemoryConfig::default(), Duration::from_secs(600)))
+        .l1(L1Config::new(
+            MemoryConfig::default(),
+            Duration::from_secs(600),
+        ))
         .build();
     // Another process writes the entry with a 400 ms TTL; we read it into L1.
     let writer = CacheBuilder::from_shared(backend.clone()).build();
-    call(&writer, &req("q"), &CacheControl::none().with_ttl(Duration::from_millis(400)), "v").await;
+    call(
+        &writer,
+        &req("q"),
+        &CacheControl::none().with_ttl(Duration::from_millis(400)),
+        "v",
+    )
+    .await;
     settle(&writer).await;
     let (_, s) = call(&cache, &req("q"), &CacheControl::none(), "x").await;
-    assert!(matches!(s, CacheStatus::Hit { tier: Tier::Backend, .. }));
+    assert!(matches!(
+        s,
+        CacheStatus::Hit {
+            tier: Tier::Backend,
+            ..
+        }
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (v, s) = call(&cache, &req("q"), &CacheControl::none(), "fresh").await;
     assert!(!s.is_hit(), "L1 kept an entry past the backend's expiry");
@@ -478,22 +701,53 @@ async fn embeddings_partial_hits_fetch_only_missing_inputs() {
     let ctx = RequestContext::default();
     let cc = CacheControl::none();
     let first = cache
-        .embeddings(&json!({"model": "e", "input": ["a", "bb"]}), &cc, &ctx, upstream(seen.clone()))
+        .embeddings(
+            &json!({"model": "e", "input": ["a", "bb"]}),
+            &cc,
+            &ctx,
+            upstream(seen.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(first.fetched, 2);
     settle(&cache).await;
     let out = cache
-        .embeddings(&json!({"model": "e", "input": ["a", "ccc", "bb"]}), &cc, &ctx, upstream(seen.clone()))
+        .embeddings(
+            &json!({"model": "e", "input": ["a", "ccc", "bb"]}),
+            &cc,
+            &ctx,
+            upstream(seen.clone()),
+        )
         .await
         .unwrap();
-    assert_eq!(seen.lock().unwrap().last().unwrap(), &json!(["ccc"]), "upstream sees only the missing input");
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        &json!(["ccc"]),
+        "upstream sees only the missing input"
+    );
     assert_eq!((out.cached, out.fetched), (2, 1));
-    assert!(matches!(out.status, CacheStatus::Partial { cached: 2, total: 3, stored: true }));
+    assert!(matches!(
+        out.status,
+        CacheStatus::Partial {
+            cached: 2,
+            total: 3,
+            stored: true
+        }
+    ));
     let v: Value = serde_json::from_slice(&out.body).unwrap();
-    let lens: Vec<f64> = v["data"].as_array().unwrap().iter().map(|d| d["embedding"][0].as_f64().unwrap()).collect();
+    let lens: Vec<f64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["embedding"][0].as_f64().unwrap())
+        .collect();
     assert_eq!(lens, vec![1.0, 3.0, 2.0], "original order");
-    let idx: Vec<u64> = v["data"].as_array().unwrap().iter().map(|d| d["index"].as_u64().unwrap()).collect();
+    let idx: Vec<u64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(idx, vec![0, 1, 2]);
     assert_eq!(v["usage"]["prompt_tokens"], json!(6), "1 + 3 + 2 tokens");
     settle(&cache).await;
@@ -501,7 +755,12 @@ async fn embeddings_partial_hits_fetch_only_missing_inputs() {
     // Everything cached now: no upstream call, and a single string hits the per-item entry.
     let calls = seen.lock().unwrap().len();
     let out = cache
-        .embeddings(&json!({"model": "e", "input": "ccc"}), &cc, &ctx, upstream(seen.clone()))
+        .embeddings(
+            &json!({"model": "e", "input": "ccc"}),
+            &cc,
+            &ctx,
+            upstream(seen.clone()),
+        )
         .await
         .unwrap();
     assert!(out.status.is_hit());
@@ -511,7 +770,12 @@ async fn embeddings_partial_hits_fetch_only_missing_inputs() {
     assert_eq!(v["model"], json!("emb-1"));
     // A different model or dimensions misses.
     let out = cache
-        .embeddings(&json!({"model": "e", "input": "ccc", "dimensions": 2}), &cc, &ctx, upstream(seen.clone()))
+        .embeddings(
+            &json!({"model": "e", "input": "ccc", "dimensions": 2}),
+            &cc,
+            &ctx,
+            upstream(seen.clone()),
+        )
         .await
         .unwrap();
     assert!(!out.status.is_hit());
@@ -525,10 +789,18 @@ async fn runtime_disable_enable_and_update() {
         CacheStatus::Bypass { reason: "disabled" }
     );
     assert!(cache.enable(CacheBuilder::new(MemoryBackend::default()).build_engine()));
-    assert!(!cache.enable(CacheBuilder::new(MemoryBackend::default()).build_engine()), "enable does not replace");
+    assert!(
+        !cache.enable(CacheBuilder::new(MemoryBackend::default()).build_engine()),
+        "enable does not replace"
+    );
     call(&cache, &req("q"), &CacheControl::none(), "a").await;
     settle(&cache).await;
-    assert!(call(&cache, &req("q"), &CacheControl::none(), "b").await.1.is_hit());
+    assert!(
+        call(&cache, &req("q"), &CacheControl::none(), "b")
+            .await
+            .1
+            .is_hit()
+    );
 
     // An in-flight call started on the old engine finishes and stores there.
     let old_engine = cache.engine().unwrap();
@@ -536,10 +808,15 @@ async fn runtime_disable_enable_and_update() {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .get_or_fetch(CallKind::Chat, &req("slow"), &CacheControl::none(), || async {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Ok::<_, std::io::Error>(chat("slow"))
-                })
+                .get_or_fetch(
+                    CallKind::Chat,
+                    &req("slow"),
+                    &CacheControl::none(),
+                    || async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>(chat("slow"))
+                    },
+                )
                 .await
                 .unwrap()
         })
@@ -547,7 +824,13 @@ async fn runtime_disable_enable_and_update() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     cache.update(CacheBuilder::new(MemoryBackend::default()).build_engine());
     assert_eq!(content(&slow.await.unwrap().value), "slow");
-    assert!(!call(&cache, &req("q"), &CacheControl::none(), "c").await.1.is_hit(), "new engine is empty");
+    assert!(
+        !call(&cache, &req("q"), &CacheControl::none(), "c")
+            .await
+            .1
+            .is_hit(),
+        "new engine is empty"
+    );
     assert!(old_engine.backend().get("unused").await.unwrap().is_none());
     cache.disable();
     assert!(!cache.is_enabled());
@@ -559,13 +842,18 @@ async fn observers_see_hits_misses_and_stores() {
     let events: Arc<std::sync::Mutex<Vec<(EventKind, Option<String>)>>> = Arc::default();
     let sink = events.clone();
     cache.add_observer(Arc::new(move |e: &CacheEvent<'_>| {
-        sink.lock().unwrap().push((e.kind, e.key.map(str::to_owned)));
+        sink.lock()
+            .unwrap()
+            .push((e.kind, e.key.map(str::to_owned)));
     }));
     call(&cache, &req("q"), &CacheControl::none(), "a").await;
     settle(&cache).await;
     call(&cache, &req("q"), &CacheControl::none(), "b").await;
     let kinds: Vec<EventKind> = events.lock().unwrap().iter().map(|e| e.0).collect();
-    assert_eq!(kinds, vec![EventKind::Miss, EventKind::Store, EventKind::Hit]);
+    assert_eq!(
+        kinds,
+        vec![EventKind::Miss, EventKind::Store, EventKind::Hit]
+    );
     assert!(events.lock().unwrap().iter().all(|e| e.1.is_some()));
 }
 
@@ -607,17 +895,37 @@ async fn typed_api_with_structs() {
         content: String,
     }
     let cache = Cache::in_memory();
-    let r = Req { model: "m", messages: vec![Msg { role: "user", content: "hi" }], temperature: 0.0 };
-    let make = || async {
-        Ok::<_, std::io::Error>(Resp { choices: vec![Choice { message: RespMsg { content: "typed".into() } }] })
+    let r = Req {
+        model: "m",
+        messages: vec![Msg {
+            role: "user",
+            content: "hi",
+        }],
+        temperature: 0.0,
     };
-    let a = cache.get_or_fetch(CallKind::Chat, &r, &CacheControl::none(), make).await.unwrap();
+    let make = || async {
+        Ok::<_, std::io::Error>(Resp {
+            choices: vec![Choice {
+                message: RespMsg {
+                    content: "typed".into(),
+                },
+            }],
+        })
+    };
+    let a = cache
+        .get_or_fetch(CallKind::Chat, &r, &CacheControl::none(), make)
+        .await
+        .unwrap();
     settle(&cache).await;
-    let b = cache.get_or_fetch(CallKind::Chat, &r, &CacheControl::none(), make).await.unwrap();
+    let b = cache
+        .get_or_fetch(CallKind::Chat, &r, &CacheControl::none(), make)
+        .await
+        .unwrap();
     assert!(b.status.is_hit());
     assert_eq!(a.value, b.value);
     // The same request as JSON with another key order and `temperature: 0` hits too.
-    let json_req = json!({"temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"});
+    let json_req =
+        json!({"temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"});
     let c: cache_core::Cached<Value> = cache
         .get_or_fetch(CallKind::Chat, &json_req, &CacheControl::none(), || async {
             Ok::<_, std::io::Error>(json!({}))
