@@ -44,6 +44,7 @@ mod flight;
 pub mod key;
 pub mod memory;
 pub mod output;
+pub mod params;
 pub mod semantic;
 pub mod stats;
 #[cfg(any(test, feature = "testing"))]

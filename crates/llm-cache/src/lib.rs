@@ -1,1 +1,48 @@
-//! façade
+//! # llm-cache
+//!
+//! Response caching for LLM applications: answer a repeated request (or, with semantic caching,
+//! a similar one) from a cache instead of the provider.
+//!
+//! This crate is the façade: it re-exports [`cache_core`] (keys, directives, the orchestration,
+//! the in-memory backend), wires one cargo feature per backend, and builds a cache from a
+//! LiteLLM-style `cache_params` mapping ([`CacheConfig`]).
+//!
+//! | `type` | feature | crate |
+//! |---|---|---|
+//! | `local` | (always) | [`cache_core::memory`] |
+//! | `redis` (standalone, Cluster, Sentinel) | `redis` | `cache-redis` |
+//! | `disk` | `disk` | `cache-disk` |
+//! | `s3`, `gcs`, `azure-blob` | `s3`, `gcs`, `azure` | `cache-object-store` |
+//! | `redis-semantic`, `qdrant-semantic` | `redis-semantic`, `qdrant-semantic` | `cache-semantic` |
+//!
+//! ```
+//! use llm_cache::{CacheConfig, CacheControl, CallKind};
+//! use serde_json::{json, Value};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = CacheConfig::from_yaml("type: local\nttl: 600\n")?.build().await?;
+//! let request = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+//! let reply = cache
+//!     .get_or_fetch(CallKind::Chat, &request, &CacheControl::none(), || async {
+//!         Ok::<Value, std::io::Error>(json!({"choices": [{"message": {"content": "hello"}}]}))
+//!     })
+//!     .await?;
+//! assert!(!reply.status.is_hit());
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod backends;
+pub mod config;
+
+pub use backends::feature_of;
+pub use config::CacheConfig;
+
+#[doc(inline)]
+pub use cache_core::{
+    self as core, Bytes, Cache, CacheBackend, CacheBuilder, CacheControl, CacheEngine, CacheError,
+    CacheKey, CacheMode, CacheSettings, CacheStatus, Cached, CallError, CallKind, Capabilities,
+    Entry, Health, KeyOptions, L1Config, MemoryBackend, MemoryConfig, RequestContext, Result,
+    SharedBackend, Usage, async_trait,
+};

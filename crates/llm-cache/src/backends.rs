@@ -1,0 +1,49 @@
+//! `type` → backend. Each backend is behind its cargo feature; asking for one that is not
+//! compiled in is an error naming the feature.
+
+use std::sync::Arc;
+
+use cache_core::semantic::SemanticLayer;
+use cache_core::{CacheError, Result, SharedBackend};
+
+use crate::config::CacheConfig;
+
+/// The error for a backend whose feature is off.
+pub(crate) fn feature_off(backend_type: &str, feature: &str) -> CacheError {
+    CacheError::Config(format!(
+        "cache_params.type: `{backend_type}` needs the cargo feature `{feature}` of the llm-cache crate, \
+         which this build does not have (enable `{feature}` or `full`; the llm-cache binary has them all)"
+    ))
+}
+
+pub(crate) async fn build(config: &CacheConfig) -> Result<SharedBackend> {
+    match config.backend_type() {
+        "local" => Ok(Arc::new(config.memory_backend()?)),
+        other => Err(feature_off(other, feature_of(other))),
+    }
+}
+
+/// The semantic layer for semantic types (`None` for exact types).
+pub(crate) async fn build_semantic(config: &CacheConfig) -> Result<Option<Arc<dyn SemanticLayer>>> {
+    match config.backend_type() {
+        "redis-semantic" | "qdrant-semantic" => Err(feature_off(
+            config.backend_type(),
+            feature_of(config.backend_type()),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The cargo feature that provides a `type`.
+pub fn feature_of(backend_type: &str) -> &'static str {
+    match backend_type {
+        "redis" => "redis",
+        "disk" => "disk",
+        "s3" => "s3",
+        "gcs" => "gcs",
+        "azure-blob" => "azure",
+        "redis-semantic" => "redis-semantic",
+        "qdrant-semantic" => "qdrant-semantic",
+        _ => "default",
+    }
+}
