@@ -1,1 +1,208 @@
-fn main() {}
+//! `cargo xtask`: project automation in Rust (matklad's xtask convention).
+//!
+//! ```text
+//! cargo xtask ci                    fmt check, clippy -D warnings, services up, all tests, doc tests
+//! cargo xtask test [-- ARGS]        services up, then cargo test --workspace (strict: missing services fail)
+//! cargo xtask services up|down|status [SERVICE...]
+//! cargo xtask bench [core|proxy|...]  run benchmarks (see docs/benchmarks.md)
+//! ```
+//!
+//! Services run on 127.0.0.1, ports 17000-17999, state in `.test-services/` (see
+//! `xtask/services.sh`, the verified recipes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// Every test service, in start order. Each backend issue adds its own.
+/// `(name, what needs it)`.
+const SERVICES: &[(&str, &str)] = &[];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
+    eprintln!("\n==> {what}");
+    let start = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    eprintln!(
+        "<== {what}: {status} in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+fn services_script(service: &str, action: &str) -> Command {
+    let mut c = Command::new("bash");
+    c.arg(root().join("xtask/services.sh"))
+        .arg(service)
+        .arg(action)
+        .env("SVC_DIR", root().join(".test-services"))
+        .current_dir(root());
+    c
+}
+
+fn selected(names: &[String]) -> Result<Vec<&'static str>, String> {
+    if names.is_empty() {
+        return Ok(SERVICES.iter().map(|(n, _)| *n).collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            SERVICES
+                .iter()
+                .find(|(s, _)| s == n)
+                .map(|(s, _)| *s)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown service `{n}`; known: {}",
+                        SERVICES
+                            .iter()
+                            .map(|(s, _)| *s)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+fn services(args: &[String]) -> Result<(), String> {
+    let (action, names) = args
+        .split_first()
+        .ok_or("usage: cargo xtask services up|down|status [SERVICE...]")?;
+    let list = selected(names)?;
+    match action.as_str() {
+        "up" => {
+            if list.is_empty() {
+                eprintln!("no test services are needed yet");
+            }
+            for s in &list {
+                run(&format!("install {s}"), &mut services_script(s, "install"))?;
+                // A restart gives every run a clean, known state.
+                let _ = services_script(s, "stop").status();
+                run(&format!("start {s}"), &mut services_script(s, "start"))?;
+            }
+            Ok(())
+        }
+        "down" => {
+            for s in list.iter().rev() {
+                run(&format!("stop {s}"), &mut services_script(s, "stop"))?;
+            }
+            Ok(())
+        }
+        "status" => {
+            if list.is_empty() {
+                println!("no test services are configured");
+            }
+            for s in &list {
+                let needed_by = SERVICES.iter().find(|(n, _)| n == s).map_or("", |x| x.1);
+                let up = services_script(s, "status")
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                println!(
+                    "{s:16} {:5} (needed by {needed_by})",
+                    if up { "up" } else { "down" }
+                );
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "unknown services action `{other}` (up, down, status)"
+        )),
+    }
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    services(&["up".to_owned()])?;
+    run(
+        "cargo test --workspace --all-targets",
+        cargo()
+            .args(["test", "--workspace", "--all-targets", "--all-features"])
+            .args(extra)
+            .env("LLM_CACHE_TEST_STRICT", "1"),
+    )?;
+    run(
+        "cargo test --workspace --doc",
+        cargo()
+            .args(["test", "--workspace", "--doc", "--all-features"])
+            .env("LLM_CACHE_TEST_STRICT", "1"),
+    )
+}
+
+fn ci(args: &[String]) -> Result<(), String> {
+    let keep = args.iter().any(|a| a == "--keep-services");
+    run(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
+    run(
+        "cargo clippy -D warnings",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    let result = test(&[]);
+    if !keep {
+        let _ = services(&["down".to_owned()]);
+    }
+    result
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let what = args.first().map(String::as_str).unwrap_or("core");
+    match what {
+        "core" => run(
+            "criterion benches of cache-core",
+            cargo().args(["bench", "-p", "cache-core", "--bench", "core"]),
+        ),
+        other => Err(format!("unknown bench `{other}` (core)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("usage: cargo xtask <ci|test|services|bench> ...");
+        return ExitCode::from(2);
+    };
+    let result = match cmd.as_str() {
+        "ci" => ci(rest),
+        "test" => test(rest),
+        "services" => services(rest),
+        "bench" => bench(rest),
+        other => Err(format!(
+            "unknown command `{other}` (ci, test, services, bench)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

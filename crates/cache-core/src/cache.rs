@@ -1152,19 +1152,18 @@ impl Prepared {
 
         if let (Some(sem), Some(input)) = (&engine.semantic, &self.semantic)
             && reason != MissReason::Stale
+            && let Some((entry, age, similarity)) =
+                self.semantic_lookup(engine, sem, input, now).await
         {
-            if let Some(hit) = self.semantic_lookup(engine, sem, input, now).await {
-                let (entry, age, similarity) = hit;
-                return self.hit(
-                    engine,
-                    key,
-                    entry,
-                    age,
-                    Tier::Semantic,
-                    Some(similarity),
-                    start,
-                );
-            }
+            return self.hit(
+                engine,
+                key,
+                entry,
+                age,
+                Tier::Semantic,
+                Some(similarity),
+                start,
+            );
         }
 
         let latency = start.elapsed();

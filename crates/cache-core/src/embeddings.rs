@@ -207,11 +207,8 @@ impl Cache {
 
         let stored = prepared.writes() && {
             let n = fresh.len() as u64;
-            let (per, rem) = if n == 0 {
-                (0, 0)
-            } else {
-                (fresh_usage.prompt_tokens / n, fresh_usage.prompt_tokens % n)
-            };
+            let per = fresh_usage.prompt_tokens.checked_div(n).unwrap_or(0);
+            let rem = fresh_usage.prompt_tokens.checked_rem(n).unwrap_or(0);
             let ttl = prepared.ttl();
             let entries: Vec<(String, Bytes)> = fresh
                 .iter()

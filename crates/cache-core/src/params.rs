@@ -129,11 +129,15 @@ impl Params {
             return self.bool(key);
         }
         match std::env::var(env) {
-            Ok(s) if !s.is_empty() => parse_bool(&Value::String(s.clone())).map(Some).ok_or_else(|| {
-                CacheError::Config(format!(
-                    "environment variable {env}: expected a boolean, got {s:?}"
-                ))
-            }),
+            Ok(s) if !s.is_empty() => {
+                parse_bool(&Value::String(s.clone()))
+                    .map(Some)
+                    .ok_or_else(|| {
+                        CacheError::Config(format!(
+                            "environment variable {env}: expected a boolean, got {s:?}"
+                        ))
+                    })
+            }
             _ => Ok(None),
         }
     }
@@ -142,8 +146,11 @@ impl Params {
     pub fn seconds(&self, key: &str) -> Result<Option<Duration>> {
         match self.f64(key)? {
             None => Ok(None),
-            Some(s) if s >= 0.0 && s < 1e12 => Ok(Some(Duration::from_secs_f64(s))),
-            Some(s) => Err(self.error(key, format!("expected a non-negative number of seconds, got {s}"))),
+            Some(s) if (0.0..1e12).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => Err(self.error(
+                key,
+                format!("expected a non-negative number of seconds, got {s}"),
+            )),
         }
     }
 
@@ -272,13 +279,20 @@ mod tests {
 
     #[test]
     fn coercion_and_errors_name_the_key() {
-        let params = p(json!({"port": "6379", "ttl": 1.5, "ssl": "true", "db": 2, "bad": "x", "host": 5}));
+        let params =
+            p(json!({"port": "6379", "ttl": 1.5, "ssl": "true", "db": 2, "bad": "x", "host": 5}));
         assert_eq!(params.u64("port").unwrap(), Some(6379));
-        assert_eq!(params.seconds("ttl").unwrap(), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            params.seconds("ttl").unwrap(),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(params.bool("ssl").unwrap(), Some(true));
         assert_eq!(params.string("host").unwrap().as_deref(), Some("5"));
         let err = params.u64("bad").unwrap_err().to_string();
-        assert!(err.contains("cache_params.bad") && err.contains("integer"), "{err}");
+        assert!(
+            err.contains("cache_params.bad") && err.contains("integer"),
+            "{err}"
+        );
         assert!(params.bool("bad").is_err());
         assert_eq!(params.u64("missing").unwrap(), None);
     }
@@ -302,7 +316,9 @@ mod tests {
         assert_eq!(v["password"], json!("secret"));
         assert_eq!(v["nested"][0], json!("secret"));
         let mut v = json!({"password": "os.environ/LLM_CACHE_SURELY_UNSET"});
-        let err = resolve_env_refs(&mut v, "cache_params").unwrap_err().to_string();
+        let err = resolve_env_refs(&mut v, "cache_params")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cache_params.password") && err.contains("LLM_CACHE_SURELY_UNSET"));
     }
 
@@ -310,7 +326,10 @@ mod tests {
     fn suggestions() {
         let known = ["namespace", "ttl", "redis_startup_nodes"];
         assert_eq!(suggest("namspace", known), Some("namespace"));
-        assert_eq!(suggest("redis_startup_node", known), Some("redis_startup_nodes"));
+        assert_eq!(
+            suggest("redis_startup_node", known),
+            Some("redis_startup_nodes")
+        );
         assert_eq!(suggest("completely_else", known), None);
     }
 }

@@ -839,7 +839,8 @@ async fn runtime_disable_enable_and_update() {
 #[tokio::test]
 async fn observers_see_hits_misses_and_stores() {
     let cache = Cache::in_memory();
-    let events: Arc<std::sync::Mutex<Vec<(EventKind, Option<String>)>>> = Arc::default();
+    type Log = std::sync::Mutex<Vec<(EventKind, Option<String>)>>;
+    let events: Arc<Log> = Arc::default();
     let sink = events.clone();
     cache.add_observer(Arc::new(move |e: &CacheEvent<'_>| {
         sink.lock()

@@ -422,12 +422,14 @@ impl CacheConfig {
             l1.memory = l1.memory.with_max_bytes(p.u64("l1_max_bytes")?);
             s.l1 = Some(l1);
         }
-        let mut keys = KeyOptions::default();
-        keys.extra_params = p.string_list("key_extra_params")?.unwrap_or_default();
-        keys.key_all_params = p
-            .bool("enable_caching_on_provider_specific_optional_params")?
-            .unwrap_or(false);
-        keys.allow_client_cache_key = p.bool("allow_client_cache_key")?.unwrap_or(false);
+        let mut keys = KeyOptions {
+            extra_params: p.string_list("key_extra_params")?.unwrap_or_default(),
+            key_all_params: p
+                .bool("enable_caching_on_provider_specific_optional_params")?
+                .unwrap_or(false),
+            allow_client_cache_key: p.bool("allow_client_cache_key")?.unwrap_or(false),
+            ..Default::default()
+        };
         if let Some(groups) = p.get("caching_groups") {
             let groups = groups
                 .as_array()
@@ -541,18 +543,33 @@ mod tests {
         assert_eq!(m.max_items, Some(50), "max_size_in_memory is honoured (F9)");
         assert_eq!(m.max_item_bytes, 10 * 1024);
         let c = CacheConfig::from_yaml("type: local\nttl: 60\ndefault_in_memory_ttl: 5\n").unwrap();
-        assert_eq!(c.settings().unwrap().default_ttl, Some(Duration::from_secs(5)));
+        assert_eq!(
+            c.settings().unwrap().default_ttl,
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]
     fn typos_are_errors_with_suggestions_and_litellm_leftovers_warn() {
-        let err = CacheConfig::from_yaml("type: local\nnamspace: x\n").unwrap_err().to_string();
-        assert!(err.contains("cache_params.namspace") && err.contains("did you mean `namespace`"), "{err}");
-        let err = CacheConfig::from_yaml("type: redsi\n").unwrap_err().to_string();
+        let err = CacheConfig::from_yaml("type: local\nnamspace: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cache_params.namspace") && err.contains("did you mean `namespace`"),
+            "{err}"
+        );
+        let err = CacheConfig::from_yaml("type: redsi\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did you mean `redis`"), "{err}");
-        let c = CacheConfig::from_yaml("type: redis\nredis_flush_size: 10\ndefault_redis_ttl: 30\n").unwrap();
+        let c =
+            CacheConfig::from_yaml("type: redis\nredis_flush_size: 10\ndefault_redis_ttl: 30\n")
+                .unwrap();
         assert_eq!(c.warnings().len(), 2);
-        assert_eq!(c.settings().unwrap().default_ttl, Some(Duration::from_secs(30)));
+        assert_eq!(
+            c.settings().unwrap().default_ttl,
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]
@@ -560,7 +577,10 @@ mod tests {
         for (yaml, key) in [
             ("ttl: abc", "cache_params.ttl"),
             ("mode: sometimes", "cache_params.mode"),
-            ("supported_call_types: [chat_completion]", "cache_params.supported_call_types"),
+            (
+                "supported_call_types: [chat_completion]",
+                "cache_params.supported_call_types",
+            ),
             ("max_messages: -1", "cache_params.max_messages"),
             ("caching_groups: [a, b]", "cache_params.caching_groups"),
             ("l1_cache: maybe", "cache_params.l1_cache"),
@@ -575,7 +595,10 @@ mod tests {
     #[test]
     fn json_and_value_inputs() {
         let c = CacheConfig::from_json(r#"{"type": "local", "ttl": "30"}"#).unwrap();
-        assert_eq!(c.settings().unwrap().default_ttl, Some(Duration::from_secs(30)));
+        assert_eq!(
+            c.settings().unwrap().default_ttl,
+            Some(Duration::from_secs(30))
+        );
         let c = CacheConfig::from_value(json!({"caching_groups": [["a", "b"]]})).unwrap();
         assert_eq!(c.settings().unwrap().keys.model_aliases.len(), 2);
     }
