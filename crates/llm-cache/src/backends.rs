@@ -34,6 +34,14 @@ pub(crate) async fn build_semantic(config: &CacheConfig) -> Result<Option<Arc<dy
     }
 }
 
+/// The `type`s this build can construct (each backend's arm adds its types under its feature).
+pub fn available_types() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut types = vec!["local"];
+    // One line per backend feature, e.g. `#[cfg(feature = "disk")] types.push("disk");`
+    types
+}
+
 /// The cargo feature that provides a `type`.
 pub fn feature_of(backend_type: &str) -> &'static str {
     match backend_type {

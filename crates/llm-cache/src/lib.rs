@@ -36,7 +36,7 @@
 mod backends;
 pub mod config;
 
-pub use backends::feature_of;
+pub use backends::{available_types, feature_of};
 pub use config::CacheConfig;
 
 #[doc(inline)]
