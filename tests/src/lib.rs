@@ -1,1 +1,159 @@
+//! Test support for llm-cache's cross-crate and black-box tests: a fake OpenAI-compatible
+//! upstream and a fixture that runs the real `llm-cache` binary.
 
+pub mod fake_upstream;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use fake_upstream::FakeUpstream;
+
+/// The `llm-cache` binary: `LLM_CACHE_BIN`, else `llm-cache` next to the test executable's
+/// target directory (`cargo xtask test` builds it first; so does `cargo build -p llm-cache-proxy`).
+pub fn proxy_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("LLM_CACHE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/llm-cache
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let bin = profile_dir.join("llm-cache");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build -p llm-cache-proxy` (cargo xtask test does), or set LLM_CACHE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `llm-cache serve`, killed on drop.
+#[derive(Debug)]
+pub struct Proxy {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// Working directory (holds the config and any disk cache).
+    pub dir: tempfile::TempDir,
+    /// When it was spawned and when it became ready.
+    pub ready_after: Duration,
+}
+
+impl Proxy {
+    /// Writes `config` (YAML) to a temp dir and starts the proxy with it; waits until
+    /// `/health/liveliness` answers.
+    pub async fn start(config: &str) -> Proxy {
+        Self::start_with(config, &[]).await
+    }
+
+    /// As [`Proxy::start`], with extra environment variables.
+    pub async fn start_with(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let port = free_port();
+        let start = Instant::now();
+        let mut cmd = Command::new(proxy_binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .arg("--port")
+            .arg(port.to_string())
+            .current_dir(dir.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("PROXY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn llm-cache");
+        let mut proxy = Proxy {
+            child: Some(child),
+            port,
+            dir,
+            ready_after: Duration::ZERO,
+        };
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(status) = proxy
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("llm-cache exited during startup: {status}");
+            }
+            if let Ok(r) = client.get(proxy.url("/health/liveliness")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "proxy not ready after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy.ready_after = start.elapsed();
+        proxy
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Sends SIGTERM and waits for the exit (graceful shutdown).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("proxy did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal config: one model group on the fake upstream, the given `cache_params` (YAML flow
+/// mapping), optional master key.
+pub fn config(upstream: &FakeUpstream, cache_params: &str, master_key: Option<&str>) -> String {
+    let mut c = format!(
+        "model_list:\n  - model_name: gpt-test\n    litellm_params:\n      model: openai/fake-model\n      api_base: {base}\n      api_key: sk-upstream\n  - model_name: embed-test\n    litellm_params:\n      model: openai/fake-embed\n      api_base: {base}\n      api_key: sk-upstream\n  - model_name: text-test\n    litellm_params:\n      model: openai/fake-instruct\n      api_base: {base}\n      api_key: sk-upstream\nlitellm_settings:\n  cache: true\n  cache_params: {cache_params}\n",
+        base = upstream.base_url()
+    );
+    if let Some(k) = master_key {
+        c.push_str(&format!("general_settings:\n  master_key: {k}\n"));
+    }
+    c
+}

@@ -1,0 +1,587 @@
+//! The proxy's configuration: the subset of LiteLLM's `config.yaml` that matters for caching.
+//!
+//! ```yaml
+//! model_list:
+//!   - model_name: gpt-4o-mini            # what clients ask for ("*" matches any model)
+//!     litellm_params:
+//!       model: openai/gpt-4o-mini        # provider/model sent upstream (prefix stripped)
+//!       api_base: http://127.0.0.1:8000/v1
+//!       api_key: os.environ/OPENAI_API_KEY
+//! litellm_settings:
+//!   cache: true
+//!   cache_params: { type: local, ttl: 600 }
+//! general_settings:
+//!   master_key: sk-1234                  # or os.environ/NAME
+//! llm_cache_settings:                    # llm-cache's own settings (optional)
+//!   upstream_timeout: 600
+//! ```
+//!
+//! LiteLLM settings llm-cache does not implement are reported as warnings; unknown keys in
+//! llm-cache's own sections (`cache_params`, `llm_cache_settings`, `litellm_params`) are errors.
+
+use std::time::Duration;
+
+use llm_cache::CacheConfig;
+use llm_cache::core::params::{Params, resolve_env_refs, suggest};
+use llm_cache::{CacheError, Result};
+use serde_json::{Map, Value, json};
+
+/// Providers whose API is OpenAI-compatible: the `provider/` prefix is stripped and the request
+/// is sent to `api_base` as is.
+pub const OPENAI_COMPATIBLE_PROVIDERS: &[&str] = &[
+    "openai",
+    "azure",
+    "azure_ai",
+    "hosted_vllm",
+    "vllm",
+    "ollama",
+    "ollama_chat",
+    "openai_compatible",
+    "custom_openai",
+    "text-completion-openai",
+    "lm_studio",
+    "llamafile",
+    "deepseek",
+    "groq",
+    "together_ai",
+    "fireworks_ai",
+    "mistral",
+    "openrouter",
+    "xai",
+    "perplexity",
+    "deepinfra",
+    "nvidia_nim",
+    "cerebras",
+    "litellm_proxy",
+];
+
+const LITELLM_PARAMS_KEYS: &[&str] = &[
+    "model",
+    "api_base",
+    "base_url",
+    "api_key",
+    "api_version",
+    "organization",
+    "timeout",
+    "stream_timeout",
+    "extra_headers",
+];
+
+const LITELLM_PARAMS_IGNORED: &[&str] = &[
+    "rpm",
+    "tpm",
+    "max_retries",
+    "num_retries",
+    "custom_llm_provider",
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "weight",
+    "order",
+    "max_parallel_requests",
+    "region_name",
+    "tags",
+    "drop_params",
+    "merge_reasoning_content_in_choices",
+    "use_in_pass_through",
+];
+
+const SETTINGS_KEYS: &[&str] = &[
+    "upstream_timeout",
+    "upstream_connect_timeout",
+    "max_request_body_bytes",
+    "shutdown_timeout",
+    "partition_by_api_key",
+];
+
+/// One upstream deployment of a model group.
+#[derive(Clone)]
+pub struct Deployment {
+    /// Model name sent upstream (provider prefix stripped); `None` for `provider/*` wildcards,
+    /// which send the client's model name.
+    pub model: Option<String>,
+    /// Base URL, without a trailing `/` (e.g. `https://api.openai.com/v1`).
+    pub api_base: String,
+    /// API key, if configured (else the client's own `Authorization` is forwarded).
+    pub api_key: Option<String>,
+    /// Whether this is an Azure deployment (also send `api-key`).
+    pub azure: bool,
+    /// `api-version` query parameter (Azure).
+    pub api_version: Option<String>,
+    /// `OpenAI-Organization` header.
+    pub organization: Option<String>,
+    /// Extra headers sent upstream.
+    pub extra_headers: Vec<(String, String)>,
+    /// Timeout of non-streaming calls.
+    pub timeout: Option<Duration>,
+    /// Timeout of streaming calls (time to first byte and between chunks is not bounded
+    /// separately; the whole stream is).
+    pub stream_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("model", &self.model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("azure", &self.azure)
+            .finish()
+    }
+}
+
+/// A client-facing model name and its deployments.
+#[derive(Debug, Clone)]
+pub struct ModelGroup {
+    /// The `model_name` clients use (`*` matches any).
+    pub name: String,
+    /// Its deployments (round-robin).
+    pub deployments: Vec<Deployment>,
+}
+
+/// llm-cache's own proxy settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Default upstream timeout (non-streaming), unless a deployment sets `timeout`.
+    pub upstream_timeout: Duration,
+    /// Connect timeout.
+    pub upstream_connect_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_request_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests and cache writes.
+    pub shutdown_timeout: Duration,
+    /// Partition the cache by the caller's API key (tenant isolation).
+    pub partition_by_api_key: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            upstream_timeout: Duration::from_secs(600),
+            upstream_connect_timeout: Duration::from_secs(10),
+            max_request_body_bytes: 32 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            partition_by_api_key: false,
+        }
+    }
+}
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Model groups, in config order.
+    pub models: Vec<ModelGroup>,
+    /// The cache (`None`: caching off).
+    pub cache: Option<CacheConfig>,
+    /// Master key (`None`: no auth).
+    pub master_key: Option<String>,
+    /// Proxy settings.
+    pub settings: Settings,
+    /// Warnings to log at startup.
+    pub warnings: Vec<String>,
+}
+
+fn cfg_err(msg: impl Into<String>) -> CacheError {
+    CacheError::Config(msg.into())
+}
+
+impl ProxyConfig {
+    /// Loads a `config.yaml` file.
+    ///
+    /// # Errors
+    /// A read error, invalid YAML, or an invalid setting (the message names it).
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| cfg_err(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_yaml(&text)
+            .map_err(|e| cfg_err(format!("{}: {}", path.display(), strip_prefix(&e))))
+    }
+
+    /// Parses config text (YAML or JSON).
+    ///
+    /// # Errors
+    /// Invalid YAML or an invalid setting.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let value = llm_cache::config::parse_yaml(text)?;
+        Self::from_value(value)
+    }
+
+    /// The embedded default: a disk cache in `./.llm_cache` (in-memory without the `disk`
+    /// feature) and one wildcard upstream from `OPENAI_BASE_URL` / `OPENAI_API_KEY`.
+    ///
+    /// # Errors
+    /// Never in practice; kept fallible like the other constructors.
+    pub fn embedded_default() -> Result<Self> {
+        let base = std::env::var("OPENAI_BASE_URL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+        let mut params = json!({"model": "openai/*", "api_base": base});
+        if let Ok(key) = std::env::var("OPENAI_API_KEY")
+            && !key.is_empty()
+        {
+            params["api_key"] = Value::String(key);
+        }
+        let cache_type = if llm_cache::available_types().contains(&"disk") {
+            "disk"
+        } else {
+            "local"
+        };
+        Self::from_value(json!({
+            "model_list": [{"model_name": "*", "litellm_params": params}],
+            "litellm_settings": {"cache": true, "cache_params": {"type": cache_type}},
+        }))
+    }
+
+    /// From a parsed document.
+    ///
+    /// # Errors
+    /// An invalid setting (the message names it).
+    pub fn from_value(mut value: Value) -> Result<Self> {
+        let root = value
+            .as_object_mut()
+            .ok_or_else(|| cfg_err("the config must be a mapping"))?;
+        let mut warnings = Vec::new();
+        for key in root.keys() {
+            match key.as_str() {
+                "model_list" | "litellm_settings" | "general_settings" | "llm_cache_settings" => {}
+                "router_settings"
+                | "environment_variables"
+                | "guardrails"
+                | "callbacks"
+                | "credential_list"
+                | "mcp_servers" => warnings.push(format!(
+                    "`{key}` is a LiteLLM setting llm-cache does not implement; ignored"
+                )),
+                other => {
+                    let hint = suggest(
+                        other,
+                        [
+                            "model_list",
+                            "litellm_settings",
+                            "general_settings",
+                            "llm_cache_settings",
+                        ],
+                    )
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                    return Err(cfg_err(format!("unknown top-level key `{other}`{hint}")));
+                }
+            }
+        }
+
+        let models = parse_models(root.get_mut("model_list"), &mut warnings)?;
+
+        let mut cache = None;
+        if let Some(ls) = root.get_mut("litellm_settings") {
+            let ls = ls
+                .as_object_mut()
+                .ok_or_else(|| cfg_err("litellm_settings must be a mapping"))?;
+            let mut enabled = None;
+            if let Some(v) = ls.get_mut("cache") {
+                resolve_env_refs(v, "litellm_settings.cache")?;
+                let p = Params::new(
+                    Map::from_iter([("cache".to_owned(), v.clone())]),
+                    "litellm_settings",
+                );
+                enabled = p.bool("cache")?;
+            }
+            let params = ls.get("cache_params").cloned();
+            for key in ls.keys() {
+                if !matches!(key.as_str(), "cache" | "cache_params") {
+                    warnings.push(format!(
+                        "litellm_settings.{key} is a LiteLLM setting llm-cache does not implement; ignored"
+                    ));
+                }
+            }
+            cache = match (enabled, params) {
+                (Some(true), Some(p)) => Some(CacheConfig::from_value(p)?),
+                // LiteLLM: `cache: true` without cache_params = Redis from REDIS_* env vars.
+                (Some(true), None) => Some(CacheConfig::redis_from_env()),
+                (Some(false) | None, Some(_)) => {
+                    warnings.push(
+                        "litellm_settings.cache_params is set but `cache: true` is not: caching is off".to_owned(),
+                    );
+                    None
+                }
+                _ => None,
+            };
+        }
+        if let Some(c) = &cache {
+            warnings.extend(c.warnings().iter().cloned());
+        }
+
+        let mut master_key = None;
+        if let Some(gs) = root.get_mut("general_settings") {
+            resolve_env_refs(gs, "general_settings")?;
+            let gs = gs
+                .as_object()
+                .ok_or_else(|| cfg_err("general_settings must be a mapping"))?;
+            let p = Params::new(gs.clone(), "general_settings");
+            master_key = p.string("master_key")?.filter(|k| !k.is_empty());
+            for key in gs.keys() {
+                if key != "master_key" {
+                    warnings.push(format!(
+                        "general_settings.{key} is a LiteLLM setting llm-cache does not implement; ignored"
+                    ));
+                }
+            }
+        }
+        if master_key.is_none()
+            && let Ok(k) = std::env::var("LITELLM_MASTER_KEY")
+            && !k.is_empty()
+        {
+            master_key = Some(k);
+        }
+
+        let mut settings = Settings::default();
+        if let Some(s) = root.get_mut("llm_cache_settings") {
+            resolve_env_refs(s, "llm_cache_settings")?;
+            let s = s
+                .as_object()
+                .ok_or_else(|| cfg_err("llm_cache_settings must be a mapping"))?;
+            for key in s.keys() {
+                if !SETTINGS_KEYS.contains(&key.as_str()) {
+                    let hint = suggest(key, SETTINGS_KEYS.iter().copied())
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    return Err(cfg_err(format!(
+                        "llm_cache_settings.{key}: unknown setting{hint}"
+                    )));
+                }
+            }
+            let p = Params::new(s.clone(), "llm_cache_settings");
+            if let Some(t) = p.seconds("upstream_timeout")? {
+                settings.upstream_timeout = t;
+            }
+            if let Some(t) = p.seconds("upstream_connect_timeout")? {
+                settings.upstream_connect_timeout = t;
+            }
+            if let Some(n) = p.u64("max_request_body_bytes")? {
+                settings.max_request_body_bytes = n as usize;
+            }
+            if let Some(t) = p.seconds("shutdown_timeout")? {
+                settings.shutdown_timeout = t;
+            }
+            if let Some(b) = p.bool("partition_by_api_key")? {
+                settings.partition_by_api_key = b;
+            }
+        }
+
+        Ok(ProxyConfig {
+            models,
+            cache,
+            master_key,
+            settings,
+            warnings,
+        })
+    }
+}
+
+fn strip_prefix(e: &CacheError) -> String {
+    let s = e.to_string();
+    s.strip_prefix("configuration error: ")
+        .unwrap_or(&s)
+        .to_owned()
+}
+
+fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<Vec<ModelGroup>> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    let items = list
+        .as_array_mut()
+        .ok_or_else(|| cfg_err("model_list must be a list"))?;
+    let mut groups: Vec<ModelGroup> = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        let path = format!("model_list[{i}]");
+        resolve_env_refs(item, &path)?;
+        let obj = item
+            .as_object()
+            .ok_or_else(|| cfg_err(format!("{path} must be a mapping")))?;
+        for key in obj.keys() {
+            if !matches!(key.as_str(), "model_name" | "litellm_params" | "model_info") {
+                warnings.push(format!("{path}.{key} is not used by llm-cache; ignored"));
+            }
+        }
+        let name = obj
+            .get("model_name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| cfg_err(format!("{path}.model_name is required (a string)")))?
+            .to_owned();
+        let lp = obj
+            .get("litellm_params")
+            .and_then(Value::as_object)
+            .ok_or_else(|| cfg_err(format!("{path}.litellm_params is required (a mapping)")))?;
+        for key in lp.keys() {
+            if LITELLM_PARAMS_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            if LITELLM_PARAMS_IGNORED.contains(&key.as_str()) {
+                warnings.push(format!(
+                    "{path}.litellm_params.{key} is a LiteLLM setting llm-cache does not implement; ignored"
+                ));
+                continue;
+            }
+            let hint = suggest(key, LITELLM_PARAMS_KEYS.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(cfg_err(format!(
+                "{path}.litellm_params.{key}: unknown setting{hint}"
+            )));
+        }
+        let p = Params::new(lp.clone(), format!("{path}.litellm_params"));
+        let model = p
+            .string("model")?
+            .ok_or_else(|| cfg_err(format!("{path}.litellm_params.model is required")))?;
+        let (provider, bare) = match model.split_once('/') {
+            Some((prov, rest)) if OPENAI_COMPATIBLE_PROVIDERS.contains(&prov) => {
+                (Some(prov.to_owned()), rest.to_owned())
+            }
+            Some((prov, _)) => {
+                warnings.push(format!(
+                    "{path}: provider `{prov}` is sent to api_base as an OpenAI-compatible API (llm-cache only speaks the OpenAI protocol)"
+                ));
+                (Some(prov.to_owned()), model.clone())
+            }
+            None => (None, model.clone()),
+        };
+        let api_base = match p.string("api_base")?.or(p.string("base_url")?) {
+            Some(b) => b.trim_end_matches('/').to_owned(),
+            None if matches!(provider.as_deref(), None | Some("openai")) => {
+                "https://api.openai.com/v1".to_owned()
+            }
+            None => {
+                return Err(cfg_err(format!(
+                    "{path}.litellm_params.api_base is required for provider `{}`",
+                    provider.unwrap_or_default()
+                )));
+            }
+        };
+        if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
+            return Err(cfg_err(format!(
+                "{path}.litellm_params.api_base must be an http(s) URL, got `{api_base}`"
+            )));
+        }
+        let extra_headers = match lp.get("extra_headers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(h)) => h
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    other => Ok((k.clone(), other.to_string())),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(_) => {
+                return Err(cfg_err(format!(
+                    "{path}.litellm_params.extra_headers must be a mapping"
+                )));
+            }
+        };
+        let deployment = Deployment {
+            model: (bare != "*").then_some(bare),
+            api_base,
+            api_key: p.string("api_key")?.filter(|k| !k.is_empty()),
+            azure: provider.as_deref() == Some("azure"),
+            api_version: p.string("api_version")?,
+            organization: p.string("organization")?,
+            extra_headers,
+            timeout: p.seconds("timeout")?,
+            stream_timeout: p.seconds("stream_timeout")?,
+        };
+        match groups.iter_mut().find(|g| g.name == name) {
+            Some(g) => g.deployments.push(deployment),
+            None => groups.push(ModelGroup {
+                name,
+                deployments: vec![deployment],
+            }),
+        }
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_litellm_example() {
+        let c = ProxyConfig::from_yaml(
+            r#"
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:8000/v1/
+      api_key: sk-upstream
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: azure/gpt-4o-mini-eu
+      api_base: https://x.openai.azure.com/openai/v1
+litellm_settings:
+  cache: true
+  cache_params: { type: local, ttl: 600, namespace: myapp, supported_call_types: [acompletion], mode: default_on }
+  set_verbose: true
+general_settings:
+  master_key: sk-1234
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.models.len(), 1);
+        let g = &c.models[0];
+        assert_eq!(g.deployments.len(), 2, "two deployments, one model group");
+        assert_eq!(g.deployments[0].model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(g.deployments[0].api_base, "http://127.0.0.1:8000/v1");
+        assert!(g.deployments[1].azure);
+        assert_eq!(c.master_key.as_deref(), Some("sk-1234"));
+        assert_eq!(c.cache.as_ref().unwrap().backend_type(), "local");
+        assert!(c.warnings.iter().any(|w| w.contains("set_verbose")));
+    }
+
+    #[test]
+    fn cache_true_without_params_means_redis() {
+        let c = ProxyConfig::from_yaml("litellm_settings:\n  cache: true\n").unwrap();
+        assert_eq!(c.cache.unwrap().backend_type(), "redis");
+        let c = ProxyConfig::from_yaml("litellm_settings:\n  cache: false\n").unwrap();
+        assert!(c.cache.is_none());
+    }
+
+    #[test]
+    fn typos_in_our_sections_are_errors() {
+        for (yaml, needle) in [
+            ("modle_list: []", "did you mean `model_list`"),
+            (
+                "model_list: [{model_name: a, litellm_params: {model: openai/a, api_bsae: http://x}}]",
+                "did you mean `api_base`",
+            ),
+            (
+                "litellm_settings: {cache: true, cache_params: {ttll: 5}}",
+                "cache_params.ttll",
+            ),
+            (
+                "llm_cache_settings: {upstream_timout: 5}",
+                "did you mean `upstream_timeout`",
+            ),
+            (
+                "model_list: [{litellm_params: {model: a}}]",
+                "model_name is required",
+            ),
+            (
+                "model_list: [{model_name: a, litellm_params: {model: openai/a, api_base: ftp://x}}]",
+                "http(s) URL",
+            ),
+            ("litellm_settings: {cache: maybe}", "litellm_settings.cache"),
+        ] {
+            let err = ProxyConfig::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.contains(needle), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_a_wildcard() {
+        let c = ProxyConfig::embedded_default().unwrap();
+        assert_eq!(c.models[0].name, "*");
+        assert_eq!(c.models[0].deployments[0].model, None);
+        assert!(c.cache.is_some());
+    }
+}

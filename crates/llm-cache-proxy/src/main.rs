@@ -1,0 +1,264 @@
+//! `llm-cache`: an OpenAI-compatible caching proxy that reads a LiteLLM-style `config.yaml`.
+//!
+//! ```text
+//! llm-cache serve [--config FILE] [--host 127.0.0.1] [--port 4000]
+//! llm-cache ping --config FILE          check the cache backend (exit 1 when unhealthy)
+//! llm-cache check-config --config FILE  validate a config and print its warnings
+//! llm-cache key --config FILE [--kind chat] < request.json   print a request's cache key
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use llm_cache::{CacheControl, CallKind, RequestContext};
+use tracing_subscriber::EnvFilter;
+
+use llm_cache_proxy::config::ProxyConfig;
+use llm_cache_proxy::{server, upstream};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llm-cache",
+    version,
+    about = "Response caching for LLM applications: an OpenAI-compatible caching proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the caching proxy.
+    Serve {
+        /// LiteLLM-style config.yaml (default: disk cache in ./.llm_cache and one upstream from
+        /// OPENAI_BASE_URL / OPENAI_API_KEY).
+        #[arg(long, short, env = "LLM_CACHE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1", env = "LLM_CACHE_HOST")]
+        host: String,
+        /// Port to listen on.
+        #[arg(long, default_value_t = 4000, env = "LLM_CACHE_PORT")]
+        port: u16,
+    },
+    /// Check the configured cache backend (ping plus a test write).
+    Ping {
+        /// LiteLLM-style config.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and print its warnings.
+    CheckConfig {
+        /// LiteLLM-style config.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the cache key of a request read from stdin (JSON).
+    Key {
+        /// LiteLLM-style config.yaml (namespace, model groups, key options).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Call kind: chat, text_completion, embedding, responses, ...
+        #[arg(long, default_value = "chat")]
+        kind: String,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<ProxyConfig, String> {
+    match path {
+        Some(p) => ProxyConfig::load(p).map_err(|e| e.to_string()),
+        None => ProxyConfig::embedded_default().map_err(|e| e.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config, host, port } => serve(config.as_ref(), &host, port).await,
+            Command::Ping { config } => ping(&config).await,
+            Command::CheckConfig { config } => {
+                let c = load(Some(&config))?;
+                for w in &c.warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "ok: {} model group(s), cache: {}",
+                    c.models.len(),
+                    c.cache.as_ref().map_or("off", |c| c.backend_type())
+                );
+                Ok(())
+            }
+            Command::Key { config, kind } => key(config.as_ref(), &kind).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Option<&PathBuf>, host: &str, port: u16) -> Result<(), String> {
+    let start = Instant::now();
+    let cfg = load(config)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let state = server::state_from_config(&cfg).await?;
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("invalid --host/--port {host}:{port}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        address = %local,
+        cache = state.cache_type.as_deref().unwrap_or("off"),
+        models = cfg.models.len(),
+        auth = cfg.master_key.is_some(),
+        startup_ms = start.elapsed().as_millis() as u64,
+        "llm-cache proxy ready"
+    );
+    let app = server::app(state.clone(), cfg.settings.max_request_body_bytes);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("shutting down: flushing pending cache writes");
+    if let Err(e) = state.cache.flush(cfg.settings.shutdown_timeout).await {
+        tracing::warn!(error = %e, "cache flush failed at shutdown");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+async fn ping(config: &PathBuf) -> Result<(), String> {
+    let cfg = load(Some(config))?;
+    let Some(cache_cfg) = &cfg.cache else {
+        return Err("caching is not enabled in this config (litellm_settings.cache)".to_owned());
+    };
+    let cache = cache_cfg.build().await.map_err(|e| e.to_string())?;
+    let report = cache.ping().await.map_err(|e| format!("unhealthy: {e}"))?;
+    println!(
+        "{}: {} (latency {:.2} ms, test write {}, breaker {:?})",
+        cache_cfg.backend_type(),
+        if report.set_ok {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
+        report.health.latency.as_secs_f64() * 1000.0,
+        if report.set_ok { "ok" } else { "failed" },
+        report.breaker
+    );
+    for (k, v) in &report.health.details {
+        println!("  {k}: {v}");
+    }
+    if report.set_ok {
+        Ok(())
+    } else {
+        Err("the test write did not round-trip".to_owned())
+    }
+}
+
+async fn key(config: Option<&PathBuf>, kind: &str) -> Result<(), String> {
+    let cfg = match config {
+        Some(p) => ProxyConfig::load(p).map_err(|e| e.to_string())?,
+        None => {
+            ProxyConfig::from_yaml("litellm_settings: {cache: true, cache_params: {type: local}}")
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let kind = CallKind::parse(kind).ok_or_else(|| format!("unknown call kind `{kind}`"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| e.to_string())?;
+    let request: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let cc = CacheControl::from_json(request.get("cache")).map_err(|e| e.to_string())?;
+    let cache = match &cfg.cache {
+        Some(c) => llm_cache::CacheBuilder::new(llm_cache::MemoryBackend::default())
+            .settings(c.settings().map_err(|e| e.to_string())?)
+            .build(),
+        None => llm_cache::Cache::in_memory(),
+    };
+    let router = upstream::Router::new(cfg.models.clone());
+    let model = request
+        .get("model")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let group = router
+        .route(&model)
+        .map(|r| r.model_group(&model).to_owned());
+    let ctx = RequestContext {
+        model_group: group.as_deref(),
+        partition: None,
+    };
+    let prepared = cache
+        .prepare(kind, &request, &cc, &ctx)
+        .map_err(|e| e.to_string())?;
+    let engine = cache.engine().ok_or("cache disabled")?;
+    let pre = engine
+        .keys()
+        .preimage(
+            kind,
+            &request,
+            &llm_cache::core::KeyContext {
+                model_group: ctx.model_group,
+                namespace: None,
+                partition: None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        prepared.key().map(|k| k.to_string()).unwrap_or_default()
+    );
+    eprintln!("preimage: {pre:?}");
+    Ok(())
+}

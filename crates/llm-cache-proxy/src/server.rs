@@ -1,0 +1,774 @@
+//! The HTTP server: OpenAI-compatible endpoints with caching, admin and health endpoints.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures::StreamExt;
+use llm_cache::core::{Lookup, Prepared};
+use llm_cache::{Cache, CacheControl, CacheStatus, CallError, CallKind, Entry, RequestContext};
+use serde_json::{Value, json};
+
+use crate::config::ProxyConfig;
+use crate::metrics::{ProxyMetrics, status_label};
+use crate::sse::{self, Assembler, SseParser};
+use crate::upstream::{Router, Upstream, UpstreamError, upstream_body};
+
+/// The cache identifier in `Cache-Status`.
+pub const CACHE_NAME: &str = "llm-cache";
+
+static X_CACHE_KEY: HeaderName = HeaderName::from_static("x-litellm-cache-key");
+static X_SIMILARITY: HeaderName = HeaderName::from_static("x-litellm-semantic-similarity");
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct AppState {
+    /// The cache (possibly disabled).
+    pub cache: Cache,
+    /// `cache_params.type`, when caching is on.
+    pub cache_type: Option<String>,
+    /// Model routing.
+    pub router: Router,
+    /// Upstream client.
+    pub upstream: Upstream,
+    /// Master key.
+    pub master_key: Option<String>,
+    /// Metrics.
+    pub metrics: Arc<ProxyMetrics>,
+    /// Partition the cache by caller API key.
+    pub partition_by_api_key: bool,
+}
+
+/// Builds the axum application.
+pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
+    let api = axum::Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/cache/ping", get(cache_ping))
+        .route("/cache/delete", post(cache_delete))
+        .route("/cache/flushall", post(cache_flushall))
+        .route("/health/readiness", get(readiness))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    axum::Router::new()
+        .route("/health/liveliness", get(liveliness))
+        .route("/health/liveness", get(liveliness))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Builds the state from a configuration.
+///
+/// # Errors
+/// Cache construction or HTTP client errors.
+pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, String> {
+    let cache = match &config.cache {
+        Some(c) => c.build().await.map_err(|e| e.to_string())?,
+        None => Cache::disabled(),
+    };
+    let metrics = Arc::new(ProxyMetrics::default());
+    let upstream = Upstream::new(Arc::new(config.settings.clone()), metrics.clone())?;
+    Ok(Arc::new(AppState {
+        cache,
+        cache_type: config.cache.as_ref().map(|c| c.backend_type().to_owned()),
+        router: Router::new(config.models.clone()),
+        upstream,
+        master_key: config.master_key.clone(),
+        metrics,
+        partition_by_api_key: config.settings.partition_by_api_key,
+    }))
+}
+
+/// An OpenAI-style error response.
+pub fn error(
+    status: StatusCode,
+    message: impl Into<String>,
+    kind: &str,
+    param: Option<&str>,
+) -> Response {
+    let body = json!({
+        "error": {
+            "message": message.into(),
+            "type": kind,
+            "param": param,
+            "code": status.as_u16().to_string(),
+        }
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        return Some(
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim(),
+        );
+    }
+    headers
+        .get("x-api-key")
+        .or_else(|| headers.get("api-key"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(master) = &st.master_key {
+        let ok = presented_key(req.headers())
+            .is_some_and(|k| constant_time_eq(k.as_bytes(), master.as_bytes()));
+        if !ok {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Authentication Error: a valid key is required (Authorization: Bearer <key> or x-api-key)",
+                "auth_error",
+                None,
+            );
+        }
+    }
+    next.run(req).await
+}
+
+async fn liveliness() -> impl IntoResponse {
+    axum::Json("I'm alive!")
+}
+
+async fn readiness(State(st): State<Arc<AppState>>) -> Response {
+    let breaker = st
+        .cache
+        .engine()
+        .map(|e| format!("{:?}", e.breaker_state()).to_lowercase());
+    axum::Json(json!({
+        "status": "healthy",
+        "cache": st.cache_type,
+        "cache_breaker": breaker,
+        "llm_cache_version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(&st.cache),
+    )
+        .into_response()
+}
+
+async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(d) = st.router.wildcard() {
+        let auth = forwarded_auth(&st, &headers);
+        if let Ok(body) = st.upstream.get_models(d, auth).await {
+            return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        }
+    }
+    let data: Vec<Value> = st
+        .router
+        .names()
+        .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "llm-cache"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn forwarded_auth<'a>(st: &AppState, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+    // The client's own key goes upstream only when it is not our master key.
+    if st.master_key.is_some() {
+        None
+    } else {
+        headers.get(header::AUTHORIZATION)
+    }
+}
+
+async fn cache_ping(State(st): State<Arc<AppState>>) -> Response {
+    let Some(cache_type) = &st.cache_type else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cache not initialized. litellm.cache is None",
+            "cache_ping_error",
+            Some("cache_ping"),
+        );
+    };
+    match st.cache.ping().await {
+        Ok(report) => {
+            let healthy = report.set_ok && report.semantic.as_ref().is_none_or(|s| s.is_ok());
+            let body = json!({
+                "status": if healthy { "healthy" } else { "unhealthy" },
+                "cache_type": cache_type,
+                "ping_response": true,
+                "set_cache_response": if report.set_ok { "success" } else { "failed" },
+                "latency_ms": report.health.latency.as_secs_f64() * 1000.0,
+                "breaker": format!("{:?}", report.breaker).to_lowercase(),
+                "health_check_cache_params": report.health.details,
+                "semantic": report.semantic.map(|s| match s {
+                    Ok(h) => json!({"status": "healthy", "details": h.details}),
+                    Err(e) => json!({"status": "unhealthy", "error": e}),
+                }),
+            });
+            let status = if healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(body)).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Service Unhealthy ({e})"),
+            "cache_ping_error",
+            Some("cache_ping"),
+        ),
+    }
+}
+
+async fn cache_delete(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON body: {e}"),
+                "invalid_request_error",
+                None,
+            );
+        }
+    };
+    let keys: Option<Vec<String>> = v
+        .get("keys")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(|k| k.as_str().map(str::to_owned)).collect());
+    let Some(keys) = keys else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`keys` must be a list of cache keys (strings)",
+            "invalid_request_error",
+            Some("keys"),
+        );
+    };
+    if st.cache_type.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cache not initialized",
+            "cache_delete_error",
+            None,
+        );
+    }
+    match st.cache.delete(&keys).await {
+        Ok(n) => axum::Json(json!({"status": "success", "deleted": n})).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Cache Delete Failed({e})"),
+            "cache_delete_error",
+            None,
+        ),
+    }
+}
+
+async fn cache_flushall(State(st): State<Arc<AppState>>) -> Response {
+    if st.cache_type.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unhealthy (cache not initialized)",
+            "cache_flushall_error",
+            None,
+        );
+    }
+    match st.cache.clear(None).await {
+        Ok(n) => axum::Json(json!({"status": "success", "deleted": n})).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Service Unhealthy ({e})"),
+            "cache_flushall_error",
+            None,
+        ),
+    }
+}
+
+/// What every cacheable endpoint extracts from a request.
+struct Incoming {
+    request: Value,
+    cc: CacheControl,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+}
+
+#[allow(clippy::result_large_err)]
+fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response> {
+    let mut request: Value = serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {e}"),
+            "invalid_request_error",
+            None,
+        )
+    })?;
+    let Some(obj) = request.as_object_mut() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "the request body must be a JSON object",
+            "invalid_request_error",
+            None,
+        ));
+    };
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "`model` is required (a string)",
+                "invalid_request_error",
+                Some("model"),
+            ));
+        }
+    };
+    let body_cc = CacheControl::from_json(obj.get("cache")).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            "invalid_request_error",
+            Some(&e.field),
+        )
+    })?;
+    let header_cc = match headers.get(header::CACHE_CONTROL) {
+        None => CacheControl::none(),
+        Some(v) => {
+            let text = v.to_str().map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid Cache-Control header",
+                    "invalid_request_error",
+                    Some("Cache-Control"),
+                )
+            })?;
+            CacheControl::from_header(text).map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    e.to_string(),
+                    "invalid_request_error",
+                    Some(&e.field),
+                )
+            })?
+        }
+    };
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(Incoming {
+        request,
+        cc: body_cc.or(header_cc),
+        model,
+        stream,
+        include_usage,
+    })
+}
+
+fn partition(st: &AppState, headers: &HeaderMap) -> Option<String> {
+    if !st.partition_by_api_key {
+        return None;
+    }
+    presented_key(headers).map(|k| llm_cache::core::key::hash_hex(k.as_bytes())[..32].to_owned())
+}
+
+fn cache_headers(
+    resp: &mut Response,
+    key: Option<&llm_cache::CacheKey>,
+    status: &CacheStatus,
+    entry: Option<&Entry>,
+) {
+    let h = resp.headers_mut();
+    if let Some(k) = key
+        && let Ok(v) = HeaderValue::from_str(k.as_str())
+    {
+        h.insert(X_CACHE_KEY.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&status.header_value(CACHE_NAME)) {
+        h.insert(CACHE_STATUS.clone(), v);
+    }
+    if let CacheStatus::Hit {
+        age, similarity, ..
+    } = status
+    {
+        h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        if let Some(s) = similarity
+            && let Ok(v) = HeaderValue::from_str(&format!("{s:.6}"))
+        {
+            h.insert(X_SIMILARITY.clone(), v);
+        }
+    }
+    let _ = entry;
+}
+
+fn upstream_error(e: UpstreamError) -> Response {
+    match e {
+        UpstreamError::Status {
+            status,
+            content_type,
+            body,
+        } => {
+            let mut resp = (status, body).into_response();
+            if let Some(ct) = content_type {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp
+        }
+        UpstreamError::Unreachable { message, timeout } => {
+            let status = if timeout {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            error(status, message, "upstream_error", None)
+        }
+    }
+}
+
+fn not_cached(key: Option<&llm_cache::CacheKey>) -> Response {
+    let mut resp = error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "only-if-cached: no cached response for this request",
+        "cache_miss",
+        None,
+    );
+    cache_headers(
+        &mut resp,
+        key,
+        &CacheStatus::Miss {
+            reason: llm_cache::core::MissReason::NotFound,
+            stored: false,
+        },
+        None,
+    );
+    resp
+}
+
+async fn chat(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    completion_like(
+        st,
+        headers,
+        body,
+        CallKind::Chat,
+        "/chat/completions",
+        "chat",
+    )
+    .await
+}
+
+async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    completion_like(
+        st,
+        headers,
+        body,
+        CallKind::TextCompletion,
+        "/completions",
+        "completions",
+    )
+    .await
+}
+
+async fn completion_like(
+    st: Arc<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: CallKind,
+    path: &'static str,
+    endpoint: &'static str,
+) -> Response {
+    let inc = match parse_incoming(&headers, &body) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Some(route) = st.router.route(&inc.model) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Invalid model name passed in model={}. Call `/v1/models` to view available models.",
+                inc.model
+            ),
+            "invalid_request_error",
+            Some("model"),
+        );
+    };
+    let part = partition(&st, &headers);
+    let ctx = RequestContext {
+        model_group: Some(route.model_group(&inc.model)),
+        partition: part.as_deref(),
+    };
+    let prepared = match st.cache.prepare(kind, &inc.request, &inc.cc, &ctx) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                e.to_string(),
+                "invalid_request_error",
+                None,
+            );
+        }
+    };
+    let auth = forwarded_auth(&st, &headers).cloned();
+    let deployment = route.deployment.clone();
+    let upstream_req = upstream_body(inc.request, &deployment);
+
+    if inc.stream {
+        return stream_flow(
+            st,
+            prepared,
+            kind,
+            path,
+            endpoint,
+            deployment,
+            upstream_req,
+            auth,
+            inc.include_usage,
+        )
+        .await;
+    }
+
+    let st2 = st.clone();
+    let result = prepared
+        .get_or_fetch(|| async move {
+            st2.upstream
+                .post_json(&deployment, path, upstream_req, auth.as_ref())
+                .await
+        })
+        .await;
+    match result {
+        Ok(cached) => {
+            st.metrics.request(endpoint, status_label(&cached.status));
+            let mut resp =
+                ([(header::CONTENT_TYPE, "application/json")], cached.value).into_response();
+            cache_headers(
+                &mut resp,
+                cached.key.as_ref(),
+                &cached.status,
+                cached.entry.as_ref(),
+            );
+            resp
+        }
+        Err(CallError::NotCached) => {
+            st.metrics.request(endpoint, "only_if_cached_miss");
+            not_cached(prepared.key())
+        }
+        Err(CallError::Upstream(e)) => {
+            st.metrics.request(endpoint, "upstream_error");
+            let mut resp = upstream_error(e);
+            if let Some(k) = prepared
+                .key()
+                .and_then(|k| HeaderValue::from_str(k.as_str()).ok())
+            {
+                resp.headers_mut().insert(X_CACHE_KEY.clone(), k);
+            }
+            resp
+        }
+        Err(CallError::Invalid(e)) => error(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            "invalid_request_error",
+            None,
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_flow(
+    st: Arc<AppState>,
+    prepared: Prepared,
+    kind: CallKind,
+    path: &'static str,
+    endpoint: &'static str,
+    deployment: crate::config::Deployment,
+    upstream_req: Vec<u8>,
+    auth: Option<HeaderValue>,
+    include_usage: bool,
+) -> Response {
+    let text = kind == CallKind::TextCompletion;
+    let reason = match prepared.lookup().await {
+        Lookup::Hit(hit) => match serde_json::from_slice::<Value>(&hit.entry.body) {
+            Ok(stored) => {
+                let body = if text {
+                    sse::replay_text(&stored, include_usage)
+                } else {
+                    sse::replay_chat(&stored, include_usage)
+                };
+                st.metrics.stream_replays.fetch_add(1, Relaxed);
+                st.metrics.request(endpoint, "hit");
+                let status = CacheStatus::Hit {
+                    tier: hit.tier,
+                    age: hit.age,
+                    similarity: hit.similarity,
+                };
+                let mut resp = sse_response(Body::from(body));
+                cache_headers(&mut resp, prepared.key(), &status, Some(&hit.entry));
+                return resp;
+            }
+            Err(_) => llm_cache::core::MissReason::Unusable,
+        },
+        Lookup::Miss(r) => r,
+        Lookup::Bypass(_) => llm_cache::core::MissReason::NotFound,
+    };
+    if prepared.only_if_cached() {
+        st.metrics.request(endpoint, "only_if_cached_miss");
+        return not_cached(prepared.key());
+    }
+    let status = match prepared.bypass_reason() {
+        Some(r) => CacheStatus::Bypass { reason: r },
+        None => CacheStatus::Miss {
+            reason,
+            stored: false,
+        },
+    };
+    let resp = match st
+        .upstream
+        .post_stream(&deployment, path, upstream_req, auth.as_ref())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            st.metrics.request(endpoint, "upstream_error");
+            return upstream_error(e);
+        }
+    };
+    st.metrics.request(endpoint, status_label(&status));
+    let key = prepared.key().cloned();
+    let writes = prepared.writes();
+    struct Tee {
+        upstream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+        parser: SseParser,
+        assembler: Option<Assembler>,
+        prepared: Prepared,
+        metrics: Arc<ProxyMetrics>,
+    }
+    let tee = Tee {
+        upstream: resp.bytes_stream().boxed(),
+        parser: SseParser::default(),
+        assembler: writes.then(|| Assembler::new(text)),
+        prepared,
+        metrics: st.metrics.clone(),
+    };
+    let stream = futures::stream::unfold(Some(tee), |state| async move {
+        let mut tee = state?;
+        match tee.upstream.next().await {
+            Some(Ok(chunk)) => {
+                if let Some(a) = tee.assembler.as_mut() {
+                    for event in tee.parser.feed(&chunk) {
+                        a.push(&event);
+                    }
+                }
+                Some((Ok::<Bytes, std::io::Error>(chunk), Some(tee)))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "upstream stream failed; not cached");
+                Some((Err(std::io::Error::other(e)), None))
+            }
+            None => {
+                if let Some(full) = tee.assembler.take().and_then(Assembler::finish) {
+                    let bytes =
+                        Bytes::from(serde_json::to_vec(&full).expect("JSON values serialize"));
+                    if tee.prepared.store_parsed(bytes, &full) {
+                        tee.metrics.streams_stored.fetch_add(1, Relaxed);
+                    }
+                }
+                None
+            }
+        }
+    });
+    let mut out = sse_response(Body::from_stream(stream));
+    cache_headers(&mut out, key.as_ref(), &status, None);
+    out
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+async fn embeddings(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let inc = match parse_incoming(&headers, &body) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Some(route) = st.router.route(&inc.model) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Invalid model name passed in model={}. Call `/v1/models` to view available models.",
+                inc.model
+            ),
+            "invalid_request_error",
+            Some("model"),
+        );
+    };
+    let part = partition(&st, &headers);
+    let ctx = RequestContext {
+        model_group: Some(route.model_group(&inc.model)),
+        partition: part.as_deref(),
+    };
+    let auth = forwarded_auth(&st, &headers).cloned();
+    let deployment = route.deployment.clone();
+    let upstream = st.upstream.clone();
+    let result = st
+        .cache
+        .embeddings(&inc.request, &inc.cc, &ctx, |sub| async move {
+            upstream
+                .post_json(
+                    &deployment,
+                    "/embeddings",
+                    upstream_body(sub, &deployment),
+                    auth.as_ref(),
+                )
+                .await
+        })
+        .await;
+    match result {
+        Ok(out) => {
+            st.metrics.request("embeddings", status_label(&out.status));
+            let mut resp = ([(header::CONTENT_TYPE, "application/json")], out.body).into_response();
+            cache_headers(&mut resp, out.key.as_ref(), &out.status, None);
+            resp
+        }
+        Err(CallError::NotCached) => not_cached(None),
+        Err(CallError::Upstream(e)) => {
+            st.metrics.request("embeddings", "upstream_error");
+            upstream_error(e)
+        }
+        Err(CallError::Invalid(e)) => error(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            "invalid_request_error",
+            None,
+        ),
+    }
+}

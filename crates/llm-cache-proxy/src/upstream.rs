@@ -1,0 +1,301 @@
+//! Calls to OpenAI-compatible upstreams: routing within a model group, headers, errors.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::config::{Deployment, ModelGroup, Settings};
+use crate::metrics::ProxyMetrics;
+
+/// A failed upstream call. Never cached; passed through to the client.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// The upstream answered with a non-2xx status: passed through verbatim.
+    Status {
+        /// Status code.
+        status: StatusCode,
+        /// Content type of the body.
+        content_type: Option<HeaderValue>,
+        /// Body.
+        body: Bytes,
+    },
+    /// The upstream could not be reached or timed out: a 502/504 OpenAI-style error.
+    Unreachable {
+        /// What happened.
+        message: String,
+        /// Whether it was a timeout.
+        timeout: bool,
+    },
+}
+
+/// Model groups with round-robin over their deployments.
+#[derive(Debug)]
+pub struct Router {
+    groups: Vec<(ModelGroup, AtomicUsize)>,
+}
+
+/// A resolved route.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    /// The group.
+    pub group: &'a ModelGroup,
+    /// The chosen deployment.
+    pub deployment: &'a Deployment,
+}
+
+impl Route<'_> {
+    /// The model group to key on: the configured `model_name`, or the client's model for a
+    /// wildcard group (so a wildcard never mixes models).
+    pub fn model_group<'b>(&'b self, requested: &'b str) -> &'b str {
+        if self.group.name == "*" {
+            requested
+        } else {
+            &self.group.name
+        }
+    }
+}
+
+impl Router {
+    /// A router over the configured groups.
+    pub fn new(groups: Vec<ModelGroup>) -> Self {
+        Router {
+            groups: groups
+                .into_iter()
+                .map(|g| (g, AtomicUsize::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Resolves a client model name (exact match first, then a `*` group).
+    pub fn route(&self, model: &str) -> Option<Route<'_>> {
+        let (group, counter) = self
+            .groups
+            .iter()
+            .find(|(g, _)| g.name == model)
+            .or_else(|| self.groups.iter().find(|(g, _)| g.name == "*"))?;
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let deployment = &group.deployments[n % group.deployments.len()];
+        Some(Route { group, deployment })
+    }
+
+    /// Configured model names (without wildcards).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.groups
+            .iter()
+            .map(|(g, _)| g.name.as_str())
+            .filter(|n| *n != "*")
+    }
+
+    /// The first wildcard deployment, if any.
+    pub fn wildcard(&self) -> Option<&Deployment> {
+        self.groups
+            .iter()
+            .find(|(g, _)| g.name == "*")
+            .and_then(|(g, _)| g.deployments.first())
+    }
+}
+
+/// The shared HTTP client.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: reqwest::Client,
+    settings: Arc<Settings>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl Upstream {
+    /// A pooled client.
+    ///
+    /// # Errors
+    /// TLS initialisation failures.
+    pub fn new(settings: Arc<Settings>, metrics: Arc<ProxyMetrics>) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.upstream_connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Upstream {
+            client,
+            settings,
+            metrics,
+        })
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        d: &Deployment,
+        path: &str,
+        client_auth: Option<&HeaderValue>,
+        stream: bool,
+    ) -> reqwest::RequestBuilder {
+        let mut url = format!("{}{}", d.api_base, path);
+        if let Some(v) = &d.api_version {
+            url.push_str(if url.contains('?') { "&" } else { "?" });
+            url.push_str("api-version=");
+            url.push_str(v);
+        }
+        let mut rb = self.client.request(method, url);
+        match (&d.api_key, client_auth) {
+            (Some(key), _) => {
+                rb = rb.bearer_auth(key);
+                if d.azure {
+                    rb = rb.header("api-key", key);
+                }
+            }
+            (None, Some(auth)) => rb = rb.header("authorization", auth.clone()),
+            (None, None) => {}
+        }
+        if let Some(org) = &d.organization {
+            rb = rb.header("openai-organization", org);
+        }
+        for (k, v) in &d.extra_headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        let timeout = if stream {
+            d.stream_timeout.or(d.timeout)
+        } else {
+            d.timeout
+        }
+        .unwrap_or(self.settings.upstream_timeout);
+        rb.timeout(timeout)
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> UpstreamError {
+        self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        UpstreamError::Unreachable {
+            message: format!("upstream unreachable: {e}"),
+            timeout: e.is_timeout(),
+        }
+    }
+
+    /// Sends a JSON body and reads the whole response.
+    ///
+    /// # Errors
+    /// [`UpstreamError`] for non-2xx answers and transport failures.
+    pub async fn post_json(
+        &self,
+        d: &Deployment,
+        path: &str,
+        body: Vec<u8>,
+        client_auth: Option<&HeaderValue>,
+    ) -> Result<Bytes, UpstreamError> {
+        let start = Instant::now();
+        let resp = self
+            .request(reqwest::Method::POST, d, path, client_auth, false)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let content_type = resp.headers().get("content-type").cloned();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        self.metrics
+            .observe_upstream(status.as_u16(), start.elapsed());
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(UpstreamError::Status {
+                status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                content_type: content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
+                body: bytes,
+            })
+        }
+    }
+
+    /// Sends a streaming request; returns the response once the status line is in.
+    ///
+    /// # Errors
+    /// [`UpstreamError`] for non-2xx answers (body read in full) and transport failures.
+    pub async fn post_stream(
+        &self,
+        d: &Deployment,
+        path: &str,
+        body: Vec<u8>,
+        client_auth: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let start = Instant::now();
+        let resp = self
+            .request(reqwest::Method::POST, d, path, client_auth, true)
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        self.metrics
+            .observe_upstream(status.as_u16(), start.elapsed());
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let content_type = resp.headers().get("content-type").cloned();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Err(UpstreamError::Status {
+            status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            content_type: content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
+            body: bytes,
+        })
+    }
+
+    /// `GET {api_base}/models` (for wildcard configs).
+    ///
+    /// # Errors
+    /// [`UpstreamError`].
+    pub async fn get_models(
+        &self,
+        d: &Deployment,
+        client_auth: Option<&HeaderValue>,
+    ) -> Result<Bytes, UpstreamError> {
+        let resp = self
+            .request(reqwest::Method::GET, d, "/models", client_auth, false)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let content_type = resp.headers().get("content-type").cloned();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(UpstreamError::Status {
+                status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                content_type: content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
+                body: bytes,
+            })
+        }
+    }
+}
+
+/// The request body sent upstream: the client's body with `model` set to the deployment's
+/// model (wildcards keep the client's) and llm-cache/LiteLLM-only fields removed.
+pub fn upstream_body(mut request: Value, d: &Deployment) -> Vec<u8> {
+    if let Some(obj) = request.as_object_mut() {
+        for k in [
+            "cache",
+            "caching",
+            "cache_key",
+            "num_retries",
+            "mock_response",
+        ] {
+            obj.remove(k);
+        }
+        if let Some(m) = &d.model {
+            obj.insert("model".to_owned(), Value::String(m.clone()));
+        } else if let Some(Value::String(m)) = obj.get("model")
+            && let Some((prov, rest)) = m.split_once('/')
+            && crate::config::OPENAI_COMPATIBLE_PROVIDERS.contains(&prov)
+        {
+            let rest = rest.to_owned();
+            obj.insert("model".to_owned(), Value::String(rest));
+        }
+    }
+    serde_json::to_vec(&request).expect("JSON values serialize")
+}

@@ -1,0 +1,386 @@
+//! A fake OpenAI-compatible upstream for black-box tests: counts calls, records request bodies,
+//! streams SSE, and fails or stalls on demand.
+//!
+//! Behaviour is chosen by the last user message (or the prompt / first input):
+//! * contains `FAIL500` → HTTP 500 with an OpenAI error body; `FAIL429` → 429;
+//! * contains `STALL` → waits 3 s before answering;
+//! * contains `EMPTY` → a completion with empty content (must not be cached);
+//! * contains `TOOL` → a tool call instead of content;
+//! * contains `CUTSTREAM` → a stream that ends without `[DONE]` (must not be cached);
+//! * otherwise → `reply #<n> to: <prompt>` where n counts upstream calls.
+//!
+//! [`FakeUpstream::set_latency`] adds a delay to every answer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Inner {
+    calls: AtomicUsize,
+    chat: AtomicUsize,
+    completions: AtomicUsize,
+    embeddings: AtomicUsize,
+    latency_ms: AtomicU64,
+    bodies: Mutex<Vec<Value>>,
+    auth: Mutex<Vec<Option<String>>>,
+}
+
+/// A running fake upstream.
+#[derive(Clone)]
+pub struct FakeUpstream {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for FakeUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeUpstream")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+fn prompt_of(body: &Value) -> String {
+    if let Some(msgs) = body.get("messages").and_then(Value::as_array) {
+        return msgs
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .and_then(|m| m.get("content"))
+            .map(|c| match c {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default();
+    }
+    match body.get("prompt").or_else(|| body.get("input")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a
+            .first()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+impl FakeUpstream {
+    /// Starts on a free loopback port, in the current Tokio runtime.
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/models", get(models))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("fake upstream");
+        });
+        FakeUpstream { inner, addr }
+    }
+
+    /// Base URL including `/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Total calls (all endpoints).
+    pub fn calls(&self) -> usize {
+        self.inner.calls.load(SeqCst)
+    }
+
+    /// Chat completion calls.
+    pub fn chat_calls(&self) -> usize {
+        self.inner.chat.load(SeqCst)
+    }
+
+    /// Text completion calls.
+    pub fn completion_calls(&self) -> usize {
+        self.inner.completions.load(SeqCst)
+    }
+
+    /// Embedding calls.
+    pub fn embedding_calls(&self) -> usize {
+        self.inner.embeddings.load(SeqCst)
+    }
+
+    /// Request bodies received, in order.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.inner.bodies.lock().unwrap().clone()
+    }
+
+    /// `Authorization` headers received, in order.
+    pub fn auth_headers(&self) -> Vec<Option<String>> {
+        self.inner.auth.lock().unwrap().clone()
+    }
+
+    /// Adds latency to every answer.
+    pub fn set_latency(&self, d: Duration) {
+        self.inner.latency_ms.store(d.as_millis() as u64, SeqCst);
+    }
+}
+
+async fn record(
+    inner: &Inner,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, usize), Response> {
+    let n = inner.calls.fetch_add(1, SeqCst) + 1;
+    let v: Value = serde_json::from_slice(body).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "bad json"}})),
+        )
+            .into_response()
+    })?;
+    inner.bodies.lock().unwrap().push(v.clone());
+    inner.auth.lock().unwrap().push(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned),
+    );
+    let latency = inner.latency_ms.load(SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let prompt = prompt_of(&v);
+    if prompt.contains("STALL") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    for (needle, status) in [("FAIL500", 500u16), ("FAIL429", 429)] {
+        if prompt.contains(needle) {
+            let status = StatusCode::from_u16(status).unwrap();
+            return Err((
+                status,
+                axum::Json(json!({"error": {"message": format!("upstream says {status}"), "type": "server_error", "code": status.as_u16()}})),
+            )
+                .into_response());
+        }
+    }
+    Ok((v, n))
+}
+
+fn usage(prompt: &str, completion: &str) -> Value {
+    let p = prompt.split_whitespace().count() as u64 + 3;
+    let c = completion.split_whitespace().count() as u64;
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+}
+
+async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    inner.chat.fetch_add(1, SeqCst);
+    let (req, n) = match record(&inner, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let prompt = prompt_of(&req);
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("fake")
+        .to_owned();
+    let id = format!("chatcmpl-fake-{n}");
+    let created = 1_795_000_000 + n as u64;
+    let tool = prompt.contains("TOOL");
+    let content = if prompt.contains("EMPTY") {
+        String::new()
+    } else {
+        format!("reply #{n} to: {prompt}")
+    };
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let message = if tool {
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": format!("call_{n}"), "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}}]})
+        } else {
+            json!({"role": "assistant", "content": content})
+        };
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": if tool { "tool_calls" } else { "stop" }}],
+            "usage": usage(&prompt, &content),
+        });
+        return axum::Json(body).into_response();
+    }
+    let include_usage = req
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let cut = prompt.contains("CUTSTREAM");
+    let head =
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
+    let mut events: Vec<Value> = Vec::new();
+    let chunk = |choices: Value| {
+        let mut c = head.clone();
+        c["choices"] = choices;
+        c
+    };
+    events.push(chunk(
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+    ));
+    if tool {
+        events.push(chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": format!("call_{n}"), "type": "function", "function": {"name": "lookup", "arguments": ""}}]}, "finish_reason": null}])));
+        events.push(chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":\"x\"}"}}]}, "finish_reason": null}])));
+    } else {
+        // Upstream chunks of 3 characters, unlike the replay's words.
+        let chars: Vec<char> = content.chars().collect();
+        for piece in chars.chunks(3) {
+            let s: String = piece.iter().collect();
+            events.push(chunk(
+                json!([{"index": 0, "delta": {"content": s}, "finish_reason": null}]),
+            ));
+        }
+    }
+    events.push(chunk(json!([{"index": 0, "delta": {}, "finish_reason": if tool { "tool_calls" } else { "stop" }}])));
+    if include_usage {
+        let mut u = chunk(json!([]));
+        u["usage"] = usage(&prompt, &content);
+        events.push(u);
+    }
+    sse(events, !cut)
+}
+
+fn sse(events: Vec<Value>, done: bool) -> Response {
+    let stream = futures::stream::iter(events.into_iter().map(Some).chain(std::iter::once(None)))
+        .then(move |e| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let bytes = match e {
+                Some(v) => Bytes::from(format!("data: {v}\n\n")),
+                None if done => Bytes::from_static(b"data: [DONE]\n\n"),
+                None => Bytes::new(),
+            };
+            Ok::<_, std::io::Error>(bytes)
+        });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+use futures::StreamExt as _;
+
+async fn completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    inner.completions.fetch_add(1, SeqCst);
+    let (req, n) = match record(&inner, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let prompt = prompt_of(&req);
+    let text = format!(" completion #{n} of {prompt}");
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("fake")
+        .to_owned();
+    let id = format!("cmpl-fake-{n}");
+    if req.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let head = json!({"id": id, "object": "text_completion", "created": 1_795_000_000 + n as u64, "model": model});
+        let mut events = Vec::new();
+        for w in text.split_inclusive(' ') {
+            let mut c = head.clone();
+            c["choices"] =
+                json!([{"text": w, "index": 0, "logprobs": null, "finish_reason": null}]);
+            events.push(c);
+        }
+        let mut c = head.clone();
+        c["choices"] =
+            json!([{"text": "", "index": 0, "logprobs": null, "finish_reason": "length"}]);
+        events.push(c);
+        return sse(events, true);
+    }
+    axum::Json(json!({
+        "id": id, "object": "text_completion", "created": 1_795_000_000 + n as u64, "model": model,
+        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": "length"}],
+        "usage": usage(&prompt, &text),
+    }))
+    .into_response()
+}
+
+/// The fake's deterministic embedding of a text: `[len, first byte, n-th call]`.
+pub fn fake_vector(text: &str) -> Vec<f32> {
+    vec![
+        text.len() as f32,
+        f32::from(text.bytes().next().unwrap_or(0)),
+        0.5,
+    ]
+}
+
+async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    inner.embeddings.fetch_add(1, SeqCst);
+    let (req, _n) = match record(&inner, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let inputs: Vec<String> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => vec![],
+    };
+    let base64 = req.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let v = fake_vector(s);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64_encode(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens: u64 = inputs
+        .iter()
+        .map(|s| s.split_whitespace().count() as u64 + 1)
+        .sum();
+    axum::Json(json!({
+        "object": "list", "data": data,
+        "model": req.get("model").cloned().unwrap_or(json!("fake-embed")),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].iter().enumerate() {
+            if i <= c.len() {
+                out.push(T[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn models() -> Response {
+    axum::Json(json!({"object": "list", "data": [{"id": "fake-upstream-model", "object": "model", "created": 0, "owned_by": "fake"}]}))
+        .into_response()
+}
