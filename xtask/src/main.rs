@@ -16,7 +16,11 @@ use std::time::Instant;
 
 /// Every test service, in start order. Each backend issue adds its own.
 /// `(name, what needs it)`.
-const SERVICES: &[(&str, &str)] = &[];
+const SERVICES: &[(&str, &str)] = &[
+    ("redis", "cache-redis"),
+    ("redis-cluster", "cache-redis"),
+    ("redis-sentinel", "cache-redis"),
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -179,7 +183,20 @@ fn bench(args: &[String]) -> Result<(), String> {
             "criterion benches of cache-core",
             cargo().args(["bench", "-p", "cache-core", "--bench", "core"]),
         ),
-        other => Err(format!("unknown bench `{other}` (core)")),
+        "redis" => {
+            // Start the shared server only when it is down (a restart would cut other runs).
+            let up = services_script("redis", "status")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !up {
+                services(&["up".to_owned(), "redis".to_owned()])?;
+            }
+            run(
+                "Redis-backed hit vs redis-benchmark GET (concurrency 50)",
+                cargo().args(["bench", "-p", "cache-redis", "--bench", "hit"]),
+            )
+        }
+        other => Err(format!("unknown bench `{other}` (core, redis)")),
     }
 }
 

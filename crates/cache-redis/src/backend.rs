@@ -1,0 +1,676 @@
+//! [`RedisBackend`]: the [`CacheBackend`] over a fred client pool.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::params::Params;
+use cache_core::{CacheBackend, CacheError, Capabilities, Health, Result};
+use fred::clients::WithOptions;
+use fred::prelude::{
+    Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, EventInterface, Expiration,
+    KeysInterface, Options, PerformanceConfig, Pool, ReconnectPolicy, Server, ServerConfig,
+    TcpConfig,
+};
+use fred::types::scan::Scanner;
+use fred::types::config::{ClusterDiscoveryPolicy, UnresponsiveConfig};
+use fred::types::{InfoKind, Key};
+use fred::util::redis_keyslot;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::config::{RedisConfig, Topology};
+use crate::keys::{escape_glob, is_entry_key};
+
+const NAME: &str = "redis";
+/// Keys per MGET / UNLINK command and commands per pipeline.
+const BATCH: usize = 500;
+/// `SCAN ... COUNT` hint.
+const SCAN_COUNT: u32 = 1000;
+
+/// How the client reaches the data (after parsing a URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Standalone,
+    Cluster,
+    Sentinel,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Standalone => "standalone",
+            Kind::Cluster => "cluster",
+            Kind::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// The Redis backend (`type: redis`): standalone, Cluster or Sentinel, over a small pool of
+/// multiplexed, auto-pipelining fred connections.
+///
+/// * Values are the core's envelope bytes, written with `SET key value [PX ttl]`; no TTL means
+///   no expiry.
+/// * [`CacheBackend::get_many`] is `MGET`, [`CacheBackend::set_many`] a pipeline of `SET`s; on a
+///   Cluster the keys are grouped by hash slot, so there is never a `CROSSSLOT` error.
+/// * [`CacheBackend::clear`] is `SCAN MATCH` + `UNLINK` on every master, never `FLUSHALL`/`FLUSHDB`.
+/// * Commands fail fast while a connection is down (the cache turns that into a miss) and the
+///   pool reconnects in the background with exponential backoff. [`RedisBackend::connect`]
+///   never waits for Redis, so a cache configured while Redis is down starts degraded and
+///   recovers by itself.
+///
+/// `Debug` shows the topology without passwords.
+pub struct RedisBackend {
+    pool: Pool,
+    kind: Kind,
+    options: Options,
+    summary: String,
+    command_timeout: Duration,
+    tasks: Vec<JoinHandle<std::result::Result<(), FredError>>>,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("topology", &self.summary)
+            .field("pool_size", &self.pool.size())
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        // The routing tasks own the sockets; stopping them closes the connections (also while
+        // they are still trying to reconnect).
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A backend error that names the key it concerns.
+#[derive(Debug)]
+struct KeyError {
+    key: String,
+    source: FredError,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (key `{}`)", self.source, self.key)
+    }
+}
+
+impl std::error::Error for KeyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Whether retrying later can help.
+fn is_transient(e: &FredError) -> bool {
+    match e.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Cluster
+        | ErrorKind::Routing
+        | ErrorKind::Backpressure
+        | ErrorKind::Sentinel => true,
+        ErrorKind::Unknown => {
+            let d = e.details();
+            [
+                "READONLY",
+                "LOADING",
+                "MASTERDOWN",
+                "TRYAGAIN",
+                "BUSY",
+                "CLUSTERDOWN",
+                "NOREPLICAS",
+            ]
+            .iter()
+            .any(|p| d.starts_with(p))
+        }
+        _ => false,
+    }
+}
+
+impl RedisBackend {
+    /// From a `cache_params` mapping (LiteLLM names, `REDIS_*` fallbacks); see
+    /// [`RedisConfig::from_params`].
+    ///
+    /// # Errors
+    /// A configuration error; never a connection error.
+    pub async fn from_params(params: &Params) -> Result<Self> {
+        Self::connect(RedisConfig::from_params(params)?).await
+    }
+
+    /// Starts connecting in the background and returns at once.
+    ///
+    /// Redis being down is not an error: commands fail fast (and the cache treats them as
+    /// misses) until a connection is up; the pool keeps reconnecting with exponential backoff
+    /// between [`RedisConfig::reconnect_min_delay`] and [`RedisConfig::reconnect_max_delay`].
+    /// Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] for an unusable configuration (a malformed URL, TLS without the
+    /// `tls` feature).
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let (fred_config, kind) = fred_config(&config)?;
+        let perf = PerformanceConfig {
+            default_command_timeout: config.command_timeout,
+            ..Default::default()
+        };
+        let connection = ConnectionConfig {
+            connection_timeout: config.connect_timeout,
+            internal_command_timeout: config.command_timeout.max(Duration::from_secs(1)),
+            // Commands are not retried after a connection loss: the cache already counts the
+            // miss, and a retry would only land after the caller's deadline.
+            max_command_attempts: 1,
+            tcp: TcpConfig {
+                nodelay: Some(true),
+                ..Default::default()
+            },
+            unresponsive: UnresponsiveConfig {
+                // A server that stops answering (a paused VM, a dropped route) is noticed and
+                // the connection replaced, instead of waiting for TCP to give up.
+                max_timeout: Some(config.command_timeout.max(Duration::from_millis(500)) * 2),
+                interval: Duration::from_millis(250),
+            },
+            ..Default::default()
+        };
+        let policy = ReconnectPolicy::new_exponential(
+            0, // forever
+            millis(config.reconnect_min_delay).max(1),
+            millis(config.reconnect_max_delay).max(1),
+            2,
+        );
+        let pool = Pool::new(
+            fred_config,
+            Some(perf),
+            Some(connection),
+            Some(policy),
+            config.pool_size.max(1),
+        )
+        .map_err(|e| CacheError::Config(format!("cache_params: redis client: {e}")))?;
+        let summary = config.topology.describe();
+        let mut tasks = pool.connect_pool();
+        if let Some(first) = pool.clients().first() {
+            tasks.push(log_connection_events(first, summary.clone()));
+        }
+        Ok(RedisBackend {
+            pool,
+            kind,
+            options: Options {
+                fail_fast: true,
+                timeout: Some(config.command_timeout),
+                max_attempts: Some(1),
+                ..Default::default()
+            },
+            summary,
+            command_timeout: config.command_timeout,
+            tasks,
+        })
+    }
+
+    /// Waits until every pooled connection is up, or `timeout` passes. Optional: the backend
+    /// works (degraded) before that; useful for tests and for startup probes.
+    ///
+    /// # Errors
+    /// [`CacheError::Unavailable`] when not all connections are up in time.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.pool.clients().iter().all(ClientLike::is_connected) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CacheError::unavailable(
+                    NAME,
+                    format!("not connected to {} within {timeout:?}", self.summary),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The topology, without secrets (as in `Debug`).
+    pub fn describe(&self) -> &str {
+        &self.summary
+    }
+
+    fn client(&self) -> WithOptions<Client> {
+        self.pool.next_connected().with_options(&self.options)
+    }
+
+    fn error(&self, operation: &'static str, e: FredError) -> CacheError {
+        if e.kind() == &ErrorKind::Timeout {
+            return CacheError::Timeout {
+                backend: NAME.to_owned(),
+                operation,
+                after: self.command_timeout,
+            };
+        }
+        if e.kind() == &ErrorKind::Canceled {
+            return CacheError::unavailable(
+                NAME,
+                format!(
+                    "{operation}: not connected to {} (reconnecting in the background)",
+                    self.summary
+                ),
+            );
+        }
+        let transient = is_transient(&e);
+        CacheError::backend(NAME, operation, transient, e)
+    }
+
+    fn key_error(&self, operation: &'static str, key: &str, e: FredError) -> CacheError {
+        match e.kind() {
+            ErrorKind::Timeout | ErrorKind::Canceled => self.error(operation, e),
+            _ => {
+                let transient = is_transient(&e);
+                CacheError::backend(
+                    NAME,
+                    operation,
+                    transient,
+                    KeyError {
+                        key: key.to_owned(),
+                        source: e,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Keys grouped so that each group can go into one multi-key command: one group per hash
+    /// slot on a Cluster, one group otherwise; groups are split at [`BATCH`] keys.
+    fn groups(&self, keys: &[&str]) -> Vec<Vec<usize>> {
+        let mut out: Vec<Vec<usize>> = Vec::new();
+        if self.kind == Kind::Cluster {
+            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                by_slot
+                    .entry(redis_keyslot(k.as_bytes()))
+                    .or_default()
+                    .push(i);
+            }
+            for idxs in by_slot.into_values() {
+                out.extend(idxs.chunks(BATCH).map(<[usize]>::to_vec));
+            }
+        } else {
+            let all: Vec<usize> = (0..keys.len()).collect();
+            out.extend(all.chunks(BATCH).map(<[usize]>::to_vec));
+        }
+        out
+    }
+
+    /// `UNLINK`s `keys` (grouped per slot on a Cluster); returns how many existed.
+    async fn unlink_all(&self, keys: &[&str]) -> Result<u64> {
+        let client = self.client();
+        let futs = self.groups(keys).into_iter().map(|idxs| {
+            let client = client.clone();
+            let group: Vec<Key> = idxs.iter().map(|&i| Key::from(keys[i])).collect();
+            async move { client.unlink::<u64, _>(group).await }
+        });
+        let counts = futures::future::try_join_all(futs)
+            .await
+            .map_err(|e| self.error("clear", e))?;
+        Ok(counts.into_iter().sum())
+    }
+
+    async fn ping_one(
+        &self,
+        server: Option<Server>,
+    ) -> std::result::Result<Duration, FredError> {
+        let start = Instant::now();
+        let opts = Options {
+            cluster_node: server,
+            ..self.options.clone()
+        };
+        let _: String = self.pool.next_connected().with_options(&opts).ping(None).await?;
+        Ok(start.elapsed())
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Logs connection trouble and recoveries of the first pooled client (one line per event, not
+/// one per pooled connection). Errors never contain passwords or values.
+fn log_connection_events(
+    client: &Client,
+    summary: String,
+) -> JoinHandle<std::result::Result<(), FredError>> {
+    let mut errors = client.error_rx();
+    let mut reconnects = client.reconnect_rx();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                e = errors.recv() => match e {
+                    Ok((e, server)) => {
+                        let server = server.map(|s| s.to_string()).unwrap_or_default();
+                        tracing::warn!(backend = NAME, topology = %summary, %server, error = %e, "redis connection error; reconnecting in the background");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Ok(()),
+                },
+                s = reconnects.recv() => match s {
+                    Ok(server) => tracing::info!(backend = NAME, topology = %summary, server = %server, "redis connected"),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Ok(()),
+                },
+            }
+        }
+    })
+}
+
+/// Translates our configuration into fred's.
+fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
+    let server = |n: &crate::config::Node| Server::new(n.host.as_str(), n.port);
+    let mut config = match &c.topology {
+        Topology::Url(url) => {
+            // Errors from the URL parser could echo parts of the URL: report only the kind.
+            let config = Config::from_url(url).map_err(|e| {
+                CacheError::Config(format!(
+                    "cache_params.url: cannot use {} ({:?})",
+                    crate::config::redact_url(url),
+                    e.kind()
+                ))
+            })?;
+            #[cfg(feature = "tls")]
+            let config = {
+                let mut config = config;
+                if config.tls.is_some() {
+                    config.tls = Some(tls_config()?);
+                }
+                config
+            };
+            config
+        }
+        topology => {
+            let server = match topology {
+                Topology::Standalone(n) => ServerConfig::Centralized { server: server(n) },
+                Topology::Cluster(nodes) => ServerConfig::Clustered {
+                    hosts: nodes.iter().map(server).collect(),
+                    policy: ClusterDiscoveryPolicy::default(),
+                },
+                Topology::Sentinel {
+                    nodes,
+                    service_name,
+                } => ServerConfig::Sentinel {
+                    hosts: nodes.iter().map(server).collect(),
+                    service_name: service_name.clone(),
+                    username: None,
+                    password: c.sentinel_password.clone(),
+                },
+                Topology::Url(_) => unreachable!("handled above"),
+            };
+            let mut config = Config {
+                server,
+                username: c.username.clone(),
+                password: c.password.clone(),
+                database: c.db,
+                ..Default::default()
+            };
+            if c.tls {
+                #[cfg(feature = "tls")]
+                {
+                    config.tls = Some(tls_config()?);
+                }
+                #[cfg(not(feature = "tls"))]
+                return Err(CacheError::Config(
+                    "cache_params.ssl: TLS needs the `tls` feature of cache-redis".to_owned(),
+                ));
+            }
+            config
+        }
+    };
+    // Start degraded instead of failing when Redis is down (LiteLLM #3400): the first
+    // connection goes through the reconnect policy too.
+    config.fail_fast = false;
+    let kind = match &config.server {
+        ServerConfig::Clustered { .. } => Kind::Cluster,
+        ServerConfig::Sentinel { .. } => Kind::Sentinel,
+        _ => Kind::Standalone,
+    };
+    Ok((config, kind))
+}
+
+/// rustls with the ring provider chosen explicitly (so another crate enabling aws-lc-rs cannot
+/// make the default provider ambiguous) and the system's trusted roots.
+#[cfg(feature = "tls")]
+fn tls_config() -> Result<fred::prelude::TlsConfig> {
+    use std::sync::Arc;
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in loaded.certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(CacheError::Config(format!(
+            "cache_params.ssl: no trusted root certificates found on this system{}",
+            loaded
+                .errors
+                .first()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CacheError::Config(format!("cache_params.ssl: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(fred::prelude::TlsConnector::from(config).into())
+}
+
+#[async_trait]
+impl CacheBackend for RedisBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Persistence depends on the server's RDB/AOF settings; a cache that lives in a shared
+        // server outlives our process either way.
+        Capabilities::local()
+            .with_shared(true)
+            .with_persistent(true)
+            .with_max_value_size(Some(512 << 20))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        self.client()
+            .get::<Option<Bytes>, _>(key)
+            .await
+            .map_err(|e| self.key_error("get", key, e))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        let client = self.client();
+        let expire = match ttl {
+            None => None,
+            // "Unreadable after 0 s": nothing to store, and a stale value must go.
+            Some(t) if t.is_zero() => {
+                return client
+                    .unlink::<u64, _>(key)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.key_error("set", key, e));
+            }
+            Some(t) => Some(Expiration::PX(
+                i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1),
+            )),
+        };
+        client
+            .set::<(), _, _>(key, value, expire, None, false)
+            .await
+            .map_err(|e| self.key_error("set", key, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.client()
+            .unlink::<u64, _>(key)
+            .await
+            .map(|n| n > 0)
+            .map_err(|e| self.key_error("delete", key, e))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let client = self.client();
+        let futs = self.groups(&refs).into_iter().map(|idxs| {
+            let client = client.clone();
+            let group: Vec<Key> = idxs.iter().map(|&i| Key::from(refs[i])).collect();
+            async move {
+                client
+                    .mget::<Vec<Option<Bytes>>, _>(group)
+                    .await
+                    .map(|vals| (idxs, vals))
+            }
+        });
+        let groups = futures::future::try_join_all(futs)
+            .await
+            .map_err(|e| self.error("get_many", e))?;
+        let mut out = vec![None; keys.len()];
+        for (idxs, vals) in groups {
+            if vals.len() != idxs.len() {
+                return Err(CacheError::backend(
+                    NAME,
+                    "get_many",
+                    false,
+                    format!(
+                        "MGET of {} keys answered {} values",
+                        idxs.len(),
+                        vals.len()
+                    ),
+                ));
+            }
+            for (i, v) in idxs.into_iter().zip(vals) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_many(&self, entries: Vec<(String, Bytes)>, ttl: Option<Duration>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if ttl.is_some_and(|t| t.is_zero()) {
+            let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            return self.unlink_all(&keys).await.map(|_| ());
+        }
+        let expire = ttl.map(|t| Expiration::PX(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)));
+        // A pipeline per chunk: fred routes each SET to its own node on a Cluster.
+        for chunk in entries.chunks(BATCH) {
+            let pipeline = self.pool.next_connected().pipeline();
+            for (key, value) in chunk {
+                let _: () = pipeline
+                    .set(key.as_str(), value.clone(), expire.clone(), None, false)
+                    .await
+                    .map_err(|e| self.key_error("set_many", key, e))?;
+            }
+            let results = pipeline.try_all::<fred::prelude::Value>().await;
+            for (result, (key, _)) in results.into_iter().zip(chunk) {
+                result.map_err(|e| self.key_error("set_many", key, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        let pattern = match namespace {
+            Some(ns) => format!("{}:*", escape_glob(ns)),
+            // Narrow on the server: keys ending in 64 hex digits; the exact shape
+            // (`hash` or `namespace:hash`) is checked below.
+            None => format!("*{}", "[0-9a-f]".repeat(64)),
+        };
+        let client = self.pool.next_connected().clone();
+        let mut pages = if self.kind == Kind::Cluster {
+            // SCAN on every master.
+            client
+                .scan_cluster(pattern, Some(SCAN_COUNT), None)
+                .boxed()
+        } else {
+            client.scan(pattern, Some(SCAN_COUNT), None).boxed()
+        };
+        let mut removed = 0u64;
+        while let Some(page) = pages.next().await {
+            let mut page = page.map_err(|e| self.error("clear", e))?;
+            let keys = page.take_results().unwrap_or_default();
+            let names: Vec<&str> = keys
+                .iter()
+                .filter_map(Key::as_str)
+                .filter(|k| match namespace {
+                    Some(_) => true,
+                    None => is_entry_key(k),
+                })
+                .collect();
+            if !names.is_empty() {
+                removed += self.unlink_all(&names).await?;
+            }
+            // Dropping `page` requests the next one.
+        }
+        Ok(removed)
+    }
+
+    async fn ping(&self) -> Result<Health> {
+        let client = self.pool.next_connected();
+        if !client.is_connected() {
+            return Err(CacheError::unavailable(
+                NAME,
+                format!("not connected to {} (reconnecting in the background)", self.summary),
+            ));
+        }
+        let servers = client.active_connections();
+        let latency = if self.kind == Kind::Cluster {
+            // Every master must answer.
+            let futs = servers.iter().map(|s| self.ping_one(Some(s.clone())));
+            futures::future::try_join_all(futs)
+                .await
+                .map_err(|e| self.error("ping", e))?
+                .into_iter()
+                .max()
+                .unwrap_or_default()
+        } else {
+            self.ping_one(None).await.map_err(|e| self.error("ping", e))?
+        };
+        let version = match client.server_version() {
+            Some(v) => v.to_string(),
+            None => {
+                let info: String = client
+                    .with_options(&self.options)
+                    .info(Some(InfoKind::Server))
+                    .await
+                    .map_err(|e| self.error("ping", e))?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("redis_version:"))
+                    .unwrap_or("unknown")
+                    .trim()
+                    .to_owned()
+            }
+        };
+        let mut addrs: Vec<String> = servers.iter().map(Server::to_string).collect();
+        addrs.sort();
+        let health = Health::new(NAME, latency)
+            .with_detail("topology", self.kind.as_str())
+            .with_detail("server_version", version)
+            .with_detail("pool_size", self.pool.size().to_string())
+            .with_detail("config", self.summary.clone());
+        Ok(match self.kind {
+            Kind::Standalone => health.with_detail("address", addrs.join(",")),
+            Kind::Cluster => health.with_detail("masters", addrs.join(",")),
+            Kind::Sentinel => health.with_detail("master", addrs.join(",")),
+        })
+    }
+}
