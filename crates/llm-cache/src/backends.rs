@@ -19,6 +19,13 @@ pub(crate) fn feature_off(backend_type: &str, feature: &str) -> CacheError {
 pub(crate) async fn build(config: &CacheConfig) -> Result<SharedBackend> {
     match config.backend_type() {
         "local" => Ok(Arc::new(config.memory_backend()?)),
+        #[cfg(feature = "disk")]
+        "disk" => Ok(Arc::new(
+            cache_disk::DiskBackend::open_async(cache_disk::DiskConfig::from_params(
+                config.params(),
+            )?)
+            .await?,
+        )),
         other => Err(feature_off(other, feature_of(other))),
     }
 }
@@ -39,6 +46,8 @@ pub fn available_types() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut types = vec!["local"];
     // One line per backend feature, e.g. `#[cfg(feature = "disk")] types.push("disk");`
+    #[cfg(feature = "disk")]
+    types.push("disk");
     types
 }
 

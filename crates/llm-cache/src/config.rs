@@ -93,6 +93,7 @@ pub const DISK_KEYS: &[&str] = &[
     "disk_cache_max_bytes",
     "disk_cache_flush_interval",
     "disk_cache_sweep_interval",
+    "disk_cache_memory_bytes",
     "disk_cache_on_corruption",
 ];
 

@@ -39,6 +39,10 @@ pub mod config;
 pub use backends::{available_types, feature_of};
 pub use config::CacheConfig;
 
+/// The disk backend (`type: disk`).
+#[cfg(feature = "disk")]
+pub use cache_disk::{self as disk, DiskBackend, DiskConfig};
+
 #[doc(inline)]
 pub use cache_core::{
     self as core, Bytes, Cache, CacheBackend, CacheBuilder, CacheControl, CacheEngine, CacheError,

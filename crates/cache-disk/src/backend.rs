@@ -1,0 +1,243 @@
+//! [`DiskBackend`]: the [`CacheBackend`] over the store, and the background sweeper.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::{CacheBackend, CacheError, Capabilities, Health, Result};
+
+use crate::NAME;
+use crate::config::DiskConfig;
+use crate::store::{DiskStats, Store};
+
+/// Runs blocking work off the async worker threads (inline outside a Tokio runtime).
+async fn blocking<T: Send + 'static>(
+    operation: &'static str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| CacheError::backend(NAME, operation, false, e))?,
+        Err(_) => f(),
+    }
+}
+
+/// Stop signal of the sweeper thread.
+#[derive(Debug, Default)]
+struct Signal {
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Signal {
+    fn stopped(&self) -> bool {
+        *self.stop.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug)]
+struct Sweeper {
+    signal: Arc<Signal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sweeper {
+    fn spawn(store: Arc<Store>, every: Duration) -> Result<Sweeper> {
+        let signal = Arc::new(Signal::default());
+        let s = signal.clone();
+        let thread = std::thread::Builder::new()
+            .name("llm-cache-disk-sweeper".to_owned())
+            .spawn(move || {
+                loop {
+                    // The first sweep runs at once: entries that expired while the process
+                    // was down go right away.
+                    match store.sweep_expired(&|| s.stopped()) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::debug!(backend = NAME, removed = n, "swept expired entries")
+                        }
+                        Err(e) => tracing::warn!(backend = NAME, "sweep failed: {e}"),
+                    }
+                    let guard = s.stop.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (guard, _) = s
+                        .wake
+                        .wait_timeout_while(guard, every, |stop| !*stop)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if *guard {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                CacheError::backend(
+                    NAME,
+                    "open",
+                    true,
+                    format!("cannot start the sweeper thread: {e}"),
+                )
+            })?;
+        Ok(Sweeper {
+            signal,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        *self
+            .signal
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.signal.wake.notify_all();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!(backend = NAME, "the sweeper thread panicked");
+        }
+    }
+}
+
+/// The persistent disk backend (`type: disk`).
+///
+/// See the [crate docs](crate) for the guarantees. Dropping it stops the sweeper and flushes
+/// every acknowledged write to disk (the lock on the directory is released once no
+/// background operation holds the database any more).
+#[derive(Debug)]
+pub struct DiskBackend {
+    store: Arc<Store>,
+    sweeper: Sweeper,
+}
+
+impl DiskBackend {
+    /// Opens (or creates) the cache in `config.dir`, synchronously.
+    ///
+    /// Opening scans the expiry index once to rebuild the size accounting (about a second
+    /// per million entries; see `docs/backends/disk.md`). In async code prefer
+    /// [`DiskBackend::open_async`].
+    ///
+    /// # Errors
+    /// * [`CacheError::Config`] for an out-of-range setting, naming the key.
+    /// * [`CacheError::Backend`] naming the directory when it cannot be created, is in use by
+    ///   another process (or another `DiskBackend` of this process), or holds a corrupt or
+    ///   foreign database (unless `on_corruption` is `Reset`).
+    pub fn open(config: DiskConfig) -> Result<Self> {
+        let store = Arc::new(Store::open(config)?);
+        let sweeper = Sweeper::spawn(store.clone(), store.config().sweep_interval)?;
+        Ok(DiskBackend { store, sweeper })
+    }
+
+    /// [`DiskBackend::open`] on a blocking thread.
+    ///
+    /// # Errors
+    /// As [`DiskBackend::open`].
+    pub async fn open_async(config: DiskConfig) -> Result<Self> {
+        blocking("open", move || Self::open(config)).await
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DiskConfig {
+        self.store.config()
+    }
+
+    /// Counters: entries, bytes, size on disk, removals.
+    pub fn stats(&self) -> DiskStats {
+        self.store.stats()
+    }
+
+    /// Removes expired entries now (the sweeper does this every `sweep_interval`). Returns
+    /// the number removed.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn sweep(&self) -> Result<u64> {
+        let store = self.store.clone();
+        blocking("sweep", move || store.sweep_expired(&|| false)).await
+    }
+
+    async fn flush_if_sync(&self) -> Result<()> {
+        if self.store.sync_writes() {
+            let store = self.store.clone();
+            blocking("flush", move || store.flush()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DiskBackend {
+    fn drop(&mut self) {
+        self.sweeper.stop();
+        if let Err(e) = self.store.flush() {
+            tracing::error!(backend = NAME, "flush on drop failed: {e}");
+        }
+    }
+}
+
+#[async_trait]
+impl CacheBackend for DiskBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::local()
+            .with_persistent(true)
+            .with_max_value_size(Some(self.store.max_value_size()))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        self.store.get(key)
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        self.store.set(key, &value, ttl)?;
+        self.flush_if_sync().await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let existed = self.store.delete(key)?;
+        self.flush_if_sync().await?;
+        Ok(existed)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        keys.iter().map(|k| self.store.get(k)).collect()
+    }
+
+    async fn set_many(&self, entries: Vec<(String, Bytes)>, ttl: Option<Duration>) -> Result<()> {
+        for (k, v) in &entries {
+            self.store.set(k, v, ttl)?;
+        }
+        self.flush_if_sync().await
+    }
+
+    async fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        let store = self.store.clone();
+        let ns = namespace.map(str::to_owned);
+        let n = blocking("clear", move || store.clear(ns.as_deref())).await?;
+        self.flush_if_sync().await?;
+        Ok(n)
+    }
+
+    async fn ping(&self) -> Result<Health> {
+        let start = Instant::now();
+        self.store.ping()?;
+        let stats = self.store.stats();
+        Ok(Health::new(NAME, start.elapsed())
+            .with_detail("dir", self.store.config().dir.display().to_string())
+            .with_detail("db", self.store.db_path().display().to_string())
+            .with_detail("lock", self.store.lock_path().display().to_string())
+            .with_detail("entries", stats.entries.to_string())
+            .with_detail("bytes", stats.bytes.to_string())
+            .with_detail("max_bytes", stats.max_bytes.to_string())
+            .with_detail("size_on_disk", stats.size_on_disk.to_string()))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking("flush", move || store.flush()).await
+    }
+}

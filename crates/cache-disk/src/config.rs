@@ -1,0 +1,280 @@
+//! Configuration of the disk backend, read from LiteLLM-style `cache_params`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cache_core::params::Params;
+use cache_core::{CacheError, Result};
+
+/// Default directory (`disk_cache_dir`), relative to the working directory.
+pub const DEFAULT_DIR: &str = "./.llm_cache";
+/// Default size bound (`disk_cache_max_bytes`): 1 GiB of keys, values and metadata.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+/// Default flush interval (`disk_cache_flush_interval`): what a crash can lose at most.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Default interval between sweeps of expired entries (`disk_cache_sweep_interval`).
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Default memory for sled's page cache (`disk_cache_memory_bytes`): 64 MiB.
+pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+
+/// The smallest accepted size bound: below this the per-entry overhead dominates.
+const MIN_MAX_BYTES: u64 = 64 << 10;
+
+/// What to do when the database in the directory is corrupt or not ours
+/// (`disk_cache_on_corruption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnCorruption {
+    /// Refuse to start with an error naming the directory (default): nothing is deleted.
+    #[default]
+    Error,
+    /// Delete the database (only the `db/` folder this backend created inside the directory)
+    /// and start empty. It is a cache: losing it costs upstream calls, not data.
+    Reset,
+}
+
+/// Settings of a [`crate::DiskBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiskConfig {
+    /// Directory of the cache (`disk_cache_dir`, default `./.llm_cache`), created when
+    /// missing. It holds a lock file (`LOCK`) and the database (`db/`). One process at a time.
+    pub dir: PathBuf,
+    /// Size bound in bytes (`disk_cache_max_bytes`, default 1 GiB), counted as keys, values
+    /// and a fixed per-entry overhead. When a write goes over it, the entries that expire first
+    /// are evicted (entries without expiry last), and among those the ones stored first.
+    pub max_bytes: u64,
+    /// How often written data is flushed to disk (`disk_cache_flush_interval`, seconds,
+    /// default 0.5). A crash (kill -9, power loss) loses at most the writes of this window.
+    /// `0` flushes (fsync) after every write before acknowledging it: no loss, much slower.
+    pub flush_interval: Duration,
+    /// How often expired entries are removed in the background (`disk_cache_sweep_interval`,
+    /// seconds, default 30). Expired entries are never served in between.
+    pub sweep_interval: Duration,
+    /// Memory for sled's page cache (`disk_cache_memory_bytes`, default 64 MiB).
+    pub memory_bytes: u64,
+    /// What to do with a corrupt or foreign database (`disk_cache_on_corruption`:
+    /// `error`, the default, or `reset`).
+    pub on_corruption: OnCorruption,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            dir: PathBuf::from(DEFAULT_DIR),
+            max_bytes: DEFAULT_MAX_BYTES,
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            on_corruption: OnCorruption::Error,
+        }
+    }
+}
+
+impl DiskConfig {
+    /// Defaults, in directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DiskConfig {
+            dir: dir.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads `disk_cache_dir`, `disk_cache_max_bytes`, `disk_cache_flush_interval`,
+    /// `disk_cache_sweep_interval`, `disk_cache_memory_bytes` and `disk_cache_on_corruption`;
+    /// absent keys keep their defaults. Other keys (`ttl`, `namespace`, ...) belong to the core.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] naming the key for a value of the wrong type or out of range.
+    pub fn from_params(params: &Params) -> Result<Self> {
+        let mut c = DiskConfig::default();
+        if let Some(dir) = params.string("disk_cache_dir")? {
+            if dir.trim().is_empty() {
+                return Err(params.error("disk_cache_dir", "must not be empty"));
+            }
+            c.dir = PathBuf::from(dir);
+        }
+        if let Some(n) = params.u64("disk_cache_max_bytes")? {
+            c.max_bytes = n;
+        }
+        if let Some(d) = params.seconds("disk_cache_flush_interval")? {
+            c.flush_interval = d;
+        }
+        if let Some(d) = params.seconds("disk_cache_sweep_interval")? {
+            c.sweep_interval = d;
+        }
+        if let Some(n) = params.u64("disk_cache_memory_bytes")? {
+            c.memory_bytes = n;
+        }
+        if let Some(s) = params.string("disk_cache_on_corruption")? {
+            c.on_corruption = match s.as_str() {
+                "error" => OnCorruption::Error,
+                "reset" => OnCorruption::Reset,
+                other => {
+                    return Err(params.error(
+                        "disk_cache_on_corruption",
+                        format!("expected `error` or `reset`, got `{other}`"),
+                    ));
+                }
+            };
+        }
+        c.validate().map_err(|(key, msg)| params.error(key, msg))?;
+        Ok(c)
+    }
+
+    /// Sets [`DiskConfig::max_bytes`].
+    pub fn with_max_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = n;
+        self
+    }
+
+    /// Sets [`DiskConfig::flush_interval`].
+    pub fn with_flush_interval(mut self, d: Duration) -> Self {
+        self.flush_interval = d;
+        self
+    }
+
+    /// Sets [`DiskConfig::sweep_interval`].
+    pub fn with_sweep_interval(mut self, d: Duration) -> Self {
+        self.sweep_interval = d;
+        self
+    }
+
+    /// Sets [`DiskConfig::memory_bytes`].
+    pub fn with_memory_bytes(mut self, n: u64) -> Self {
+        self.memory_bytes = n;
+        self
+    }
+
+    /// Sets [`DiskConfig::on_corruption`].
+    pub fn with_on_corruption(mut self, v: OnCorruption) -> Self {
+        self.on_corruption = v;
+        self
+    }
+
+    /// Checks ranges; the error names the `cache_params` key.
+    pub(crate) fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if self.max_bytes < MIN_MAX_BYTES {
+            return Err((
+                "disk_cache_max_bytes",
+                format!(
+                    "must be at least {MIN_MAX_BYTES} bytes, got {}",
+                    self.max_bytes
+                ),
+            ));
+        }
+        if self.sweep_interval < Duration::from_millis(10) {
+            return Err((
+                "disk_cache_sweep_interval",
+                format!(
+                    "must be at least 0.01 seconds, got {}",
+                    self.sweep_interval.as_secs_f64()
+                ),
+            ));
+        }
+        if self.flush_interval > Duration::ZERO && self.flush_interval < Duration::from_millis(1) {
+            return Err((
+                "disk_cache_flush_interval",
+                format!(
+                    "must be 0 (flush every write) or at least 0.001 seconds, got {}",
+                    self.flush_interval.as_secs_f64()
+                ),
+            ));
+        }
+        if self.memory_bytes < (1 << 20) {
+            return Err((
+                "disk_cache_memory_bytes",
+                format!("must be at least 1 MiB, got {}", self.memory_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`DiskConfig::validate`] as a [`CacheError::Config`].
+    pub(crate) fn check(&self) -> Result<()> {
+        self.validate()
+            .map_err(|(key, msg)| CacheError::Config(format!("disk backend: {key}: {msg}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn params(v: Value) -> Params {
+        Params::new(v.as_object().unwrap().clone(), "cache_params")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = DiskConfig::from_params(&params(json!({}))).unwrap();
+        assert_eq!(c, DiskConfig::default());
+        assert_eq!(c.dir, PathBuf::from("./.llm_cache"));
+        assert_eq!(c.max_bytes, 1 << 30);
+        assert_eq!(c.on_corruption, OnCorruption::Error);
+    }
+
+    #[test]
+    fn every_key_is_read_with_litellm_coercions() {
+        let c = DiskConfig::from_params(&params(json!({
+            "disk_cache_dir": "/tmp/x",
+            "disk_cache_max_bytes": "1048576",
+            "disk_cache_flush_interval": 0,
+            "disk_cache_sweep_interval": "2.5",
+            "disk_cache_memory_bytes": 8388608,
+            "disk_cache_on_corruption": "reset",
+            "ttl": 60,
+        })))
+        .unwrap();
+        assert_eq!(c.dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.max_bytes, 1 << 20);
+        assert_eq!(c.flush_interval, Duration::ZERO);
+        assert_eq!(c.sweep_interval, Duration::from_millis(2500));
+        assert_eq!(c.memory_bytes, 8 << 20);
+        assert_eq!(c.on_corruption, OnCorruption::Reset);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (v, key) in [
+            (json!({"disk_cache_dir": ""}), "cache_params.disk_cache_dir"),
+            (
+                json!({"disk_cache_dir": [1]}),
+                "cache_params.disk_cache_dir",
+            ),
+            (
+                json!({"disk_cache_max_bytes": "lots"}),
+                "cache_params.disk_cache_max_bytes",
+            ),
+            (
+                json!({"disk_cache_max_bytes": 10}),
+                "cache_params.disk_cache_max_bytes",
+            ),
+            (
+                json!({"disk_cache_flush_interval": -1}),
+                "cache_params.disk_cache_flush_interval",
+            ),
+            (
+                json!({"disk_cache_flush_interval": 0.0001}),
+                "cache_params.disk_cache_flush_interval",
+            ),
+            (
+                json!({"disk_cache_sweep_interval": 0}),
+                "cache_params.disk_cache_sweep_interval",
+            ),
+            (
+                json!({"disk_cache_memory_bytes": 5}),
+                "cache_params.disk_cache_memory_bytes",
+            ),
+            (
+                json!({"disk_cache_on_corruption": "ignore"}),
+                "cache_params.disk_cache_on_corruption",
+            ),
+        ] {
+            let err = DiskConfig::from_params(&params(v.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{v}: {err}");
+        }
+    }
+}

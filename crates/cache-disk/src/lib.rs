@@ -1,0 +1,66 @@
+//! # cache-disk
+//!
+//! The persistent, embedded backend of llm-cache (`type: disk`): one directory on one machine,
+//! no server, on [sled](https://docs.rs/sled/0.34.7) 0.34.
+//!
+//! * **Survives restarts.** Entries are stored with their expiry; on open the database is
+//!   recovered and the size accounting rebuilt.
+//! * **Expired entries are never served**: each record carries its expiry, checked on every
+//!   read without decoding the envelope. A background sweeper thread removes them every
+//!   `disk_cache_sweep_interval`, so churn does not grow the database without bound.
+//! * **Bounded** by `disk_cache_max_bytes`: a write that goes over evicts the entries that
+//!   expire first (entries without expiry last), oldest first among equals.
+//! * **Durability**: dropping the backend (or [`CacheBackend::flush`](cache_core::CacheBackend::flush),
+//!   which `Cache::flush` calls on shutdown) puts every acknowledged write on disk. A crash
+//!   loses at most the last `disk_cache_flush_interval` of writes (0: none, every write is
+//!   flushed). Every record carries a CRC-32 of its value: a damaged record is a miss, never
+//!   a wrong body.
+//! * **One process per directory**: a second opener (another process, or a second backend in
+//!   this one) gets an error naming the directory at once, never a hang.
+//! * **A corrupt or foreign database** is an error at startup naming the directory (nothing is
+//!   deleted), or, with `disk_cache_on_corruption: reset`, deleted and started empty. Never a
+//!   panic: sled's panics while opening are caught.
+//!
+//! The full contract, layout and measurements are in `docs/backends/disk.md`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use cache_core::{CacheBackend, Bytes};
+//! use cache_disk::{DiskBackend, DiskConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> cache_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let backend = DiskBackend::open(DiskConfig::new(dir.path()))?;
+//! backend.set("app:k", Bytes::from_static(b"{}"), Some(Duration::from_secs(60))).await?;
+//! assert_eq!(backend.get("app:k").await?.as_deref(), Some(&b"{}"[..]));
+//! drop(backend); // flushed to disk
+//!
+//! let backend = DiskBackend::open(DiskConfig::new(dir.path()))?;
+//! assert!(backend.get("app:k").await?.is_some()); // survived the restart
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod backend;
+mod config;
+mod lock;
+mod record;
+mod store;
+
+pub use backend::DiskBackend;
+pub use config::{
+    DEFAULT_DIR, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BYTES,
+    DEFAULT_SWEEP_INTERVAL, DiskConfig, OnCorruption,
+};
+pub use store::DiskStats;
+
+/// Name of the backend in logs, metrics and errors.
+pub const NAME: &str = "disk";
+
+/// Name of the lock file inside the cache directory.
+pub const LOCK_FILE: &str = lock::LOCK_FILE;
+
+/// Name of the database folder inside the cache directory (deleted by
+/// [`OnCorruption::Reset`]).
+pub const DB_DIR: &str = store::DB_DIR;
