@@ -10,12 +10,12 @@ use cache_core::params::Params;
 use cache_core::{CacheBackend, CacheError, Capabilities, Health, Result};
 use fred::clients::WithOptions;
 use fred::prelude::{
-    Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, EventInterface, Expiration,
-    KeysInterface, Options, PerformanceConfig, Pool, ReconnectPolicy, Server, ServerConfig,
-    TcpConfig,
+    Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, EventInterface,
+    Expiration, KeysInterface, Options, PerformanceConfig, Pool, ReconnectPolicy, Server,
+    ServerConfig, TcpConfig,
 };
-use fred::types::scan::Scanner;
 use fred::types::config::{ClusterDiscoveryPolicy, UnresponsiveConfig};
+use fred::types::scan::Scanner;
 use fred::types::{InfoKind, Key};
 use fred::util::redis_keyslot;
 use futures::StreamExt;
@@ -321,16 +321,18 @@ impl RedisBackend {
         Ok(counts.into_iter().sum())
     }
 
-    async fn ping_one(
-        &self,
-        server: Option<Server>,
-    ) -> std::result::Result<Duration, FredError> {
+    async fn ping_one(&self, server: Option<Server>) -> std::result::Result<Duration, FredError> {
         let start = Instant::now();
         let opts = Options {
             cluster_node: server,
             ..self.options.clone()
         };
-        let _: String = self.pool.next_connected().with_options(&opts).ping(None).await?;
+        let _: String = self
+            .pool
+            .next_connected()
+            .with_options(&opts)
+            .ping(None)
+            .await?;
         Ok(start.elapsed())
     }
 }
@@ -548,11 +550,7 @@ impl CacheBackend for RedisBackend {
                     NAME,
                     "get_many",
                     false,
-                    format!(
-                        "MGET of {} keys answered {} values",
-                        idxs.len(),
-                        vals.len()
-                    ),
+                    format!("MGET of {} keys answered {} values", idxs.len(), vals.len()),
                 ));
             }
             for (i, v) in idxs.into_iter().zip(vals) {
@@ -570,7 +568,8 @@ impl CacheBackend for RedisBackend {
             let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
             return self.unlink_all(&keys).await.map(|_| ());
         }
-        let expire = ttl.map(|t| Expiration::PX(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)));
+        let expire =
+            ttl.map(|t| Expiration::PX(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)));
         // A pipeline per chunk: fred routes each SET to its own node on a Cluster.
         for chunk in entries.chunks(BATCH) {
             let pipeline = self.pool.next_connected().pipeline();
@@ -598,9 +597,7 @@ impl CacheBackend for RedisBackend {
         let client = self.pool.next_connected().clone();
         let mut pages = if self.kind == Kind::Cluster {
             // SCAN on every master.
-            client
-                .scan_cluster(pattern, Some(SCAN_COUNT), None)
-                .boxed()
+            client.scan_cluster(pattern, Some(SCAN_COUNT), None).boxed()
         } else {
             client.scan(pattern, Some(SCAN_COUNT), None).boxed()
         };
@@ -629,7 +626,10 @@ impl CacheBackend for RedisBackend {
         if !client.is_connected() {
             return Err(CacheError::unavailable(
                 NAME,
-                format!("not connected to {} (reconnecting in the background)", self.summary),
+                format!(
+                    "not connected to {} (reconnecting in the background)",
+                    self.summary
+                ),
             ));
         }
         let servers = client.active_connections();
@@ -643,7 +643,9 @@ impl CacheBackend for RedisBackend {
                 .max()
                 .unwrap_or_default()
         } else {
-            self.ping_one(None).await.map_err(|e| self.error("ping", e))?
+            self.ping_one(None)
+                .await
+                .map_err(|e| self.error("ping", e))?
         };
         let version = match client.server_version() {
             Some(v) => v.to_string(),

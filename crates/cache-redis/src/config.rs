@@ -315,7 +315,11 @@ impl RedisConfig {
         params: &Params,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self> {
-        Reader { p: params, env: &env }.config()
+        Reader {
+            p: params,
+            env: &env,
+        }
+        .config()
     }
 }
 
@@ -412,9 +416,7 @@ impl Reader<'_> {
     /// A node list from a key (YAML/JSON value) or a variable (JSON text).
     fn nodes(&self, key: &str, var: Option<&str>) -> Result<Option<Vec<Node>>> {
         if let Some(v) = self.p.get(key) {
-            return parse_nodes(v)
-                .map(Some)
-                .map_err(|m| self.p.error(key, m));
+            return parse_nodes(v).map(Some).map_err(|m| self.p.error(key, m));
         }
         let Some(var) = var else { return Ok(None) };
         let Some(text) = self.var(var) else {
@@ -469,8 +471,7 @@ impl Reader<'_> {
             }
             Topology::Cluster(nodes)
         } else if let Some(url) = url {
-            check_url(&url)
-                .map_err(|m| self.named(url_key.unwrap_or("url"), "REDIS_URL", m))?;
+            check_url(&url).map_err(|m| self.named(url_key.unwrap_or("url"), "REDIS_URL", m))?;
             Topology::Url(url)
         } else if let Some(nodes) = sentinel {
             let Some(service_name) = service_name.filter(|s| !s.is_empty()) else {
@@ -560,7 +561,9 @@ impl Reader<'_> {
                     "expected at least 1 connection, got 0".to_owned(),
                 ));
             }
-            c.pool_size = usize::try_from(n).unwrap_or(MAX_POOL_SIZE).min(MAX_POOL_SIZE);
+            c.pool_size = usize::try_from(n)
+                .unwrap_or(MAX_POOL_SIZE)
+                .min(MAX_POOL_SIZE);
         }
         Ok(c)
     }
@@ -744,7 +747,11 @@ mod tests {
         assert!(check_url("redis-cluster://h:1?node=h:2").is_ok());
         assert!(check_url("redis-sentinel://h:1?sentinelServiceName=m").is_ok());
         assert!(check_url("redis-sentinel://h:1").is_err());
-        assert!(check_url("http://h:1").unwrap_err().contains("scheme `http`"));
+        assert!(
+            check_url("http://h:1")
+                .unwrap_err()
+                .contains("scheme `http`")
+        );
         assert!(check_url("h:1").is_err());
         let err = check_url("redis://user:topsecret@:1").unwrap_err();
         assert!(!err.contains("topsecret"), "{err}");

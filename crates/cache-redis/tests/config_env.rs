@@ -16,7 +16,8 @@ fn parse(v: Value, env: &[(&str, &str)]) -> Result<RedisConfig, String> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    RedisConfig::from_params_with_env(&params(v), |k| env.get(k).cloned()).map_err(|e| e.to_string())
+    RedisConfig::from_params_with_env(&params(v), |k| env.get(k).cloned())
+        .map_err(|e| e.to_string())
 }
 
 fn ok(v: Value, env: &[(&str, &str)]) -> RedisConfig {
@@ -38,7 +39,10 @@ fn host_port_and_litellm_names() {
                "max_connections": 8}),
         &[],
     );
-    assert_eq!(c.topology, Topology::Standalone(Node::new("redis.local", 6380)));
+    assert_eq!(
+        c.topology,
+        Topology::Standalone(Node::new("redis.local", 6380))
+    );
     assert_eq!(c.password.as_deref(), Some("pw"));
     assert_eq!(c.username.as_deref(), Some("app"));
     assert_eq!(c.db, Some(3));
@@ -62,7 +66,10 @@ fn env_fallbacks_and_explicit_wins() {
         ("REDIS_MAX_CONNECTIONS", "1000"),
     ];
     let c = ok(json!({}), &env);
-    assert_eq!(c.topology, Topology::Standalone(Node::new("env-host", 7000)));
+    assert_eq!(
+        c.topology,
+        Topology::Standalone(Node::new("env-host", 7000))
+    );
     assert_eq!(c.password.as_deref(), Some("env-pw"));
     assert_eq!(c.username.as_deref(), Some("env-user"));
     assert_eq!(c.db, Some(2));
@@ -83,7 +90,11 @@ fn env_fallbacks_and_explicit_wins() {
     assert_eq!(c.password.as_deref(), Some("p"));
     assert_eq!(c.db, Some(0));
     assert!(!c.tls);
-    assert_eq!(c.username.as_deref(), Some("env-user"), "unset keys still fall back");
+    assert_eq!(
+        c.username.as_deref(),
+        Some("env-user"),
+        "unset keys still fall back"
+    );
 }
 
 #[test]
@@ -156,10 +167,17 @@ fn env_topologies() {
     // REDIS_URL wins over REDIS_HOST ...
     let c = ok(
         json!({}),
-        &[("REDIS_URL", "redis://:pw@u:1/4"), ("REDIS_HOST", "h"), ("REDIS_PASSWORD", "x")],
+        &[
+            ("REDIS_URL", "redis://:pw@u:1/4"),
+            ("REDIS_HOST", "h"),
+            ("REDIS_PASSWORD", "x"),
+        ],
     );
     assert_eq!(c.topology, Topology::Url("redis://:pw@u:1/4".to_owned()));
-    assert_eq!(c.password, None, "a URL carries its own credentials (LiteLLM drops password)");
+    assert_eq!(
+        c.password, None,
+        "a URL carries its own credentials (LiteLLM drops password)"
+    );
     assert_eq!(c.db, None);
     // ... but an explicit host makes REDIS_URL (and the other topology variables) irrelevant.
     let c = ok(
@@ -169,36 +187,105 @@ fn env_topologies() {
             ("REDIS_CLUSTER_NODES", r#"["c:1"]"#),
         ],
     );
-    assert_eq!(c.topology, Topology::Standalone(Node::new("explicit", 6379)));
+    assert_eq!(
+        c.topology,
+        Topology::Standalone(Node::new("explicit", 6379))
+    );
     // A global REDIS_DB does not apply to a Cluster; an explicit non-zero db is an error.
-    let c = ok(json!({"redis_startup_nodes": ["c:1"]}), &[("REDIS_DB", "3")]);
+    let c = ok(
+        json!({"redis_startup_nodes": ["c:1"]}),
+        &[("REDIS_DB", "3")],
+    );
     assert_eq!(c.db, None);
     let e = err(json!({"redis_startup_nodes": ["c:1"], "db": 3}), &[]);
-    assert!(e.contains("cache_params.db") && e.contains("Cluster"), "{e}");
+    assert!(
+        e.contains("cache_params.db") && e.contains("Cluster"),
+        "{e}"
+    );
 }
 
 #[test]
 fn errors_name_the_key_or_variable() {
     for (v, env, needle) in [
-        (json!({"host": "h", "port": "abc"}), vec![], "cache_params.port"),
-        (json!({"host": "h", "port": 70000}), vec![], "cache_params.port"),
+        (
+            json!({"host": "h", "port": "abc"}),
+            vec![],
+            "cache_params.port",
+        ),
+        (
+            json!({"host": "h", "port": 70000}),
+            vec![],
+            "cache_params.port",
+        ),
         (json!({"host": "h", "db": "x"}), vec![], "cache_params.db"),
         (json!({"host": "h", "db": 300}), vec![], "cache_params.db"),
-        (json!({"host": "h", "ssl": "maybe"}), vec![], "cache_params.ssl"),
-        (json!({"host": "h", "socket_timeout": "soon"}), vec![], "cache_params.socket_timeout"),
-        (json!({"host": "h", "socket_timeout": 0}), vec![], "cache_params.socket_timeout"),
-        (json!({"host": "h", "max_connections": 0}), vec![], "cache_params.max_connections"),
+        (
+            json!({"host": "h", "ssl": "maybe"}),
+            vec![],
+            "cache_params.ssl",
+        ),
+        (
+            json!({"host": "h", "socket_timeout": "soon"}),
+            vec![],
+            "cache_params.socket_timeout",
+        ),
+        (
+            json!({"host": "h", "socket_timeout": 0}),
+            vec![],
+            "cache_params.socket_timeout",
+        ),
+        (
+            json!({"host": "h", "max_connections": 0}),
+            vec![],
+            "cache_params.max_connections",
+        ),
         (json!({"host": ["h"]}), vec![], "cache_params.host"),
-        (json!({"redis_startup_nodes": 5}), vec![], "cache_params.redis_startup_nodes"),
-        (json!({"redis_startup_nodes": [{"host": "a", "port": "x"}]}), vec![], "cache_params.redis_startup_nodes"),
-        (json!({"redis_startup_nodes": []}), vec![], "cache_params.redis_startup_nodes"),
-        (json!({"sentinel_nodes": [["s", 1]]}), vec![], "service_name"),
+        (
+            json!({"redis_startup_nodes": 5}),
+            vec![],
+            "cache_params.redis_startup_nodes",
+        ),
+        (
+            json!({"redis_startup_nodes": [{"host": "a", "port": "x"}]}),
+            vec![],
+            "cache_params.redis_startup_nodes",
+        ),
+        (
+            json!({"redis_startup_nodes": []}),
+            vec![],
+            "cache_params.redis_startup_nodes",
+        ),
+        (
+            json!({"sentinel_nodes": [["s", 1]]}),
+            vec![],
+            "service_name",
+        ),
         (json!({"url": "http://h:1"}), vec![], "cache_params.url"),
-        (json!({"url": "redis-sentinel://h:1"}), vec![], "sentinelServiceName"),
-        (json!({}), vec![("REDIS_HOST", "h"), ("REDIS_PORT", "x")], "REDIS_PORT"),
-        (json!({}), vec![("REDIS_HOST", "h"), ("REDIS_SSL", "perhaps")], "REDIS_SSL"),
-        (json!({}), vec![("REDIS_HOST", "h"), ("REDIS_SOCKET_TIMEOUT", "-1")], "REDIS_SOCKET_TIMEOUT"),
-        (json!({}), vec![("REDIS_CLUSTER_NODES", "[{\"port\": 1}]")], "REDIS_CLUSTER_NODES"),
+        (
+            json!({"url": "redis-sentinel://h:1"}),
+            vec![],
+            "sentinelServiceName",
+        ),
+        (
+            json!({}),
+            vec![("REDIS_HOST", "h"), ("REDIS_PORT", "x")],
+            "REDIS_PORT",
+        ),
+        (
+            json!({}),
+            vec![("REDIS_HOST", "h"), ("REDIS_SSL", "perhaps")],
+            "REDIS_SSL",
+        ),
+        (
+            json!({}),
+            vec![("REDIS_HOST", "h"), ("REDIS_SOCKET_TIMEOUT", "-1")],
+            "REDIS_SOCKET_TIMEOUT",
+        ),
+        (
+            json!({}),
+            vec![("REDIS_CLUSTER_NODES", "[{\"port\": 1}]")],
+            "REDIS_CLUSTER_NODES",
+        ),
         (json!({}), vec![("REDIS_URL", "ftp://x")], "REDIS_URL"),
     ] {
         let e = err(v.clone(), &env);
@@ -243,7 +330,10 @@ fn reads_the_process_environment() {
         return;
     }
     let c = RedisConfig::from_params(&params(json!({}))).unwrap();
-    assert_eq!(c.topology, Topology::Standalone(Node::new("from-env", 17001)));
+    assert_eq!(
+        c.topology,
+        Topology::Standalone(Node::new("from-env", 17001))
+    );
     assert_eq!(c.password.as_deref(), Some("pw-from-env"));
     assert!(!format!("{c:?}").contains("pw-from-env"));
 }

@@ -26,6 +26,10 @@ pub(crate) async fn build(config: &CacheConfig) -> Result<SharedBackend> {
             )?)
             .await?,
         )),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(
+            cache_redis::RedisBackend::from_params(config.params()).await?,
+        )),
         other => Err(feature_off(other, feature_of(other))),
     }
 }
@@ -48,6 +52,8 @@ pub fn available_types() -> Vec<&'static str> {
     // One line per backend feature, e.g. `#[cfg(feature = "disk")] types.push("disk");`
     #[cfg(feature = "disk")]
     types.push("disk");
+    #[cfg(feature = "redis")]
+    types.push("redis");
     types
 }
 

@@ -43,6 +43,10 @@ pub use config::CacheConfig;
 #[cfg(feature = "disk")]
 pub use cache_disk::{self as disk, DiskBackend, DiskConfig};
 
+/// The Redis backend (`type: redis`).
+#[cfg(feature = "redis")]
+pub use cache_redis::{self as redis, RedisBackend, RedisConfig};
+
 #[doc(inline)]
 pub use cache_core::{
     self as core, Bytes, Cache, CacheBackend, CacheBuilder, CacheControl, CacheEngine, CacheError,

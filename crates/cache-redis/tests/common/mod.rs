@@ -73,7 +73,10 @@ pub fn cluster_config() -> RedisConfig {
 
 pub async fn cluster() -> Option<RedisBackend> {
     if !reachable(CLUSTER_PORTS[0]) {
-        return service_unavailable("redis-cluster (127.0.0.1:17101-17106)", "connection refused");
+        return service_unavailable(
+            "redis-cluster (127.0.0.1:17101-17106)",
+            "connection refused",
+        );
     }
     if !cli(CLUSTER_PORTS[0], &["cluster", "info"]).contains("cluster_state:ok") {
         return service_unavailable("redis-cluster", "cluster_state is not ok");
@@ -110,18 +113,19 @@ pub fn have_redis_server() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A free port in 17800-17999 (unique within this process, free at the time of the call).
+/// A free port in 17800-17989 (unique within this process, free at the time of the call;
+/// 17990-17999 stay unused so tests can rely on nothing listening there).
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 17800 + (std::process::id() % 40) as u16 * 5;
-    for _ in 0..200 {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 200;
-        let port = 17800 + (base - 17800 + offset) % 200;
+    let start = (std::process::id() % 38) as u16 * 5;
+    for _ in 0..190 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 17800 + (start + offset) % 190;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() && !reachable(port) {
             return port;
         }
     }
-    panic!("no free port in 17800-17999");
+    panic!("no free port in 17800-17989");
 }
 
 /// A `redis-server` (or sentinel) process owned by the test; killed (by PID) on drop.
