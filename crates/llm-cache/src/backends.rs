@@ -30,6 +30,18 @@ pub(crate) async fn build(config: &CacheConfig) -> Result<SharedBackend> {
         "redis" => Ok(Arc::new(
             cache_redis::RedisBackend::from_params(config.params()).await?,
         )),
+        #[cfg(feature = "s3")]
+        "s3" => Ok(Arc::new(
+            cache_object_store::from_params("s3", config.params()).await?,
+        )),
+        #[cfg(feature = "gcs")]
+        "gcs" => Ok(Arc::new(
+            cache_object_store::from_params("gcs", config.params()).await?,
+        )),
+        #[cfg(feature = "azure")]
+        "azure-blob" => Ok(Arc::new(
+            cache_object_store::from_params("azure-blob", config.params()).await?,
+        )),
         other => Err(feature_off(other, feature_of(other))),
     }
 }
@@ -54,6 +66,12 @@ pub fn available_types() -> Vec<&'static str> {
     types.push("disk");
     #[cfg(feature = "redis")]
     types.push("redis");
+    #[cfg(feature = "s3")]
+    types.push("s3");
+    #[cfg(feature = "gcs")]
+    types.push("gcs");
+    #[cfg(feature = "azure")]
+    types.push("azure-blob");
     types
 }
 

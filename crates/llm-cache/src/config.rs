@@ -116,7 +116,12 @@ pub const OBJECT_STORE_KEYS: &[&str] = &[
     "azure_account_key",
     "azure_sas_token",
     "azure_create_container",
+    "azure_blob_path",
     "object_store_max_concurrency",
+    "object_store_max_retries",
+    "object_store_retry_timeout",
+    "object_store_request_timeout",
+    "object_store_connect_timeout",
 ];
 
 /// Keys of the semantic backends (LiteLLM names, §4.6–4.9, plus llm-cache's).

@@ -47,6 +47,10 @@ pub use cache_disk::{self as disk, DiskBackend, DiskConfig};
 #[cfg(feature = "redis")]
 pub use cache_redis::{self as redis, RedisBackend, RedisConfig};
 
+/// The object-store backends (`type: s3`, `type: gcs`, `type: azure-blob`).
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+pub use cache_object_store::{self as object_stores, ObjectStoreBackend};
+
 #[doc(inline)]
 pub use cache_core::{
     self as core, Bytes, Cache, CacheBackend, CacheBuilder, CacheControl, CacheEngine, CacheError,
