@@ -20,6 +20,9 @@ const SERVICES: &[(&str, &str)] = &[
     ("redis", "cache-redis"),
     ("redis-cluster", "cache-redis"),
     ("redis-sentinel", "cache-redis"),
+    ("moto", "cache-object-store (type: s3)"),
+    ("fake-gcs", "cache-object-store (type: gcs)"),
+    ("azurite", "cache-object-store (type: azure-blob)"),
 ];
 
 fn root() -> PathBuf {
@@ -196,7 +199,22 @@ fn bench(args: &[String]) -> Result<(), String> {
                 cargo().args(["bench", "-p", "cache-redis", "--bench", "hit"]),
             )
         }
-        other => Err(format!("unknown bench `{other}` (core, redis)")),
+        "objstore" => {
+            // Start only the emulators that are down (a restart would cut other runs).
+            for s in ["moto", "fake-gcs", "azurite"] {
+                let up = services_script(s, "status")
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if !up {
+                    services(&["up".to_owned(), s.to_owned()])?;
+                }
+            }
+            run(
+                "object-store hit latency (moto, fake-gcs-server, Azurite) vs in-memory",
+                cargo().args(["bench", "-p", "cache-object-store", "--bench", "objstore"]),
+            )
+        }
+        other => Err(format!("unknown bench `{other}` (core, redis, objstore)")),
     }
 }
 
