@@ -1,0 +1,329 @@
+//! Redis-specific behaviour beyond the conformance kit: native TTL, glob-safe and
+//! shape-restricted `clear`, database selection, Cluster batches and hash tags, `ping` details,
+//! foreign values, and the L1 tier in front of Redis.
+mod common;
+
+use std::time::Duration;
+
+use cache_core::{
+    Bytes, Cache, CacheBackend, CacheBuilder, CacheControl, CacheStatus, CallKind, L1Config,
+    MemoryConfig, SharedBackend, Tier,
+};
+use cache_redis::RedisBackend;
+use common::{STANDALONE_PORT, cli, entry_key};
+use serde_json::{Value, json};
+
+fn unique(tag: &str) -> String {
+    cache_core::testing::unique_namespace(tag)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    cache_core::testing::runtime()
+}
+
+#[test]
+fn ttl_is_native_and_none_means_no_expiry() {
+    rt().block_on(async {
+        let Some(b) = common::standalone().await else {
+            return;
+        };
+        let ns = unique("ttl");
+        let (k1, k2, k3) = (format!("{ns}:a"), format!("{ns}:b"), format!("{ns}:c"));
+        b.set(
+            &k1,
+            Bytes::from_static(b"x"),
+            Some(Duration::from_millis(1500)),
+        )
+        .await
+        .unwrap();
+        let pttl: i64 = cli(STANDALONE_PORT, &["pttl", &k1]).parse().unwrap();
+        assert!((1..=1500).contains(&pttl), "PTTL {pttl}");
+        b.set(&k2, Bytes::from_static(b"x"), None).await.unwrap();
+        assert_eq!(
+            cli(STANDALONE_PORT, &["pttl", &k2]),
+            "-1",
+            "no TTL, no expiry"
+        );
+        // A zero TTL stores nothing and removes an older value.
+        b.set(&k3, Bytes::from_static(b"old"), None).await.unwrap();
+        b.set(&k3, Bytes::from_static(b"new"), Some(Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(b.get(&k3).await.unwrap(), None);
+        // set_many with a TTL sets it on every key.
+        b.set_many(
+            vec![(k2.clone(), Bytes::from_static(b"y"))],
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        let pttl: i64 = cli(STANDALONE_PORT, &["pttl", &k2]).parse().unwrap();
+        assert!((29_000..=30_000).contains(&pttl), "PTTL {pttl}");
+        assert_eq!(b.clear(Some(&ns)).await.unwrap(), 2);
+    });
+}
+
+/// Namespaces are literal: `*`, `?`, `[`, `]` and `\` in a namespace never widen `clear`.
+async fn clear_is_glob_safe(b: &RedisBackend) {
+    let base = unique("glob");
+    let ns = format!("{base}*[ab]?\\");
+    let lookalike = format!("{base}XYZa!\\"); // what an unescaped pattern would also match
+    let ttl = Some(Duration::from_secs(60));
+    for k in [format!("{ns}:1"), format!("{ns}:sub:2")] {
+        b.set(&k, Bytes::from_static(b"v"), ttl).await.unwrap();
+    }
+    b.set(&format!("{lookalike}:1"), Bytes::from_static(b"v"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(b.clear(Some(&ns)).await.unwrap(), 2);
+    assert_eq!(b.get(&format!("{ns}:1")).await.unwrap(), None);
+    assert!(
+        b.get(&format!("{lookalike}:1")).await.unwrap().is_some(),
+        "a key outside the namespace was cleared"
+    );
+    assert_eq!(b.clear(Some(&lookalike)).await.unwrap(), 1);
+}
+
+#[test]
+fn clear_is_glob_safe_standalone() {
+    rt().block_on(async {
+        if let Some(b) = common::standalone().await {
+            clear_is_glob_safe(&b).await;
+        }
+    });
+}
+
+#[test]
+fn clear_is_glob_safe_cluster() {
+    rt().block_on(async {
+        if let Some(b) = common::cluster().await {
+            clear_is_glob_safe(&b).await;
+        }
+    });
+}
+
+/// `clear(None)` removes the keys shaped like cache entries (`hash`, `ns:hash`) and nothing
+/// else. Runs in database 9 of the shared server, which nothing else uses, so it cannot remove
+/// another test's entries; also checks `db` selects the database.
+#[test]
+fn clear_all_removes_only_entry_shaped_keys() {
+    rt().block_on(async {
+        let Some(b) = common::standalone_db(9).await else {
+            return;
+        };
+        let ours = [
+            entry_key(None, 1),
+            entry_key(Some("app"), 2),
+            entry_key(Some("app:team"), 3),
+        ];
+        let hash = entry_key(None, 4);
+        let foreign = [
+            "session:42".to_owned(),
+            format!("x{hash}"),
+            format!("app:{}", &hash[1..]),
+            format!("app:{}", hash.to_uppercase().replace('0', "A")),
+            "llm-cache-health-check".to_owned(),
+        ];
+        for k in ours.iter().chain(foreign.iter()) {
+            b.set(k, Bytes::from_static(b"v"), Some(Duration::from_secs(60)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            cli(STANDALONE_PORT, &["-n", "0", "exists", &ours[0]]),
+            "0",
+            "db 9 is not db 0"
+        );
+        let removed = b.clear(None).await.unwrap();
+        assert!(removed >= 3, "removed {removed}");
+        for k in &ours {
+            assert_eq!(b.get(k).await.unwrap(), None, "{k} must be cleared");
+        }
+        for k in &foreign {
+            assert!(b.get(k).await.unwrap().is_some(), "{k} must survive");
+            b.delete(k).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn cluster_batches_span_slots_and_hash_tags_work() {
+    rt().block_on(async {
+        let Some(b) = common::cluster().await else {
+            return;
+        };
+        let ns = unique("slots");
+        let entries: Vec<(String, Bytes)> = (0..300)
+            .map(|i| (format!("{ns}:{i}"), Bytes::from(format!("v{i}"))))
+            .collect();
+        let slots: std::collections::BTreeSet<u16> = entries
+            .iter()
+            .map(|(k, _)| fred::util::redis_keyslot(k.as_bytes()))
+            .collect();
+        assert!(slots.len() > 100, "keys should spread over many slots");
+        b.set_many(entries.clone(), Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+        let got = b.get_many(&keys).await.unwrap();
+        for ((k, v), g) in entries.iter().zip(&got) {
+            assert_eq!(g.as_ref(), Some(v), "{k}");
+        }
+        assert_eq!(b.clear(Some(&ns)).await.unwrap(), 300);
+        assert!(b.get_many(&keys).await.unwrap().iter().all(Option::is_none));
+
+        // A hash-tagged namespace puts every key in one slot; everything still works.
+        let tagged = format!("{{{}}}", unique("tag"));
+        let entries: Vec<(String, Bytes)> = (0..50)
+            .map(|i| (format!("{tagged}:{i}"), Bytes::from(format!("t{i}"))))
+            .collect();
+        b.set_many(entries.clone(), None).await.unwrap();
+        let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+        assert!(b.get_many(&keys).await.unwrap().iter().all(Option::is_some));
+        assert_eq!(b.clear(Some(&tagged)).await.unwrap(), 50);
+    });
+}
+
+#[test]
+fn ping_reports_topology() {
+    rt().block_on(async {
+        if let Some(b) = common::standalone().await {
+            let h = b.ping().await.unwrap();
+            assert_eq!(h.backend, "redis");
+            assert_eq!(h.details["topology"], "standalone");
+            assert_eq!(h.details["address"], "127.0.0.1:17001");
+            assert!(h.details["server_version"].starts_with(char::is_numeric));
+            assert!(h.latency < Duration::from_secs(1));
+        }
+        if let Some(b) = common::cluster().await {
+            let h = b.ping().await.unwrap();
+            assert_eq!(h.details["topology"], "cluster");
+            let masters: Vec<&str> = h.details["masters"].split(',').collect();
+            assert_eq!(masters.len(), 3, "{masters:?}");
+        }
+        if let Some(b) = common::sentinel().await {
+            let h = b.ping().await.unwrap();
+            assert_eq!(h.details["topology"], "sentinel");
+            let addr = cli(
+                common::SENTINEL_PORTS[0],
+                &[
+                    "sentinel",
+                    "get-master-addr-by-name",
+                    common::SENTINEL_SERVICE,
+                ],
+            )
+            .replace('\n', ":");
+            assert_eq!(h.details["master"], addr);
+        }
+    });
+}
+
+#[test]
+fn foreign_values_are_errors_naming_the_key_and_misses_in_the_cache() {
+    rt().block_on(async {
+        let Some(b) = common::standalone().await else {
+            return;
+        };
+        let ns = unique("foreign");
+        let b: SharedBackend = std::sync::Arc::new(b);
+        let cache = CacheBuilder::from_shared(b.clone())
+            .namespace(&ns)
+            .configure(|s| s.read_timeout = Duration::from_secs(2))
+            .build();
+        let req = json!({"model": "m", "messages": [{"role": "user", "content": "hash"}]});
+        let key = cache
+            .prepare(
+                CallKind::Chat,
+                &req,
+                &CacheControl::none(),
+                &Default::default(),
+            )
+            .unwrap()
+            .key()
+            .unwrap()
+            .clone();
+        cli(STANDALONE_PORT, &["hset", key.as_str(), "f", "v"]);
+        let err = b.get(key.as_str()).await.unwrap_err();
+        assert!(err.to_string().contains(key.as_str()), "{err}");
+        assert!(
+            !err.is_transient(),
+            "WRONGTYPE will not go away by retrying"
+        );
+        let reply = cache
+            .get_or_fetch(CallKind::Chat, &req, &CacheControl::none(), || async {
+                Ok::<Value, std::io::Error>(json!({"ok": 1}))
+            })
+            .await
+            .unwrap();
+        assert!(!reply.status.is_hit());
+        cli(STANDALONE_PORT, &["del", key.as_str()]);
+    });
+}
+
+async fn fetch(cache: &Cache, req: &Value) -> CacheStatus {
+    cache
+        .get_or_fetch(CallKind::Chat, req, &CacheControl::none(), || async {
+            Ok::<Value, std::io::Error>(json!({"choices": [{"message": {"content": "hi"}}]}))
+        })
+        .await
+        .unwrap()
+        .status
+}
+
+/// The core's L1 tier in front of Redis: hits come from memory, and `delete`/`clear` reach both
+/// tiers (LiteLLM's `/cache/delete` leaves its memory tier serving the entry: F3).
+#[test]
+fn l1_in_front_of_redis_and_delete_clear_reach_both_tiers() {
+    rt().block_on(async {
+        let Some(b) = common::standalone().await else {
+            return;
+        };
+        let ns = unique("l1");
+        let b: SharedBackend = std::sync::Arc::new(b);
+        let cache = CacheBuilder::from_shared(b.clone())
+            .namespace(&ns)
+            .l1(L1Config::new(
+                MemoryConfig::default().with_max_items(Some(100)),
+                Duration::from_secs(60),
+            ))
+            .configure(|s| s.read_timeout = Duration::from_secs(2))
+            .build();
+        let req = json!({"model": "m", "messages": [{"role": "user", "content": "tiers"}]});
+        assert!(!fetch(&cache, &req).await.is_hit());
+        cache.flush(Duration::from_secs(5)).await.unwrap();
+        let key = cache
+            .prepare(
+                CallKind::Chat,
+                &req,
+                &CacheControl::none(),
+                &Default::default(),
+            )
+            .unwrap()
+            .key()
+            .unwrap()
+            .clone();
+        assert!(
+            b.get(key.as_str()).await.unwrap().is_some(),
+            "written to Redis"
+        );
+        // Served by a tier: after one read, by L1.
+        let _ = fetch(&cache, &req).await;
+        assert!(matches!(
+            fetch(&cache, &req).await,
+            CacheStatus::Hit { tier: Tier::L1, .. }
+        ));
+        // delete through the cache: gone from both tiers.
+        assert_eq!(cache.delete(&[key.as_str().to_owned()]).await.unwrap(), 1);
+        assert_eq!(b.get(key.as_str()).await.unwrap(), None);
+        assert!(!fetch(&cache, &req).await.is_hit(), "L1 still served it");
+        cache.flush(Duration::from_secs(5)).await.unwrap();
+        let _ = fetch(&cache, &req).await;
+        assert!(fetch(&cache, &req).await.is_hit());
+        // clear through the cache: both tiers.
+        assert!(cache.clear(None).await.unwrap() >= 1);
+        assert_eq!(b.get(key.as_str()).await.unwrap(), None);
+        assert!(!fetch(&cache, &req).await.is_hit(), "L1 still served it");
+        cache.flush(Duration::from_secs(5)).await.unwrap();
+        b.clear(Some(&ns)).await.unwrap();
+    });
+}
