@@ -139,6 +139,11 @@ fn services(args: &[String]) -> Result<(), String> {
 
 fn test(extra: &[String]) -> Result<(), String> {
     services(&["up".to_owned()])?;
+    // The black-box tests in `tests/` start the real binary.
+    run(
+        "cargo build -p llm-cache-proxy",
+        cargo().args(["build", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
+    )?;
     run(
         "cargo test --workspace --all-targets",
         cargo()
@@ -199,6 +204,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                 cargo().args(["bench", "-p", "cache-redis", "--bench", "hit"]),
             )
         }
+        "proxy" => bench_proxy(&args[1..]),
         "objstore" => {
             // Start only the emulators that are down (a restart would cut other runs).
             for s in ["moto", "fake-gcs", "azurite"] {
@@ -214,8 +220,77 @@ fn bench(args: &[String]) -> Result<(), String> {
                 cargo().args(["bench", "-p", "cache-object-store", "--bench", "objstore"]),
             )
         }
-        other => Err(format!("unknown bench `{other}` (core, redis, objstore)")),
+        other => Err(format!("unknown bench `{other}` (core, redis, objstore, proxy)")),
     }
+}
+
+/// `cargo xtask bench proxy [--no-litellm] [MODE...]`: the proxy load bench (bench/proxy_bench.sh,
+/// wrk) for llm-cache and, in the same run, LiteLLM's proxy when its virtualenv exists
+/// (`.bench/venv`, see docs/benchmarks.md). Results: target/bench-proxy-<time>/.
+fn bench_proxy(args: &[String]) -> Result<(), String> {
+    let root = root();
+    let with_litellm = !args.iter().any(|a| a == "--no-litellm");
+    let mut modes: Vec<String> = args.iter().filter(|a| !a.starts_with("--")).cloned().collect();
+    if modes.is_empty() {
+        modes = ["direct", "local", "redis", "miss"].map(String::from).to_vec();
+    }
+    run(
+        "cargo build --release -p llm-cache-proxy",
+        cargo().args(["build", "--release", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
+    )?;
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let bin = target.join("release/llm-cache");
+    let venv = root.join(".bench/venv");
+    let py = venv.join("bin/python");
+    let has = |module: &str| {
+        Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("aiohttp") {
+        run("python3 -m venv .bench/venv", Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(
+            "pip install aiohttp (fake upstream)",
+            Command::new(venv.join("bin/pip")).args(["install", "-q", "aiohttp"]),
+        )?;
+    }
+    let litellm = with_litellm && venv.join("bin/litellm").exists();
+    if with_litellm && !litellm {
+        eprintln!(
+            "LiteLLM is not installed in .bench/venv: measuring llm-cache only \
+             (install: .bench/venv/bin/pip install 'litellm[proxy]==1.108.7' diskcache redis)"
+        );
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let out = target.join(format!("bench-proxy-{stamp}"));
+    let script = root.join("bench/proxy_bench.sh");
+    for mode in &modes {
+        let mut c = Command::new("bash");
+        c.arg(&script)
+            .arg(mode)
+            .env("BENCH_PY", &py)
+            .env("OUT_DIR", &out)
+            .env("TAG", if mode == "direct" { "direct".to_owned() } else { format!("llm-cache-{mode}") })
+            .env(
+                "PROXY_CMD",
+                format!("{} serve --config $CFG --host 127.0.0.1 --port $PROXY_PORT", bin.display()),
+            );
+        run(&format!("llm-cache proxy bench: {mode}"), &mut c)?;
+        if litellm && mode != "direct" {
+            let mut c = Command::new("bash");
+            c.arg(&script)
+                .arg(mode)
+                .env("BENCH_PY", &py)
+                .env("OUT_DIR", &out)
+                .env("TAG", format!("litellm-{mode}"));
+            run(&format!("LiteLLM proxy bench: {mode}"), &mut c)?;
+        }
+    }
+    eprintln!("results: {}", out.join("results.tsv").display());
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Cache-hit load test of an OpenAI-compatible caching proxy (default: the LiteLLM proxy).
+# Copied from the LiteLLM baseline measurement so llm-cache and LiteLLM are measured with the
+# same load, fake upstream and tools; `cargo xtask bench proxy` drives it for both.
+# Added here: the `miss` mode (upstream latency 0, every request `cache: {no-cache: true}`, so
+# each one goes upstream and is stored: the miss-path overhead vs `direct`).
+#
+#   ./proxy_bench.sh [MODE ...]      MODE: direct | local | redis | miss  (default: direct local redis)
+#
+#   direct  fake upstream (latency 0) hit directly: ceiling of load tool + fake server
+#   local   proxy with cache_params {type: local} in front of the fake upstream (UPSTREAM_LATENCY_MS)
+#   redis   proxy with cache_params {type: redis} (starts redis-server on REDIS_PORT if none answers)
+#
+# For each proxy mode: start fake upstream + proxy, warm the cache with one request (a miss),
+# then run wrk for DURATION s at each concurrency in CONCS; the upstream request counter must
+# not grow during the load (all hits). Also one streaming (SSE) hit run at STREAM_CONC, and
+# the proxy's RSS (idle, after load, peak). Results: $OUT_DIR/results.tsv and a markdown table.
+#
+# Env (defaults in brackets):
+#   BENCH_PY [python3]  python with litellm + aiohttp;  LITELLM_BIN [next to BENCH_PY]
+#   PROXY_CMD  command starting the proxy under test; may use $CFG (generated litellm config),
+#              $PROXY_PORT [18400]. Default: "$LITELLM_BIN --config $CFG --host 127.0.0.1 --port $PROXY_PORT"
+#   PROXY_EXTRA_ARGS  appended to the default PROXY_CMD (e.g. "--num_workers 2")
+#   FAKE_PORT [18100]  DIRECT_PORT [18101]  REDIS_PORT [18379]
+#   DURATION [15]  CONCS ["1 16 64"]  STREAM_CONC [16] (empty: skip)  UPSTREAM_LATENCY_MS [200]
+#   OUT_DIR [./out-proxy]  TAG [mode name] label in results
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+PY=${BENCH_PY:-python3}
+LITELLM_BIN=${LITELLM_BIN:-$(dirname "$(command -v "$PY")")/litellm}
+FAKE_PORT=${FAKE_PORT:-18100}; DIRECT_PORT=${DIRECT_PORT:-18101}
+PROXY_PORT=${PROXY_PORT:-18400}; REDIS_PORT=${REDIS_PORT:-18379}
+DURATION=${DURATION:-15}; CONCS=${CONCS:-"1 16 64"}; STREAM_CONC=${STREAM_CONC-16}
+UPSTREAM_LATENCY_MS=${UPSTREAM_LATENCY_MS:-200}
+OUT_DIR=${OUT_DIR:-./out-proxy}; mkdir -p "$OUT_DIR"; OUT_DIR=$(cd "$OUT_DIR" && pwd)
+MODES=${*:-"direct local redis"}
+export LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False
+export AUTH=${LITELLM_MASTER_KEY:-sk-$($PY -c 'import secrets; print(secrets.token_hex(32))')}
+export LITELLM_MASTER_KEY=$AUTH
+RESULTS=$OUT_DIR/results.tsv
+[ -f "$RESULTS" ] || printf 'tag\tcase\tconc\trps\tp50_ms\tp90_ms\tp99_ms\tmax_ms\tnon2xx\tsock_err\tupstream_delta\trss_mb\tcpu_ms_per_req\tloadavg1\n' >"$RESULTS"
+
+PIDS=()  # every process we start; stopped by PID on exit
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+stop() { kill "$1" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$1" 2>/dev/null || true; }
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_http() { # url timeout_s pid
+  local end=$((SECONDS + $2)); until curl -sf -o /dev/null "$1"; do
+    kill -0 "$3" 2>/dev/null || { echo "process $3 died" >&2; return 1; }
+    [ $SECONDS -lt $end ] || { echo "timeout waiting for $1" >&2; return 1; }; sleep 0.3; done; }
+upstream_count() { curl -sf "http://127.0.0.1:$1/stats" | $PY -c 'import json,sys; print(json.load(sys.stdin)["requests"])'; }
+rss_mb() { # RSS of a process and all its descendants, MiB
+  ps -eo pid=,ppid=,rss= | awk -v root="$1" '{p[$1]=$2; r[$1]=$3} END {
+    s=0; for (q in p) { x=q; while (x!="" && x!=0 && x!=1) { if (x==root) { s+=r[q]; break }; x=p[x] } }
+    printf "%.1f", s/1024 }'; }
+peak_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+cpu_ticks() { # utime+stime (clock ticks) of a process and its descendants
+  local p t=0; for p in $1 $(pgrep -P "$1" 2>/dev/null || true); do
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+
+start_fake() { # port latency_ms
+  port_free "$1" || { echo "port $1 busy" >&2; exit 1; }
+  $PY "$HERE/fake_llm.py" --port "$1" --latency-ms "$2" >"$OUT_DIR/fake-$1.log" 2>&1 &
+  FAKE_PID=$!; PIDS+=("$FAKE_PID"); wait_http "http://127.0.0.1:$1/health" 30 "$FAKE_PID"; }
+
+# request bodies: ~100-token chat request, and the same with stream=true
+BODY=$OUT_DIR/body.json; SBODY=$OUT_DIR/body-stream.json; NBODY=$OUT_DIR/body-nocache.json
+$PY - "$BODY" "$SBODY" "$NBODY" <<'EOF'
+import json, sys
+words = ("cache latency token request model answer proxy stream vector server client memory python rust "
+         "async hash key value store lookup hit miss expire policy engine query prompt reply window").split()
+text = " ".join(words[(i * 13) % len(words)] for i in range(80))
+body = {"model": "fake", "temperature": 0, "max_tokens": 64,
+        "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                     {"role": "user", "content": "Please summarise the following notes. " + text}]}
+json.dump(body, open(sys.argv[1], "w"))
+json.dump(dict(body, stream=True), open(sys.argv[2], "w"))
+json.dump(dict(body, cache={"no-cache": True}), open(sys.argv[3], "w"))
+EOF
+
+run_wrk() { # tag case conc url body upstream_port(or -) pid(or -)
+  local tag=$1 case=$2 c=$3 url=$4 body=$5 uport=$6 pid=$7 t before after out delta rss cpu0 cpu
+  t=$(( c < 2 ? c : 2 ))
+  before=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); cpu0=$(cpu_ticks "$pid")
+  out=$(BODY_FILE=$body timeout $((DURATION + 30)) wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s \
+        -s "$HERE/post.lua" "$url" | tee -a "$OUT_DIR/wrk.log" | grep '^RESULT') || { echo "wrk failed" >&2; return 1; }
+  after=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); delta=$((after - before))
+  [ "$uport" = - ] && delta=-
+  rss=$([ "$pid" = - ] && echo - || rss_mb "$pid")
+  eval "$(echo "$out" | sed 's/^RESULT //; s/ /;/g')"
+  cpu=$(awk -v d=$(( $(cpu_ticks "$pid") - cpu0 )) -v n="$requests" -v hz="$HZ" 'BEGIN {printf "%.3f", n ? d*1000/hz/n : 0}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tag" "$case" "$c" "$rps" "$p50_ms" "$p90_ms" \
+    "$p99_ms" "$max_ms" "$non2xx" "$sock_errors" "$delta" "$rss" "$cpu" "$(load1)" | tee -a "$RESULTS"
+}
+
+warm() { # url body upstream_port: one miss, then poll until the upstream count stops growing
+  local t0 t1 n0 n1
+  t0=$(date +%s%N); curl -sf -o /dev/null -H "Authorization: Bearer $AUTH" -H 'Content-Type: application/json' \
+    --data-binary @"$2" "$1"; t1=$(date +%s%N)
+  echo "  warm-up miss: $(( (t1 - t0) / 1000000 )) ms" | tee -a "$OUT_DIR/notes.txt"
+  for _ in $(seq 20); do
+    n0=$(upstream_count "$3")
+    curl -sf -o /dev/null -D "$OUT_DIR/hit-headers.txt" -H "Authorization: Bearer $AUTH" \
+      -H 'Content-Type: application/json' --data-binary @"$2" "$1"
+    n1=$(upstream_count "$3"); [ "$n0" = "$n1" ] && return 0; sleep 0.2
+  done; echo "cache never hit" >&2; return 1; }
+
+for mode in $MODES; do
+  tag=${TAG:-$mode}
+  echo "== $tag ($(date -u +%FT%TZ), load $(load1))" | tee -a "$OUT_DIR/notes.txt"
+  if [ "$mode" = direct ]; then
+    start_fake "$DIRECT_PORT" 0
+    for c in $CONCS; do run_wrk "$tag" chat "$c" "http://127.0.0.1:$DIRECT_PORT/v1/chat/completions" "$BODY" - "$FAKE_PID"; done
+    [ -n "$STREAM_CONC" ] && run_wrk "$tag" chat-stream "$STREAM_CONC" "http://127.0.0.1:$DIRECT_PORT/v1/chat/completions" "$SBODY" - "$FAKE_PID"
+    stop "$FAKE_PID"; continue
+  fi
+  CFG=$OUT_DIR/config-$mode.yaml
+  latency=$UPSTREAM_LATENCY_MS
+  case $mode in
+    local) cache_params="    type: local" ;;
+    miss) cache_params="    type: local"; latency=0 ;;
+    redis) cache_params=$(printf '    type: redis\n    host: 127.0.0.1\n    port: %s' "$REDIS_PORT")
+           if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+             redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT_DIR/redis.log" 2>&1 &
+             PIDS+=("$!"); sleep 0.5; fi ;;
+    *) echo "unknown mode $mode" >&2; exit 2 ;;
+  esac
+  cat >"$CFG" <<EOF
+model_list:
+  - model_name: fake
+    litellm_params:
+      model: openai/fake
+      api_base: http://127.0.0.1:$FAKE_PORT/v1
+      api_key: sk-fake
+litellm_settings:
+  cache: true
+  cache_params:
+$cache_params
+EOF
+  start_fake "$FAKE_PORT" "$latency"
+  port_free "$PROXY_PORT" || { echo "port $PROXY_PORT busy" >&2; exit 1; }
+  export CFG PROXY_PORT
+  cmd=${PROXY_CMD:-"$LITELLM_BIN --config $CFG --host 127.0.0.1 --port $PROXY_PORT ${PROXY_EXTRA_ARGS:-}"}
+  t0=$SECONDS; bash -c "exec $cmd" >"$OUT_DIR/proxy-$tag.log" 2>&1 &
+  PROXY_PID=$!; PIDS+=("$PROXY_PID")
+  wait_http "http://127.0.0.1:$PROXY_PORT/health/liveliness" 240 "$PROXY_PID"
+  echo "  proxy ready after $((SECONDS - t0)) s, idle RSS $(rss_mb "$PROXY_PID") MiB" | tee -a "$OUT_DIR/notes.txt"
+  URL=http://127.0.0.1:$PROXY_PORT/v1/chat/completions
+  if [ "$mode" = miss ]; then
+    for c in ${MISS_CONCS:-1 16}; do run_wrk "$tag" chat-miss "$c" "$URL" "$NBODY" "$FAKE_PORT" "$PROXY_PID"; done
+    echo "  $tag: RSS after load $(rss_mb "$PROXY_PID") MiB" | tee -a "$OUT_DIR/notes.txt"
+    stop "$PROXY_PID"; stop "$FAKE_PID"; continue
+  fi
+  warm "$URL" "$BODY" "$FAKE_PORT"
+  grep -i 'cache-key' "$OUT_DIR/hit-headers.txt" | sed 's/^/  hit header: /' | tee -a "$OUT_DIR/notes.txt" || true
+  for c in $CONCS; do run_wrk "$tag" chat-hit "$c" "$URL" "$BODY" "$FAKE_PORT" "$PROXY_PID"; done
+  if [ -n "$STREAM_CONC" ]; then
+    warm "$URL" "$SBODY" "$FAKE_PORT"
+    run_wrk "$tag" chat-stream-hit "$STREAM_CONC" "$URL" "$SBODY" "$FAKE_PORT" "$PROXY_PID"
+  fi
+  echo "  $tag: RSS after load $(rss_mb "$PROXY_PID") MiB, peak (VmHWM, main process) $(peak_mb "$PROXY_PID") MiB" | tee -a "$OUT_DIR/notes.txt"
+  stop "$PROXY_PID"; stop "$FAKE_PID"
+done
+
+echo; echo "| tag | case | conc | rps | p50 ms | p90 ms | p99 ms | errors | upstream calls | RSS MiB | CPU ms/req | load1 |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+tail -n +2 "$RESULTS" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",$1,$2,$3,$4,$5,$6,$7,$9+$10,$11,$12,$13,$14}'
