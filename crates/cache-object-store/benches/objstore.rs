@@ -19,7 +19,7 @@ use cache_core::{
     Bytes, Cache, CacheBackend, CacheBuilder, CacheControl, CallKind, Lookup, RequestContext,
     SharedBackend,
 };
-use cache_object_store::{AzureConfig, GcsConfig, S3Config};
+use cache_object_store::{AzureConfig, GcsConfig, ObjectNaming, ObjectStoreBackend, S3Config};
 use criterion::{Criterion, criterion_group, criterion_main};
 use objstore_test_support as ts;
 use serde_json::{Value, json};
@@ -56,6 +56,18 @@ async fn stores() -> Vec<(&'static str, SharedBackend, SharedBackend)> {
     let mut out: Vec<(&'static str, SharedBackend, SharedBackend)> = Vec::new();
     let memory: SharedBackend = Arc::new(cache_core::MemoryBackend::default());
     out.push(("memory", memory.clone(), memory));
+    // The object-store backend over object_store's in-process store: the backend's own cost
+    // (naming, attributes, expiry check) without HTTP.
+    let in_process: SharedBackend = Arc::new(ObjectStoreBackend::new(
+        "object_store InMemory",
+        Arc::new(object_store::memory::InMemory::new()),
+        ObjectNaming::new(Some(PREFIX)).unwrap(),
+    ));
+    out.push((
+        "object_store InMemory (no HTTP)",
+        in_process.clone(),
+        in_process,
+    ));
 
     let s3 = ts::s3_endpoint();
     match ts::reachable(&s3) {
@@ -179,7 +191,7 @@ fn hits(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     let keys: Vec<String> = (0..16).map(|i| format!("bench-batch:item{i}")).collect();
     let value = Bytes::from(serde_json::to_vec(&response()).unwrap());
-    for (name, writer, reader) in stores.iter().skip(1) {
+    for (name, writer, reader) in stores.iter().skip(2) {
         rt.block_on(async {
             let entries = keys.iter().map(|k| (k.clone(), value.clone())).collect();
             writer
