@@ -59,16 +59,26 @@ impl Proxy {
 
     /// As [`Proxy::start`], with extra environment variables.
     pub async fn start_with(config: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::spawn(Some(config), env).await
+    }
+
+    /// Starts the proxy without `--config` (the embedded default), in a temp working directory.
+    pub async fn start_default(env: &[(&str, &str)]) -> Proxy {
+        Self::spawn(None, env).await
+    }
+
+    async fn spawn(config: Option<&str>, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("config.yaml");
-        std::fs::write(&path, config).expect("write config");
         let port = free_port();
         let start = Instant::now();
         let mut cmd = Command::new(proxy_binary());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .arg("--port")
+        cmd.arg("serve");
+        if let Some(config) = config {
+            let path = dir.path().join("config.yaml");
+            std::fs::write(&path, config).expect("write config");
+            cmd.arg("--config").arg(&path);
+        }
+        cmd.arg("--port")
             .arg(port.to_string())
             .current_dir(dir.path())
             .env(

@@ -764,3 +764,84 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "the in-flight request finished"
     );
 }
+
+#[tokio::test]
+async fn embedded_default_config_caches_on_disk() {
+    let up = FakeUpstream::start().await;
+    let proxy = Proxy::start_default(&[
+        ("OPENAI_BASE_URL", &up.base_url()),
+        ("OPENAI_API_KEY", "sk-env"),
+    ])
+    .await;
+    let body =
+        json!({"model": "any-model-name", "messages": [{"role": "user", "content": "default"}]});
+    let a = chat(&proxy, &body).await;
+    assert_eq!(a.status, 200);
+    settle().await;
+    let b = chat(&proxy, &body).await;
+    assert_eq!(b.cache_status(), "llm-cache; hit");
+    assert_eq!(up.chat_calls(), 1);
+    assert_eq!(
+        up.bodies()[0]["model"],
+        "any-model-name",
+        "wildcard passes the client's model"
+    );
+    assert_eq!(up.auth_headers()[0].as_deref(), Some("Bearer sk-env"));
+    assert!(
+        proxy.dir.path().join(".llm_cache").is_dir(),
+        "disk cache in ./.llm_cache"
+    );
+}
+
+#[tokio::test]
+async fn tenant_partitions_and_client_cache_keys() {
+    let up = FakeUpstream::start().await;
+    let cfg = format!(
+        "model_list:\n  - model_name: gpt-test\n    litellm_params: {{model: openai/x, api_base: \"{}\"}}\nlitellm_settings: {{cache: true, cache_params: {{type: local}}}}\nllm_cache_settings: {{partition_by_api_key: true}}\n",
+        up.base_url()
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let proxy = &proxy;
+    let as_key = |k: &'static str| async move {
+        post(
+            proxy,
+            "/v1/chat/completions",
+            &chat_req("tenant"),
+            &[("authorization", k)],
+        )
+        .await
+    };
+    let a1 = as_key("Bearer sk-tenant-a").await;
+    settle().await;
+    let a2 = as_key("Bearer sk-tenant-a").await;
+    assert_eq!(a2.cache_status(), "llm-cache; hit");
+    let b = as_key("Bearer sk-tenant-b").await;
+    assert!(
+        !b.cache_status().contains("hit"),
+        "another tenant never sees tenant a's entry"
+    );
+    assert_ne!(
+        a1.header("x-litellm-cache-key"),
+        b.header("x-litellm-cache-key")
+    );
+    assert_eq!(up.chat_calls(), 2);
+    // The client's own key is forwarded upstream when the deployment has none.
+    assert_eq!(up.auth_headers()[1].as_deref(), Some("Bearer sk-tenant-b"));
+
+    // A caller-chosen `cache_key` is ignored unless allowed (LiteLLM F12).
+    let mut one = chat_req("first prompt");
+    one["cache_key"] = json!("shared");
+    let mut two = chat_req("second prompt");
+    two["cache_key"] = json!("shared");
+    chat(proxy, &one).await;
+    settle().await;
+    let r = chat(proxy, &two).await;
+    assert!(
+        !r.cache_status().contains("hit"),
+        "cache_key must not let one prompt read another's entry"
+    );
+    assert!(
+        up.bodies().iter().all(|b| b.get("cache_key").is_none()),
+        "cache_key is not forwarded"
+    );
+}
