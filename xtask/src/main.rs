@@ -191,6 +191,25 @@ fn bench(args: &[String]) -> Result<(), String> {
             "criterion benches of cache-core",
             cargo().args(["bench", "-p", "cache-core", "--bench", "core"]),
         ),
+        "disk" => run(
+            "disk backend next to the in-memory one (criterion)",
+            cargo().args(["bench", "-p", "cache-disk", "--bench", "disk"]),
+        ),
+        // Space use under churn; extra args: SETS TTL_MS SWEEP_MS MAX_BYTES DIR (docs/backends/disk.md).
+        "disk-churn" => run(
+            "disk backend space use under churn",
+            cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "cache-disk",
+                    "--example",
+                    "churn",
+                    "--",
+                ])
+                .args(args.iter().skip(1)),
+        ),
         "redis" => {
             // Start the shared server only when it is down (a restart would cut other runs).
             let up = services_script("redis", "status")
@@ -220,7 +239,9 @@ fn bench(args: &[String]) -> Result<(), String> {
                 cargo().args(["bench", "-p", "cache-object-store", "--bench", "objstore"]),
             )
         }
-        other => Err(format!("unknown bench `{other}` (core, redis, objstore, proxy)")),
+        other => Err(format!(
+            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy)"
+        )),
     }
 }
 

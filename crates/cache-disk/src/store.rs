@@ -149,7 +149,7 @@ fn sled_config(db_path: &Path, config: &DiskConfig) -> sled::Config {
     sled::Config::new()
         .path(db_path)
         .cache_capacity(config.memory_bytes)
-        .mode(sled::Mode::HighThroughput)
+        .mode(sled::Mode::LowSpace)
         .flush_every_ms(flush_every)
 }
 
