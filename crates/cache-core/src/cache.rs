@@ -276,6 +276,11 @@ impl CacheEngine {
     pub fn l1(&self) -> Option<&MemoryBackend> {
         self.l1.as_ref()
     }
+
+    /// The semantic layer, if any.
+    pub fn semantic(&self) -> Option<&Arc<dyn SemanticLayer>> {
+        self.semantic.as_ref()
+    }
 }
 
 struct Shared {
@@ -524,11 +529,12 @@ struct SemanticInput {
     request: Arc<Value>,
     model_group: Option<String>,
     namespace: Option<String>,
+    partition: Option<String>,
     min_similarity: Option<f32>,
 }
 
 impl SemanticInput {
-    fn as_request(&self, kind: CallKind) -> SemanticRequest<'_> {
+    fn as_request<'a>(&'a self, kind: CallKind, keys: &'a KeyBuilder) -> SemanticRequest<'a> {
         SemanticRequest::new(
             kind,
             &self.request,
@@ -536,6 +542,8 @@ impl SemanticInput {
             self.namespace.as_deref(),
             self.min_similarity,
         )
+        .with_partition(self.partition.as_deref())
+        .with_keys(keys)
     }
 }
 
@@ -723,6 +731,7 @@ impl Cache {
                 request: Arc::new(request.clone()),
                 model_group: ctx.model_group.map(str::to_owned),
                 namespace: namespace.map(str::to_owned),
+                partition: ctx.partition.map(str::to_owned),
                 min_similarity: cc.similarity_threshold,
             });
         }
@@ -1202,7 +1211,7 @@ impl Prepared {
             stats.breaker_rejections.fetch_add(1, Relaxed);
             return None;
         }
-        let req = input.as_request(self.kind);
+        let req = input.as_request(self.kind, &engine.keys);
         let res = tokio::time::timeout(engine.settings.semantic_timeout, sem.lookup(&req)).await;
         let res = match res {
             Ok(r) => r,
@@ -1377,7 +1386,7 @@ impl Prepared {
                 });
             }
             if let (Some(sem), Some(input)) = (&eng.semantic, semantic) {
-                let req = input.as_request(kind);
+                let req = input.as_request(kind, &eng.keys);
                 let res =
                     tokio::time::timeout(eng.settings.write_timeout, sem.store(&req, raw, ttl))
                         .await;

@@ -402,6 +402,23 @@ impl KeyBuilder {
         Ok(CacheKey::new(ctx.namespace, &hash_hex(&buf)))
     }
 
+    /// The standard key of a request, ignoring custom keys (`key_fn`, a client `cache_key`):
+    /// what the semantic layer hashes into its exact scope.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when the request is not an object.
+    pub fn standard_key(
+        &self,
+        kind: CallKind,
+        request: &Value,
+        ctx: &KeyContext<'_>,
+    ) -> Result<CacheKey> {
+        let obj = as_object(request)?;
+        let mut buf = Vec::with_capacity(estimate_len(request));
+        self.write_preimage(&mut buf, kind, obj, ctx, None);
+        Ok(CacheKey::new(ctx.namespace, &hash_hex(&buf)))
+    }
+
     /// The preimage (the bytes that are hashed), for debugging and for the golden vectors.
     pub fn preimage(
         &self,

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::backend::Health;
 use crate::error::Result;
-use crate::key::CallKind;
+use crate::key::{CallKind, KeyBuilder};
 
 /// Turns texts into vectors.
 #[async_trait]
@@ -159,6 +159,10 @@ pub struct SemanticRequest<'a> {
     pub namespace: Option<&'a str>,
     /// Per-request similarity threshold (only ever raises the configured one).
     pub min_similarity: Option<f32>,
+    /// Tenant partition (part of the exact scope).
+    pub partition: Option<&'a str>,
+    /// The engine's key builder (model aliases, extra keyed params), for the exact scope.
+    pub keys: Option<&'a KeyBuilder>,
 }
 
 impl<'a> SemanticRequest<'a> {
@@ -176,7 +180,21 @@ impl<'a> SemanticRequest<'a> {
             model_group,
             namespace,
             min_similarity,
+            partition: None,
+            keys: None,
         }
+    }
+
+    /// Sets the tenant partition.
+    pub fn with_partition(mut self, partition: Option<&'a str>) -> Self {
+        self.partition = partition;
+        self
+    }
+
+    /// Sets the key builder used for the exact scope.
+    pub fn with_keys(mut self, keys: &'a KeyBuilder) -> Self {
+        self.keys = Some(keys);
+        self
     }
 }
 
@@ -227,4 +245,33 @@ pub trait SemanticLayer: Send + Sync + Debug + 'static {
 
     /// Health check.
     async fn ping(&self) -> Result<Health>;
+
+    /// Counters of the layer (lookups, hits, shadow hits, guard rejections), for metrics.
+    fn stats(&self) -> Option<SemanticStats> {
+        None
+    }
+}
+
+/// A snapshot of a semantic layer's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SemanticStats {
+    /// Semantic lookups started (after an exact miss).
+    pub lookups: u64,
+    /// Lookups skipped: no text to compare (no user message, only images).
+    pub no_text: u64,
+    /// Hits served.
+    pub hits: u64,
+    /// Would-be hits not served because shadow mode is on.
+    pub shadow_hits: u64,
+    /// Sum of the similarities of the shadow hits (mean = sum / count).
+    pub shadow_similarity_sum: f64,
+    /// Candidates above the threshold rejected by the guard, by reason (`numbers`, ...).
+    pub guard_rejections: Vec<(&'static str, u64)>,
+    /// Lookups with no candidate above the threshold.
+    pub below_threshold: u64,
+    /// Entries stored.
+    pub stores: u64,
+    /// Embedding calls that failed or timed out (each one a miss or a skipped store).
+    pub embed_errors: u64,
 }

@@ -1,0 +1,286 @@
+//! Reading the semantic settings from LiteLLM-style `cache_params`.
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `similarity_threshold` | lowest cosine similarity in [0, 1] that is a hit | required |
+//! | `redis_semantic_cache_embedding_model` / `qdrant_semantic_cache_embedding_model` | embedding model (below) | the bundled potion-base-2M |
+//! | `semantic_embedding_api_base`, `semantic_embedding_api_key` | an OpenAI-compatible endpoint for that model | `OPENAI_API_BASE`/`OPENAI_BASE_URL`, `OPENAI_API_KEY` |
+//! | `semantic_embedding_dimensions` | `dimensions` sent to the API, and the expected size | the model's |
+//! | `semantic_cache_embedding_timeout` | deadline of the embedding call *and* of the whole semantic lookup (seconds) | 1 |
+//! | `semantic_cache_embedding_max_input_tokens` | longest text embedded (≈ 4 characters a token) | no limit |
+//! | `semantic_embed_all_messages` | embed every message (LiteLLM) instead of the last user message | false |
+//! | `semantic_guard` | `true` / `false` / `strict` (adds the word-swap check) | true |
+//! | `semantic_shadow_mode` | count and log would-be hits, serve none | false |
+//!
+//! The embedding model: empty, `local`, `potion-base-2M` or `minishlab/potion-base-2M` select the
+//! bundled offline model; `local/<folder>` loads a model2vec model from a folder; anything else
+//! is an OpenAI-compatible model name — resolved first through the caller's resolver (the proxy
+//! resolves it through its `model_list`, as LiteLLM does), else sent to
+//! `semantic_embedding_api_base` (or OpenAI), with an `openai/` prefix stripped.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::params::Params;
+use cache_core::semantic::Embedder;
+use cache_core::{CacheError, Result};
+
+use crate::embed::{HttpEmbedder, HttpEmbedderConfig, LocalEmbedder};
+use crate::guard::GuardConfig;
+use crate::layer::SemanticConfig;
+use crate::text::EmbedMode;
+
+/// Resolves an embedding model name to an endpoint (the proxy's `model_list`). `None`: not a
+/// known name, use the parameters.
+pub type EmbeddingResolver = dyn Fn(&str) -> Option<HttpEmbedderConfig> + Send + Sync;
+
+/// Default deadline of an embedding call (and of the semantic lookup).
+pub const DEFAULT_EMBEDDING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The layer's policy from `cache_params`.
+///
+/// # Errors
+/// [`CacheError::Config`] naming the key: a missing or out-of-range `similarity_threshold`, a
+/// wrong type.
+pub fn semantic_config(params: &Params) -> Result<SemanticConfig> {
+    let threshold = match params.f64("similarity_threshold")? {
+        Some(t) => t,
+        None => {
+            return Err(params.error(
+                "similarity_threshold",
+                "is required for semantic caching: the lowest cosine similarity in [0, 1] that \
+                 counts as a hit (e.g. 0.9; LiteLLM's redis/qdrant semantic caches require it too)",
+            ));
+        }
+    };
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(params.error(
+            "similarity_threshold",
+            format!(
+                "expected a cosine similarity between 0 and 1, got {threshold} (it is a similarity, \
+                 higher = stricter; RediSearch's distance is 1 - similarity)"
+            ),
+        ));
+    }
+    let guard = match params.get("semantic_guard") {
+        None | Some(serde_json::Value::Null) => GuardConfig::default(),
+        Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("strict") => {
+            GuardConfig::strict()
+        }
+        Some(_) => match params
+            .bool("semantic_guard")
+            .map_err(|_| params.error("semantic_guard", "expected true, false or `strict`"))?
+        {
+            Some(false) => GuardConfig::off(),
+            _ => GuardConfig::default(),
+        },
+    };
+    let mode = if params.bool("semantic_embed_all_messages")?.unwrap_or(false) {
+        EmbedMode::AllMessages
+    } else {
+        EmbedMode::LastUserMessage
+    };
+    let max_chars = params
+        .u64("semantic_cache_embedding_max_input_tokens")?
+        .map(|t| (t as usize).saturating_mul(4));
+    Ok(SemanticConfig::new(threshold as f32)?
+        .with_embed_mode(mode)
+        .with_guard(guard)
+        .with_shadow_mode(params.bool("semantic_shadow_mode")?.unwrap_or(false))
+        .with_max_text_chars(max_chars))
+}
+
+/// The embedding deadline (`semantic_cache_embedding_timeout`).
+///
+/// # Errors
+/// A wrong type, naming the key.
+pub fn embedding_timeout(params: &Params) -> Result<Duration> {
+    Ok(params
+        .seconds("semantic_cache_embedding_timeout")?
+        .unwrap_or(DEFAULT_EMBEDDING_TIMEOUT))
+}
+
+/// The embedder named by `model_key` (`redis_semantic_cache_embedding_model`, ...).
+///
+/// # Errors
+/// [`CacheError::Config`] naming the key for a wrong type, an unreadable local model folder, or
+/// an unusable API base.
+pub fn embedder(
+    params: &Params,
+    model_key: &str,
+    resolver: Option<&EmbeddingResolver>,
+) -> Result<Arc<dyn Embedder>> {
+    embedder_with_env(params, model_key, resolver, |k| std::env::var(k).ok())
+}
+
+/// As [`embedder`], reading environment variables through `env`.
+///
+/// # Errors
+/// As [`embedder`].
+pub fn embedder_with_env(
+    params: &Params,
+    model_key: &str,
+    resolver: Option<&EmbeddingResolver>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Embedder>> {
+    let model = params.string(model_key)?.filter(|m| !m.trim().is_empty());
+    let timeout = embedding_timeout(params)?;
+    let dims = params
+        .u64("semantic_embedding_dimensions")?
+        .map(|d| d as usize);
+    let Some(model) = model else {
+        return Ok(Arc::new(LocalEmbedder::potion_base_2m()?));
+    };
+    if LocalEmbedder::ALIASES.contains(&model.as_str()) {
+        return Ok(Arc::new(LocalEmbedder::potion_base_2m()?));
+    }
+    if let Some(folder) = model.strip_prefix("local/") {
+        return LocalEmbedder::from_folder(Path::new(folder))
+            .map(|e| Arc::new(e) as Arc<dyn Embedder>)
+            .map_err(|e| params.error(model_key, e));
+    }
+    let explicit_base = params.string("semantic_embedding_api_base")?;
+    let explicit_key = params.string("semantic_embedding_api_key")?;
+    let config = match (explicit_base, resolver.and_then(|r| r(&model))) {
+        (None, Some(resolved)) => resolved,
+        (base, _) => {
+            let base = base
+                .or_else(|| env("OPENAI_API_BASE"))
+                .or_else(|| env("OPENAI_BASE_URL"))
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+            let name = model.strip_prefix("openai/").unwrap_or(&model);
+            HttpEmbedderConfig::new(base, name)
+                .with_api_key(explicit_key.clone().or_else(|| env("OPENAI_API_KEY")))
+        }
+    };
+    let mut config = config.with_timeout(timeout);
+    if dims.is_some() {
+        config = config.with_dimensions(dims);
+    }
+    if let Some(key) = explicit_key {
+        config = config.with_api_key(Some(key));
+    }
+    HttpEmbedder::new(config)
+        .map(|e| Arc::new(e) as Arc<dyn Embedder>)
+        .map_err(|e| match e {
+            CacheError::Config(m) => params.error(model_key, m),
+            other => other,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(v: serde_json::Value) -> Params {
+        match v {
+            serde_json::Value::Object(m) => Params::new(m, "cache_params"),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn threshold_is_required_and_bounded() {
+        let err = semantic_config(&params(json!({}))).unwrap_err().to_string();
+        assert!(err.contains("cache_params.similarity_threshold"), "{err}");
+        let err = semantic_config(&params(json!({"similarity_threshold": 1.5})))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("similarity_threshold") && err.contains("1.5"),
+            "{err}"
+        );
+        let err = semantic_config(&params(json!({"similarity_threshold": "high"})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("similarity_threshold"), "{err}");
+        let c = semantic_config(&params(json!({
+            "similarity_threshold": 0.8,
+            "semantic_guard": "strict",
+            "semantic_shadow_mode": true,
+            "semantic_embed_all_messages": true,
+            "semantic_cache_embedding_max_input_tokens": 100
+        })))
+        .unwrap();
+        assert_eq!(c.similarity_threshold, 0.8);
+        assert_eq!(c.guard, GuardConfig::strict());
+        assert!(c.shadow_mode);
+        assert_eq!(c.embed_mode, EmbedMode::AllMessages);
+        assert_eq!(c.max_text_chars, Some(400));
+        let c = semantic_config(&params(
+            json!({"similarity_threshold": 1, "semantic_guard": false}),
+        ))
+        .unwrap();
+        assert_eq!(c.guard, GuardConfig::off());
+        let err = semantic_config(&params(
+            json!({"similarity_threshold": 0.9, "semantic_guard": "maybe"}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("semantic_guard"), "{err}");
+    }
+
+    #[test]
+    fn embedder_selection() {
+        let none = |_: &str| None;
+        let e = embedder_with_env(&params(json!({})), "m", None, none).unwrap();
+        assert_eq!(e.model(), LocalEmbedder::POTION_BASE_2M);
+        assert_eq!(e.dimensions(), Some(64));
+        let e =
+            embedder_with_env(&params(json!({"m": "potion-base-2M"})), "m", None, none).unwrap();
+        assert_eq!(e.model(), LocalEmbedder::POTION_BASE_2M);
+        let err = embedder_with_env(
+            &params(json!({"m": "local/does/not/exist"})),
+            "m",
+            None,
+            none,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cache_params.m") && err.contains("does/not/exist"),
+            "{err}"
+        );
+        let e = embedder_with_env(
+            &params(
+                json!({"m": "openai/text-embedding-3-small", "semantic_embedding_dimensions": 256}),
+            ),
+            "m",
+            None,
+            |k| (k == "OPENAI_API_KEY").then(|| "sk-x".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(e.model(), "text-embedding-3-small");
+        assert_eq!(e.dimensions(), Some(256));
+        assert!(!format!("{e:?}").contains("sk-x"));
+        // The resolver wins over the OpenAI default, an explicit api base wins over the resolver.
+        let resolver: &EmbeddingResolver = &|name: &str| {
+            (name == "my-embed").then(|| HttpEmbedderConfig::new("http://127.0.0.1:9/v1", "e5"))
+        };
+        let e = embedder_with_env(&params(json!({"m": "my-embed"})), "m", Some(resolver), none)
+            .unwrap();
+        assert_eq!(e.model(), "e5");
+        let e = embedder_with_env(
+            &params(
+                json!({"m": "my-embed", "semantic_embedding_api_base": "http://127.0.0.1:8/v1"}),
+            ),
+            "m",
+            Some(resolver),
+            none,
+        )
+        .unwrap();
+        assert_eq!(e.model(), "my-embed");
+        let err = embedder_with_env(
+            &params(json!({"m": "x", "semantic_embedding_api_base": "localhost:8"})),
+            "m",
+            None,
+            none,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cache_params.m"), "{err}");
+    }
+}

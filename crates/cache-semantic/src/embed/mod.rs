@@ -1,0 +1,86 @@
+//! Embedders: turn text into vectors ([`cache_core::semantic::Embedder`]).
+//!
+//! * [`LocalEmbedder`]: potion-base-2M (model2vec static embeddings, 64 dimensions), compiled
+//!   into the binary; fully offline, microseconds per text. The default.
+//! * [`HttpEmbedder`]: any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, Azure OpenAI,
+//!   vLLM, Ollama, TEI, LiteLLM, a proxy `model_list` entry), float or base64 responses.
+//!
+//! Vectors are L2-normalised by the semantic layer before they are stored or searched, so
+//! cosine similarity is a dot product everywhere.
+
+mod http;
+mod local;
+
+pub use http::{EncodingFormat, HttpEmbedder, HttpEmbedderConfig};
+pub use local::LocalEmbedder;
+
+/// Scales `v` to unit length in place; returns `false` for a zero or non-finite vector (which
+/// is unusable for cosine similarity).
+pub fn normalize(v: &mut [f32]) -> bool {
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if !norm.is_finite() || norm == 0.0 {
+        return false;
+    }
+    let inv = (1.0 / norm) as f32;
+    for x in v.iter_mut() {
+        *x *= inv;
+    }
+    true
+}
+
+/// Dot product (cosine similarity of unit vectors).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Four independent accumulators: lets the compiler vectorise without fast-math.
+    let mut acc = [0.0f32; 4];
+    let chunks = a.len() / 4 * 4;
+    for i in (0..chunks).step_by(4) {
+        acc[0] += a[i] * b[i];
+        acc[1] += a[i + 1] * b[i + 1];
+        acc[2] += a[i + 2] * b[i + 2];
+        acc[3] += a[i + 3] * b[i + 3];
+    }
+    let mut sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for i in chunks..a.len().min(b.len()) {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// Cosine similarity of two vectors of any length (not necessarily normalised), clamped to
+/// [0, 1] as the semantic layer reports it (negative cosine = unrelated = 0).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        ab += f64::from(*x) * f64::from(*y);
+        aa += f64::from(*x) * f64::from(*x);
+        bb += f64::from(*y) * f64::from(*y);
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return 0.0;
+    }
+    ((ab / (aa.sqrt() * bb.sqrt())) as f32).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_and_dot() {
+        let mut v = vec![3.0, 4.0, 0.0, 0.0, 0.0];
+        assert!(normalize(&mut v));
+        assert!((dot(&v, &v) - 1.0).abs() < 1e-6);
+        assert!((v[0] - 0.6).abs() < 1e-6);
+        let mut z = vec![0.0; 3];
+        assert!(!normalize(&mut z));
+        let mut nan = vec![f32::NAN, 1.0];
+        assert!(!normalize(&mut nan));
+        assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert_eq!(cosine(&[1.0, 0.0], &[-1.0, 0.0]), 0.0);
+    }
+}

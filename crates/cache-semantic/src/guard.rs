@@ -1,0 +1,702 @@
+//! The near-miss guard: a cheap lexical check run on every candidate that passed the similarity
+//! threshold, rejecting the traps cosine similarity cannot separate.
+//!
+//! Embeddings place "Is the clinic open on Sundays?" and "Is the clinic closed on Sundays?",
+//! or "a 2-bedroom flat" and "a 3-bedroom flat", very close together: the sentences share almost
+//! every token. The guard compares features of the two texts whose difference changes the
+//! answer, and rejects the candidate when any differ:
+//!
+//! * **numbers**: digit runs (`2`, `16`, `1,000` = `1000`, the `2` of `2FA`) and number words
+//!   (`two` = `2`, `first` = `1`, `twice` = `2`);
+//! * **negation and polarity**: whether the text is negated (`not`, `no`, `never`, `without`,
+//!   `n't`, ...), a word that is the negated form of a word in the other text (`unsafe`/`safe`,
+//!   `unsubscribe`/`subscribe`, `disadvantages`/`advantages`), and a short list of antonym
+//!   pairs (`open`/`closed`, `on`/`off`, `allowed`/`banned`, `enable`/`disable`, ...);
+//! * **named entities and dates**: capitalised words that do not start a sentence, acronyms,
+//!   weekday and month names, relative days (`today`, `tomorrow`, `weekend`). An entity of one
+//!   text must appear (in any case) in the other: `Camden`/`Brixton` differ, `Fahrenheit`/
+//!   `fahrenheit` or an all-caps retyping do not.
+//!
+//! Optionally ([`GuardConfig::word_swap`]) it also rejects two texts that differ by exactly one
+//! content word that is not a spelling variant ("home insurance" / "car insurance").
+//!
+//! The guard is symmetric, allocation-light and runs in a few microseconds; it never makes a
+//! miss into a hit. It is English-centric: in other languages only numbers, capitalised names
+//! and acronyms are compared. The benchmark (`cargo xtask bench semantic`) measures what it
+//! gains and costs (docs/benchmarks.md).
+
+use std::collections::BTreeSet;
+
+/// Which checks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GuardConfig {
+    /// Master switch (`semantic_guard: false` turns the guard off).
+    pub enabled: bool,
+    /// Also reject texts that differ by one substituted content word (`semantic_guard: strict`).
+    pub word_swap: bool,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            enabled: true,
+            word_swap: false,
+        }
+    }
+}
+
+impl GuardConfig {
+    /// The guard switched off.
+    pub fn off() -> Self {
+        GuardConfig {
+            enabled: false,
+            word_swap: false,
+        }
+    }
+
+    /// The guard with the word-swap check too.
+    pub fn strict() -> Self {
+        GuardConfig {
+            enabled: true,
+            word_swap: true,
+        }
+    }
+}
+
+/// Why the guard rejected a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum GuardReason {
+    /// Different numbers.
+    Numbers,
+    /// One text is negated and the other is not, or a word is negated/reversed.
+    Negation,
+    /// Different named entities, dates or days.
+    Entities,
+    /// One substituted content word.
+    WordSwap,
+}
+
+impl GuardReason {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardReason::Numbers => "numbers",
+            GuardReason::Negation => "negation",
+            GuardReason::Entities => "entities",
+            GuardReason::WordSwap => "word-swap",
+        }
+    }
+}
+
+/// The guard's view of one text, computed once per request and compared with each candidate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Features {
+    numbers: BTreeSet<String>,
+    negated: bool,
+    words: BTreeSet<String>,
+    entities: BTreeSet<String>,
+    content: Vec<String>,
+}
+
+const NEGATIONS: &[&str] = &[
+    "not", "no", "non", "never", "without", "none", "nobody", "nothing", "nowhere", "neither",
+    "nor", "cannot", "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont",
+    "wouldnt", "shouldnt", "couldnt", "hasnt", "havent", "hadnt", "mustnt", "neednt", "aint",
+];
+
+/// Antonym pairs whose swap reverses the question (compared on the words present in only one
+/// of the two texts, after plural folding).
+const ANTONYMS: &[(&str, &str)] = &[
+    ("open", "closed"),
+    ("open", "close"),
+    ("opened", "closed"),
+    ("on", "off"),
+    ("allowed", "banned"),
+    ("allowed", "forbidden"),
+    ("allowed", "prohibited"),
+    ("allow", "ban"),
+    ("allow", "forbid"),
+    ("allow", "deny"),
+    ("permitted", "banned"),
+    ("permitted", "forbidden"),
+    ("enable", "disable"),
+    ("enabled", "disabled"),
+    ("activate", "deactivate"),
+    ("include", "exclude"),
+    ("included", "excluded"),
+    ("including", "excluding"),
+    ("increase", "decrease"),
+    ("increase", "reduce"),
+    ("raise", "lower"),
+    ("more", "less"),
+    ("more", "fewer"),
+    ("most", "least"),
+    ("max", "min"),
+    ("maximum", "minimum"),
+    ("highest", "lowest"),
+    ("high", "low"),
+    ("best", "worst"),
+    ("better", "worse"),
+    ("cheapest", "expensive"),
+    ("benefit", "drawback"),
+    ("advantage", "drawback"),
+    ("pro", "con"),
+    ("positive", "negative"),
+    ("before", "after"),
+    ("early", "late"),
+    ("earliest", "latest"),
+    ("first", "last"),
+    ("start", "stop"),
+    ("start", "end"),
+    ("begin", "end"),
+    ("add", "remove"),
+    ("add", "delete"),
+    ("buy", "sell"),
+    ("import", "export"),
+    ("upload", "download"),
+    ("login", "logout"),
+    ("sign", "unsign"),
+    ("accept", "reject"),
+    ("accept", "decline"),
+    ("approve", "reject"),
+    ("true", "false"),
+    ("yes", "no"),
+    ("hot", "cold"),
+    ("above", "below"),
+    ("over", "under"),
+    ("inside", "outside"),
+    ("internal", "external"),
+    ("join", "leave"),
+    ("lock", "unlock"),
+    ("win", "lose"),
+    ("gain", "loss"),
+    ("profit", "loss"),
+    ("safe", "dangerous"),
+    ("legal", "illegal"),
+    ("easy", "hard"),
+    ("easy", "difficult"),
+    ("fast", "slow"),
+    ("big", "small"),
+    ("large", "small"),
+    ("long", "short"),
+    ("old", "new"),
+    ("old", "young"),
+    ("arrive", "depart"),
+    ("arrival", "departure"),
+    ("incoming", "outgoing"),
+    ("inbound", "outbound"),
+    ("increase", "cut"),
+    ("wet", "dry"),
+    ("full", "empty"),
+    ("light", "dark"),
+    ("light", "heavy"),
+    ("top", "bottom"),
+    ("left", "right"),
+    ("north", "south"),
+    ("east", "west"),
+];
+
+/// Prefixes that negate the word they are glued to (`unsafe`, `disallow`, `non-refundable`).
+const NEGATING_PREFIXES: &[&str] = &["un", "dis", "in", "im", "il", "ir", "non", "de", "anti"];
+
+const NUMBER_WORDS: &[(&str, &str)] = &[
+    ("zero", "0"),
+    ("once", "1"),
+    ("first", "1"),
+    ("two", "2"),
+    ("twice", "2"),
+    ("second", "2"),
+    ("three", "3"),
+    ("third", "3"),
+    ("thrice", "3"),
+    ("triple", "3"),
+    ("four", "4"),
+    ("fourth", "4"),
+    ("five", "5"),
+    ("fifth", "5"),
+    ("six", "6"),
+    ("sixth", "6"),
+    ("seven", "7"),
+    ("seventh", "7"),
+    ("eight", "8"),
+    ("eighth", "8"),
+    ("nine", "9"),
+    ("ninth", "9"),
+    ("ten", "10"),
+    ("tenth", "10"),
+    ("eleven", "11"),
+    ("twelve", "12"),
+    ("dozen", "12"),
+    ("thirteen", "13"),
+    ("fourteen", "14"),
+    ("fifteen", "15"),
+    ("sixteen", "16"),
+    ("seventeen", "17"),
+    ("eighteen", "18"),
+    ("nineteen", "19"),
+    ("twenty", "20"),
+    ("thirty", "30"),
+    ("forty", "40"),
+    ("fifty", "50"),
+    ("sixty", "60"),
+    ("seventy", "70"),
+    ("eighty", "80"),
+    ("ninety", "90"),
+    ("hundred", "100"),
+    ("thousand", "1000"),
+    ("million", "1000000"),
+    ("billion", "1000000000"),
+];
+
+/// Weekdays, months and relative days: compared like named entities even when lowercase.
+const TIME_WORDS: &[&str] = &[
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "weekday",
+    "weekend",
+    "january",
+    "february",
+    "march",
+    "april",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "today",
+    "tonight",
+    "tomorrow",
+    "yesterday",
+    "morning",
+    "afternoon",
+    "evening",
+    "night",
+    "spring",
+    "summer",
+    "autumn",
+    "winter",
+    "christmas",
+    "easter",
+];
+
+/// Capitalised words that are not names (sentence openers after quotes, the pronoun `I`).
+const NOT_ENTITIES: &[&str] = &[
+    "i", "id", "im", "ive", "ill", "ok", "okay", "please", "hi", "hello",
+];
+
+/// Function words: ignored by the word-swap check.
+const STOPWORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with",
+    "from", "into", "about", "as", "is", "are", "was", "were", "be", "been", "being", "am", "do",
+    "does", "did", "done", "have", "has", "had", "i", "me", "my", "mine", "you", "your", "yours",
+    "we", "our", "us", "they", "their", "them", "it", "its", "this", "that", "these", "those",
+    "what", "whats", "which", "who", "whom", "whose", "when", "where", "why", "how", "can",
+    "could", "would", "should", "will", "shall", "may", "might", "must", "there", "here", "so",
+    "some", "any", "get", "please", "id", "im", "ive", "like", "want", "need", "know", "tell",
+    "there", "just", "also", "too", "very", "way", "up", "out",
+];
+
+fn is_negation(w: &str) -> bool {
+    NEGATIONS.contains(&w)
+}
+
+fn number_word(w: &str) -> Option<&'static str> {
+    NUMBER_WORDS.iter().find(|(k, _)| *k == w).map(|(_, v)| *v)
+}
+
+/// Folds simple English plurals so `weekends`/`weekend` and `drawbacks`/`drawback` compare
+/// equal; never shortens words of three letters or fewer.
+fn fold(w: &str) -> String {
+    if w.len() > 4 && w.ends_with("ies") {
+        return format!("{}y", &w[..w.len() - 3]);
+    }
+    if w.len() > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") {
+        return w[..w.len() - 1].to_owned();
+    }
+    w.to_owned()
+}
+
+struct Token<'a> {
+    raw: &'a str,
+    sentence_start: bool,
+}
+
+/// Splits into word tokens (letters, digits, inner apostrophes and commas between digits).
+fn tokens(text: &str) -> Vec<Token<'_>> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut sentence_start = true;
+    let mut next_starts = true;
+    let bytes: Vec<(usize, char)> = text.char_indices().collect();
+    for (i, &(pos, c)) in bytes.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|j| bytes[j].1);
+        let next = bytes.get(i + 1).map(|x| x.1);
+        let inner = match c {
+            '\'' | '\u{2019}' => {
+                prev.is_some_and(char::is_alphanumeric) && next.is_some_and(char::is_alphanumeric)
+            }
+            ',' | '.' => {
+                prev.is_some_and(|p| p.is_ascii_digit()) && next.is_some_and(|n| n.is_ascii_digit())
+            }
+            _ => c.is_alphanumeric(),
+        };
+        if inner {
+            if start.is_none() {
+                start = Some(pos);
+                sentence_start = next_starts;
+                next_starts = false;
+            }
+        } else {
+            if let Some(s) = start.take() {
+                out.push(Token {
+                    raw: &text[s..pos],
+                    sentence_start,
+                });
+            }
+            if matches!(c, '.' | '?' | '!' | ':' | ';' | '\n' | '"' | '(' | '[') {
+                next_starts = true;
+            }
+        }
+    }
+    if let Some(s) = start {
+        out.push(Token {
+            raw: &text[s..],
+            sentence_start,
+        });
+    }
+    out
+}
+
+fn normalise_number(digits: &str) -> String {
+    let cleaned: String = digits.chars().filter(|c| *c != ',').collect();
+    let trimmed = cleaned.trim_start_matches('0');
+    if trimmed.is_empty() || trimmed.starts_with('.') {
+        format!("0{trimmed}")
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+impl Features {
+    /// Extracts the features of a text.
+    pub fn of(text: &str) -> Features {
+        let mut f = Features::default();
+        let mut negations = 0usize;
+        for t in tokens(text) {
+            let lower: String = t
+                .raw
+                .chars()
+                .filter(|c| *c != '\'' && *c != '\u{2019}')
+                .flat_map(char::to_lowercase)
+                .collect();
+            // Numbers: every digit run inside the token (`2FA` → 2, `6-year-old` → 6).
+            let mut has_digit = false;
+            let mut run = String::new();
+            for c in t.raw.chars() {
+                if c.is_ascii_digit() || (!run.is_empty() && (c == ',' || c == '.')) {
+                    run.push(c);
+                    has_digit |= c.is_ascii_digit();
+                } else if !run.is_empty() {
+                    f.numbers
+                        .insert(normalise_number(run.trim_end_matches([',', '.'])));
+                    run.clear();
+                }
+            }
+            if !run.is_empty() {
+                f.numbers
+                    .insert(normalise_number(run.trim_end_matches([',', '.'])));
+            }
+            if !has_digit && let Some(n) = number_word(&lower) {
+                f.numbers.insert(n.to_owned());
+            }
+            if is_negation(&lower) {
+                negations += 1;
+            }
+            // Entities: capitalised words not at a sentence start, acronyms, time words.
+            let first_upper = t.raw.chars().next().is_some_and(char::is_uppercase);
+            let upper_count = t.raw.chars().filter(|c| c.is_uppercase()).count();
+            let is_acronym = upper_count >= 2 && !has_digit;
+            let folded = fold(&lower);
+            if TIME_WORDS.contains(&folded.as_str())
+                || (!has_digit
+                    && !NOT_ENTITIES.contains(&lower.as_str())
+                    && (is_acronym || (first_upper && !t.sentence_start)))
+            {
+                f.entities.insert(folded.clone());
+            }
+            if !has_digit && !STOPWORDS.contains(&lower.as_str()) && !is_negation(&lower) {
+                f.content.push(folded.clone());
+            }
+            f.words.insert(folded);
+        }
+        f.negated = negations > 0;
+        f
+    }
+
+    /// Compares with a candidate's features: `Err` names the first difference found.
+    pub fn compare(&self, other: &Features, config: GuardConfig) -> Result<(), GuardReason> {
+        if !config.enabled {
+            return Ok(());
+        }
+        if self.numbers != other.numbers {
+            return Err(GuardReason::Numbers);
+        }
+        if self.negated != other.negated || polarity_flip(&self.words, &other.words) {
+            return Err(GuardReason::Negation);
+        }
+        // An entity of one text must be a word of the other (case-insensitive): a name that
+        // is swapped or added counts, a different capitalisation (`WHAT ARE...`, `fahrenheit`)
+        // does not.
+        if !self.entities.is_subset(&other.words) || !other.entities.is_subset(&self.words) {
+            return Err(GuardReason::Entities);
+        }
+        if config.word_swap && one_word_swapped(&self.content, &other.content) {
+            return Err(GuardReason::WordSwap);
+        }
+        Ok(())
+    }
+}
+
+/// Checks two texts (convenience for [`Features::of`] + [`Features::compare`]).
+pub fn check(request: &str, candidate: &str, config: GuardConfig) -> Result<(), GuardReason> {
+    Features::of(request).compare(&Features::of(candidate), config)
+}
+
+fn polarity_flip(a: &BTreeSet<String>, b: &BTreeSet<String>) -> bool {
+    let only_a: Vec<&String> = a.difference(b).collect();
+    let only_b: Vec<&String> = b.difference(a).collect();
+    if only_a.is_empty() && only_b.is_empty() {
+        return false;
+    }
+    let negates = |x: &str, y: &str| {
+        NEGATING_PREFIXES.iter().any(|p| {
+            x.strip_prefix(p)
+                .is_some_and(|rest| rest.len() >= 3 && (rest == y || fold(rest) == y))
+        })
+    };
+    for x in &only_a {
+        for y in &only_b {
+            let (x, y) = (x.as_str(), y.as_str());
+            if negates(x, y) || negates(y, x) {
+                return true;
+            }
+            if ANTONYMS
+                .iter()
+                .any(|(p, q)| (x == *p && y == *q) || (x == *q && y == *p))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether the content words differ by exactly one substitution that is not a spelling variant.
+fn one_word_swapped(a: &[String], b: &[String]) -> bool {
+    if a.len() != b.len() || a.is_empty() {
+        return false;
+    }
+    let mut only_a: Vec<&String> = a.iter().filter(|w| !b.contains(w)).collect();
+    let mut only_b: Vec<&String> = b.iter().filter(|w| !a.contains(w)).collect();
+    only_a.dedup();
+    only_b.dedup();
+    if only_a.len() != 1 || only_b.len() != 1 {
+        return false;
+    }
+    let (x, y) = (only_a[0], only_b[0]);
+    let allowed = (x.chars().count().max(y.chars().count()) / 4).max(1);
+    edit_distance(x, y) > allowed
+}
+
+/// Damerau-Levenshtein (optimal string alignment) distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let (n, m) = (a.len(), b.len());
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=m {
+        d[0][j] = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[n][m]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejects(a: &str, b: &str) -> Option<GuardReason> {
+        let r1 = check(a, b, GuardConfig::default()).err();
+        let r2 = check(b, a, GuardConfig::default()).err();
+        assert_eq!(r1, r2, "the guard is symmetric: {a:?} / {b:?}");
+        r1
+    }
+
+    #[test]
+    fn numbers_differ() {
+        assert_eq!(
+            rejects(
+                "Is a 2-bedroom flat available?",
+                "Is a 3-bedroom flat available?"
+            ),
+            Some(GuardReason::Numbers)
+        );
+        assert_eq!(
+            rejects("Convert 100 USD to GBP", "Convert 1,000 USD to GBP"),
+            Some(GuardReason::Numbers)
+        );
+        assert_eq!(
+            rejects("after one year", "after 5 years"),
+            Some(GuardReason::Numbers)
+        );
+        assert_eq!(rejects("after 2 years", "after two years"), None);
+        assert_eq!(rejects("Convert 1,000 USD", "Convert 1000 USD"), None);
+        assert_eq!(
+            rejects("How do I turn on two-factor auth?", "How can I set up 2FA?"),
+            None
+        );
+    }
+
+    #[test]
+    fn negations_differ() {
+        assert_eq!(
+            rejects(
+                "What's included in the price?",
+                "What's not included in the price?"
+            ),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            rejects(
+                "Is ibuprofen safe with alcohol?",
+                "Is ibuprofen unsafe with alcohol?"
+            ),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            rejects("How do I subscribe?", "How do I unsubscribe?"),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            rejects(
+                "Is the clinic open on Sundays?",
+                "Is the clinic closed on Sundays?"
+            ),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            rejects("Why doesn't it start?", "Why does it start?"),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            rejects("Why doesn't it start?", "Why won't it start?"),
+            None
+        );
+        assert_eq!(rejects("I can't log in", "I cannot log in"), None);
+    }
+
+    #[test]
+    fn entities_differ() {
+        assert_eq!(
+            rejects(
+                "What are the opening hours of the Camden branch?",
+                "What are the opening hours of the Brixton branch?"
+            ),
+            Some(GuardReason::Entities)
+        );
+        assert_eq!(
+            rejects("Who is the CEO of Microsoft?", "Who is the CEO of Apple?"),
+            Some(GuardReason::Entities)
+        );
+        assert_eq!(
+            rejects("Are you open on Saturday?", "Are you open on sunday?"),
+            Some(GuardReason::Entities)
+        );
+        assert_eq!(
+            rejects("drinking age in the UK?", "drinking age in the US?"),
+            Some(GuardReason::Entities)
+        );
+        assert_eq!(
+            rejects("Can I pay with PayPal?", "Do you accept PayPal?"),
+            None
+        );
+        assert_eq!(
+            rejects(
+                "Do you deliver on weekends?",
+                "Is weekend delivery available?"
+            ),
+            None
+        );
+        // A capitalised first word is not an entity.
+        assert_eq!(
+            rejects("Where is my order?", "Tell me where my order is"),
+            None
+        );
+    }
+
+    #[test]
+    fn typos_and_paraphrases_pass() {
+        for (a, b) in [
+            (
+                "Can I get a copy of my bank statement by post?",
+                "Can I get a copy of my bank statment by post?",
+            ),
+            (
+                "How do I cancel my subscription?",
+                "I'd like to end my subscription, how do I do that?",
+            ),
+            (
+                "How much does delivery cost?",
+                "What are your shipping fees?",
+            ),
+        ] {
+            assert_eq!(rejects(a, b), None, "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn word_swap_is_opt_in() {
+        let (a, b) = (
+            "What does my home insurance cover?",
+            "What does my car insurance cover?",
+        );
+        assert_eq!(check(a, b, GuardConfig::default()), Ok(()));
+        assert_eq!(
+            check(a, b, GuardConfig::strict()),
+            Err(GuardReason::WordSwap)
+        );
+        // A typo is not a swap.
+        assert_eq!(
+            check(
+                "How do I request a repeat prescription?",
+                "How do I reqest a repeat prescription?",
+                GuardConfig::strict()
+            ),
+            Ok(())
+        );
+        assert_eq!(check(a, b, GuardConfig::off()), Ok(()));
+    }
+}

@@ -1,0 +1,398 @@
+//! [`SemanticCache`]: the semantic layer the orchestration consults after an exact miss.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::semantic::{
+    Embedder, SemanticBackend, SemanticHit, SemanticLayer, SemanticRecord, SemanticRequest,
+    SemanticStats,
+};
+use cache_core::{CacheError, Health, KeyBuilder, KeyContext, Result};
+
+use crate::embed::normalize;
+use crate::guard::{Features, GuardConfig, GuardReason};
+use crate::text::{EmbedMode, Extracted, extract};
+
+/// Version tag of the scope hash: bumped when what goes into the scope changes.
+const SCOPE_TAG: &str = "llm-cache/semantic-scope/v1\n";
+
+/// Policy of a [`SemanticCache`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SemanticConfig {
+    /// Lowest cosine similarity, in [0, 1], that counts as a hit (`similarity_threshold`). A
+    /// per-request `similarity_threshold` directive can only raise it.
+    pub similarity_threshold: f32,
+    /// Which text is embedded (`semantic_embed_all_messages`).
+    pub embed_mode: EmbedMode,
+    /// The near-miss guard (`semantic_guard`).
+    pub guard: GuardConfig,
+    /// Count and log would-be hits without serving them (`semantic_shadow_mode`).
+    pub shadow_mode: bool,
+    /// Nearest candidates fetched per lookup; the best one that passes the guard wins.
+    pub candidates: usize,
+    /// Longest text embedded, in characters (longer texts are cut; the guard sees all of it).
+    pub max_text_chars: Option<usize>,
+}
+
+impl SemanticConfig {
+    /// A policy with the given threshold and defaults otherwise (last user message, guard on,
+    /// shadow mode off, 4 candidates).
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] for a threshold outside [0, 1].
+    pub fn new(similarity_threshold: f32) -> Result<Self> {
+        if !(0.0..=1.0).contains(&similarity_threshold) {
+            return Err(CacheError::Config(format!(
+                "similarity_threshold must be a cosine similarity between 0 and 1, got {similarity_threshold}"
+            )));
+        }
+        Ok(SemanticConfig {
+            similarity_threshold,
+            embed_mode: EmbedMode::default(),
+            guard: GuardConfig::default(),
+            shadow_mode: false,
+            candidates: 4,
+            max_text_chars: None,
+        })
+    }
+
+    /// Sets the embed mode.
+    pub fn with_embed_mode(mut self, mode: EmbedMode) -> Self {
+        self.embed_mode = mode;
+        self
+    }
+
+    /// Sets the guard.
+    pub fn with_guard(mut self, guard: GuardConfig) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// Sets shadow mode.
+    pub fn with_shadow_mode(mut self, on: bool) -> Self {
+        self.shadow_mode = on;
+        self
+    }
+
+    /// Sets the number of candidates (at least 1).
+    pub fn with_candidates(mut self, n: usize) -> Self {
+        self.candidates = n.max(1);
+        self
+    }
+
+    /// Sets the longest embedded text.
+    pub fn with_max_text_chars(mut self, n: Option<usize>) -> Self {
+        self.max_text_chars = n;
+        self
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    lookups: AtomicU64,
+    no_text: AtomicU64,
+    hits: AtomicU64,
+    shadow_hits: AtomicU64,
+    /// Similarity sum of shadow hits, in millionths.
+    shadow_similarity_micros: AtomicU64,
+    guard: [AtomicU64; 4],
+    below_threshold: AtomicU64,
+    stores: AtomicU64,
+    embed_errors: AtomicU64,
+}
+
+const GUARD_REASONS: [GuardReason; 4] = [
+    GuardReason::Numbers,
+    GuardReason::Negation,
+    GuardReason::Entities,
+    GuardReason::WordSwap,
+];
+
+fn reason_index(r: GuardReason) -> usize {
+    GUARD_REASONS.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+/// The semantic layer: extracts the text to compare, embeds it, searches the backend **within
+/// the request's exact scope**, applies the threshold and the guard, and serves (or, in shadow
+/// mode, only counts) the best candidate.
+///
+/// * **Scope**: `blake3(version, embedding model, embed mode, standard key of the request with
+///   the embedded text replaced by a placeholder)`. The standard key covers the call kind, the
+///   model (group), every keyed parameter, the namespace and the tenant partition; the
+///   placeholder request keeps the system prompt, earlier turns and non-text parts. Backends
+///   filter by scope *before* ranking, so a hit across any of these is impossible.
+/// * **Fail-open**: embedding or search errors are returned to the orchestration, which logs
+///   them, counts them and serves a miss within `semantic_timeout`.
+/// * Each text is embedded once for a lookup and its store (a small memo of recent vectors).
+pub struct SemanticCache {
+    embedder: Arc<dyn Embedder>,
+    backend: Arc<dyn SemanticBackend>,
+    config: SemanticConfig,
+    default_keys: KeyBuilder,
+    memo: moka::sync::Cache<[u8; 32], Arc<Vec<f32>>>,
+    counters: Counters,
+}
+
+impl fmt::Debug for SemanticCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SemanticCache")
+            .field("embedder", &self.embedder)
+            .field("backend", &self.backend)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl SemanticCache {
+    /// A semantic layer over an embedder and a vector backend.
+    pub fn new(
+        embedder: Arc<dyn Embedder>,
+        backend: Arc<dyn SemanticBackend>,
+        config: SemanticConfig,
+    ) -> Self {
+        SemanticCache {
+            embedder,
+            backend,
+            config,
+            default_keys: KeyBuilder::default(),
+            memo: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The policy.
+    pub fn config(&self) -> &SemanticConfig {
+        &self.config
+    }
+
+    /// The embedder.
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.embedder
+    }
+
+    /// The vector backend.
+    pub fn backend(&self) -> &Arc<dyn SemanticBackend> {
+        &self.backend
+    }
+
+    /// The exact scope of a request (hex), or `None` when it has no text to compare. Exposed
+    /// for tests and debugging.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when the request is not a JSON object.
+    pub fn scope_of(&self, req: &SemanticRequest<'_>) -> Result<Option<String>> {
+        match extract(req.kind, req.request, self.config.embed_mode) {
+            None => Ok(None),
+            Some(e) => self.scope(req, &e).map(Some),
+        }
+    }
+
+    fn scope(&self, req: &SemanticRequest<'_>, e: &Extracted) -> Result<String> {
+        let keys = req.keys.unwrap_or(&self.default_keys);
+        let ctx = KeyContext {
+            model_group: req.model_group,
+            namespace: req.namespace,
+            partition: req.partition,
+        };
+        let key = keys.standard_key(req.kind, &e.scope_request, &ctx)?;
+        let mut h = blake3::Hasher::new();
+        h.update(SCOPE_TAG.as_bytes());
+        h.update(self.embedder.model().as_bytes());
+        h.update(b"\n");
+        h.update(self.config.embed_mode.as_str().as_bytes());
+        h.update(b"\n");
+        h.update(key.as_str().as_bytes());
+        Ok(h.finalize().to_hex().to_string())
+    }
+
+    async fn vector(&self, text: &str) -> Result<Arc<Vec<f32>>> {
+        let text = match self.config.max_text_chars {
+            Some(max) => match text.char_indices().nth(max) {
+                Some((cut, _)) => &text[..cut],
+                None => text,
+            },
+            None => text,
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(self.embedder.model().as_bytes());
+        h.update(b"\n");
+        h.update(text.as_bytes());
+        let id = *h.finalize().as_bytes();
+        if let Some(v) = self.memo.get(&id) {
+            return Ok(v);
+        }
+        let res = self.embedder.embed(&[text.to_owned()]).await;
+        let mut v = match res {
+            Ok(mut vs) if vs.len() == 1 => vs.pop().unwrap_or_default(),
+            Ok(vs) => {
+                self.counters.embed_errors.fetch_add(1, Relaxed);
+                return Err(CacheError::backend(
+                    "embedder",
+                    "embed",
+                    false,
+                    format!("{} vectors for 1 text", vs.len()),
+                ));
+            }
+            Err(e) => {
+                self.counters.embed_errors.fetch_add(1, Relaxed);
+                return Err(e);
+            }
+        };
+        if !normalize(&mut v) {
+            self.counters.embed_errors.fetch_add(1, Relaxed);
+            return Err(CacheError::backend(
+                "embedder",
+                "embed",
+                false,
+                format!(
+                    "model `{}` returned a zero or non-finite vector",
+                    self.embedder.model()
+                ),
+            ));
+        }
+        let v = Arc::new(v);
+        self.memo.insert(id, v.clone());
+        Ok(v)
+    }
+
+    fn threshold(&self, req: &SemanticRequest<'_>) -> f32 {
+        let configured = self.config.similarity_threshold;
+        match req.min_similarity {
+            Some(t) if t.is_finite() => configured.max(t.min(1.0)),
+            _ => configured,
+        }
+    }
+}
+
+#[async_trait]
+impl SemanticLayer for SemanticCache {
+    fn name(&self) -> &str {
+        self.backend.name()
+    }
+
+    async fn lookup(&self, req: &SemanticRequest<'_>) -> Result<Option<SemanticHit>> {
+        let c = &self.counters;
+        c.lookups.fetch_add(1, Relaxed);
+        let Some(e) = extract(req.kind, req.request, self.config.embed_mode) else {
+            c.no_text.fetch_add(1, Relaxed);
+            return Ok(None);
+        };
+        let scope = self.scope(req, &e)?;
+        let vector = self.vector(&e.text).await?;
+        let threshold = self.threshold(req);
+        let matches = self
+            .backend
+            .search(&scope, &vector, threshold, self.config.candidates)
+            .await?;
+        if matches.is_empty() {
+            c.below_threshold.fetch_add(1, Relaxed);
+            return Ok(None);
+        }
+        let features = Features::of(&e.text);
+        let mut chosen = None;
+        for m in matches {
+            // Backends promise this; a misbehaving one must not lower the bar.
+            if m.similarity < threshold {
+                continue;
+            }
+            match features.compare(&Features::of(&m.prompt), self.config.guard) {
+                Ok(()) => {
+                    chosen = Some(m);
+                    break;
+                }
+                Err(reason) => {
+                    c.guard[reason_index(reason)].fetch_add(1, Relaxed);
+                    tracing::debug!(
+                        backend = self.backend.name(),
+                        similarity = m.similarity,
+                        reason = reason.as_str(),
+                        "semantic candidate rejected by the guard"
+                    );
+                }
+            }
+        }
+        let Some(m) = chosen else {
+            return Ok(None);
+        };
+        if self.config.shadow_mode {
+            c.shadow_hits.fetch_add(1, Relaxed);
+            c.shadow_similarity_micros
+                .fetch_add((f64::from(m.similarity) * 1e6) as u64, Relaxed);
+            tracing::info!(
+                backend = self.backend.name(),
+                similarity = m.similarity,
+                threshold,
+                scope = &scope[..16],
+                "semantic shadow hit (not served: semantic_shadow_mode is on)"
+            );
+            return Ok(None);
+        }
+        c.hits.fetch_add(1, Relaxed);
+        Ok(Some(SemanticHit::new(m.value, m.similarity)))
+    }
+
+    async fn store(
+        &self,
+        req: &SemanticRequest<'_>,
+        envelope: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let Some(e) = extract(req.kind, req.request, self.config.embed_mode) else {
+            return Ok(());
+        };
+        let scope = self.scope(req, &e)?;
+        let vector = self.vector(&e.text).await?;
+        self.backend
+            .store(SemanticRecord::new(
+                scope,
+                req.namespace.map(str::to_owned),
+                e.text,
+                Vec::clone(&vector),
+                envelope,
+                ttl,
+            ))
+            .await?;
+        self.counters.stores.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    async fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        self.backend.clear(namespace).await
+    }
+
+    async fn ping(&self) -> Result<Health> {
+        let h = self.backend.ping().await?;
+        Ok(h.with_detail("embedding_model", self.embedder.model())
+            .with_detail(
+                "similarity_threshold",
+                format!("{}", self.config.similarity_threshold),
+            )
+            .with_detail("shadow_mode", self.config.shadow_mode.to_string()))
+    }
+
+    fn stats(&self) -> Option<SemanticStats> {
+        let c = &self.counters;
+        let mut s = SemanticStats::default();
+        s.lookups = c.lookups.load(Relaxed);
+        s.no_text = c.no_text.load(Relaxed);
+        s.hits = c.hits.load(Relaxed);
+        s.shadow_hits = c.shadow_hits.load(Relaxed);
+        s.shadow_similarity_sum = c.shadow_similarity_micros.load(Relaxed) as f64 / 1e6;
+        s.guard_rejections = GUARD_REASONS
+            .iter()
+            .map(|r| (r.as_str(), c.guard[reason_index(*r)].load(Relaxed)))
+            .collect();
+        s.below_threshold = c.below_threshold.load(Relaxed);
+        s.stores = c.stores.load(Relaxed);
+        s.embed_errors = c.embed_errors.load(Relaxed);
+        Some(s)
+    }
+}

@@ -1,0 +1,1 @@
+//! Semantic conformance kit (in progress).
