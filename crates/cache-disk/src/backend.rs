@@ -115,9 +115,9 @@ pub struct DiskBackend {
 impl DiskBackend {
     /// Opens (or creates) the cache in `config.dir`, synchronously.
     ///
-    /// Opening scans the expiry index once to rebuild the size accounting (about a second
-    /// per million entries; see `docs/backends/disk.md`). In async code prefer
-    /// [`DiskBackend::open_async`].
+    /// Opening recovers sled's log and scans the expiry index once to rebuild the size
+    /// accounting (0.3 s for 48 k entries in a 240 MB file; see `docs/backends/disk.md`). In
+    /// async code prefer [`DiskBackend::open_async`].
     ///
     /// # Errors
     /// * [`CacheError::Config`] for an out-of-range setting, naming the key.
