@@ -53,6 +53,7 @@ use serde_json::{Map, Value as Json, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
@@ -138,12 +139,17 @@ impl TestServer {
             .add_service(QdrantServer::new(svc.clone()))
             .add_service(CollectionsServer::new(svc.clone()))
             .add_service(PointsServer::new(svc).max_decoding_message_size(64 << 20));
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        // TCP_NODELAY, as tonic's `serve(addr)` sets by default (Qdrant's gRPC server is tonic);
+        // `serve_with_incoming` leaves it off, and then a response that does not fit one segment
+        // waits for the client's delayed ACK (~40 ms).
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|stream| {
+                let _ = stream.set_nodelay(true);
+            })
+        });
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = rx.await;
+        }));
         self.running = Some(Running { shutdown: tx, task });
     }
 
