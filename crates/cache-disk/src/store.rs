@@ -76,6 +76,24 @@ fn guarded<T>(operation: &'static str, f: impl FnOnce() -> sled::Result<T>) -> R
     }
 }
 
+/// The next item of a sled iterator, with errors and panics as [`CacheError`]s (a corrupt
+/// page can make sled panic while iterating).
+fn next_of<T>(
+    operation: &'static str,
+    it: &mut impl Iterator<Item = sled::Result<T>>,
+) -> Result<Option<T>> {
+    guarded(operation, || it.next().transpose())
+}
+
+/// What one scan of the index found at open.
+#[derive(Debug, Default)]
+struct Accounting {
+    bytes: u64,
+    entries: u64,
+    max_seq: u64,
+    malformed: u64,
+}
+
 /// Counters of what the store did since it was opened.
 #[derive(Debug, Default)]
 struct Counters {
@@ -173,7 +191,7 @@ impl Store {
         })?;
         let lock = DirLock::acquire(&dir)?;
         let db_path = dir.join(DB_DIR);
-        let (db, tree) = match Self::open_db(&db_path, &config) {
+        let (db, tree, acc) = match Self::open_db(&db_path, &config) {
             Ok(x) => x,
             Err(OpenFailure::Other(e)) => return Err(e),
             Err(OpenFailure::Corrupt(why)) => match config.on_corruption {
@@ -227,22 +245,22 @@ impl Store {
             db,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             evicting: Mutex::new(()),
-            seq: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            entries: AtomicU64::new(0),
+            seq: AtomicU64::new(acc.max_seq + 1),
+            bytes: AtomicU64::new(acc.bytes),
+            entries: AtomicU64::new(acc.entries),
             counters: Counters::default(),
             config,
             db_path,
             lock,
         };
-        store.rebuild_accounting()?;
+        store.counters.damaged.store(acc.malformed, Relaxed);
         Ok(store)
     }
 
     fn open_db(
         db_path: &Path,
         config: &DiskConfig,
-    ) -> std::result::Result<(sled::Db, sled::Tree), OpenFailure> {
+    ) -> std::result::Result<(sled::Db, sled::Tree, Accounting), OpenFailure> {
         let existed = has_data(db_path);
         let cfg = sled_config(db_path, config);
         let db = match catch_unwind(AssertUnwindSafe(|| cfg.open())) {
@@ -277,8 +295,8 @@ impl Store {
                 )));
             }
             None => {
-                let foreign_trees = db
-                    .tree_names()
+                let foreign_trees = guarded("open", || Ok(db.tree_names()))
+                    .map_err(corrupt)?
                     .into_iter()
                     .filter(|n| &n[..] != b"__sled__default")
                     .count();
@@ -299,32 +317,31 @@ impl Store {
             }
         }
         let tree = guarded("open", || db.open_tree(ENTRIES_TREE)).map_err(corrupt)?;
-        Ok((db, tree))
+        let acc = Self::scan_index(&tree).map_err(corrupt)?;
+        Ok((db, tree, acc))
     }
 
-    /// Rebuilds the counters and the next `seq` from one scan of the index.
-    fn rebuild_accounting(&self) -> Result<()> {
-        let (mut bytes, mut entries, mut max_seq) = (0u64, 0u64, 0u64);
+    /// Rebuilds the counters and the next `seq` from one scan of the index (reading the
+    /// whole index also proves its pages are readable).
+    fn scan_index(tree: &sled::Tree) -> Result<Accounting> {
+        let mut acc = Accounting::default();
         let mut malformed = Vec::new();
-        for item in self.tree.range([INDEX_PREFIX]..) {
-            let (k, v) = guarded("open", || item)?;
+        let mut it = tree.range([INDEX_PREFIX]..);
+        while let Some((k, v)) = next_of("open", &mut it)? {
             match record::decode_index(&k, &v) {
                 Some(e) => {
-                    bytes = bytes.saturating_add(e.charged);
-                    entries += 1;
-                    max_seq = max_seq.max(e.meta.seq);
+                    acc.bytes = acc.bytes.saturating_add(e.charged);
+                    acc.entries += 1;
+                    acc.max_seq = acc.max_seq.max(e.meta.seq);
                 }
                 None => malformed.push(k),
             }
         }
         for k in malformed {
-            self.counters.damaged.fetch_add(1, Relaxed);
-            guarded("open", || self.tree.remove(k))?;
+            acc.malformed += 1;
+            guarded("open", || tree.remove(k))?;
         }
-        self.bytes.store(bytes, Relaxed);
-        self.entries.store(entries, Relaxed);
-        self.seq.store(max_seq + 1, Relaxed);
-        Ok(())
+        Ok(acc)
     }
 
     pub(crate) fn config(&self) -> &DiskConfig {
@@ -431,8 +448,11 @@ impl Store {
                 self.remove_index("set", &old_meta.index_key(key.as_bytes()))?;
             }
         }
-        if self.bytes.load(Relaxed) > self.config.max_bytes {
-            self.evict()?;
+        if self.bytes.load(Relaxed) > self.config.max_bytes
+            && let Err(e) = self.evict()
+        {
+            // The write itself succeeded; the next write or sweep retries the eviction.
+            tracing::warn!(backend = NAME, "eviction after a write failed: {e}");
         }
         Ok(())
     }
@@ -509,8 +529,8 @@ impl Store {
         loop {
             let now = now_ms();
             let mut chunk = Vec::with_capacity(CHUNK);
-            for item in self.tree.range([INDEX_PREFIX]..) {
-                let (k, v) = guarded("sweep", || item)?;
+            let mut it = self.tree.range([INDEX_PREFIX]..);
+            while let Some((k, v)) = next_of("sweep", &mut it)? {
                 let expired = match record::decode_index(&k, &v) {
                     Some(e) => e.meta.is_expired(now),
                     None => true, // malformed: removed below
@@ -546,8 +566,8 @@ impl Store {
                 // Every writer waits; records go first, so a crash midway leaves orphans only.
                 let _all: Vec<MutexGuard<'_, ()>> = self.stripes.iter().map(lock).collect();
                 let mut removed = 0u64;
-                for item in self.tree.iter().keys() {
-                    let k = guarded("clear", || item)?;
+                let mut it = self.tree.iter().keys();
+                while let Some(k) = next_of("clear", &mut it)? {
                     if k.first() == Some(&INDEX_PREFIX) {
                         self.remove_index("clear", &k)?;
                     } else if guarded("clear", || self.tree.remove(&k))?.is_some() {
@@ -560,13 +580,13 @@ impl Store {
                 let prefix = format!("{ns}:");
                 let mut removed = 0u64;
                 loop {
-                    let keys: Vec<sled::IVec> = self
-                        .tree
-                        .scan_prefix(prefix.as_bytes())
-                        .keys()
-                        .take(CHUNK)
-                        .collect::<sled::Result<_>>()
-                        .map_err(|e| sled_error("clear", e))?;
+                    let keys: Vec<sled::IVec> = guarded("clear", || {
+                        self.tree
+                            .scan_prefix(prefix.as_bytes())
+                            .keys()
+                            .take(CHUNK)
+                            .collect()
+                    })?;
                     if keys.is_empty() {
                         break;
                     }

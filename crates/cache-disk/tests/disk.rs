@@ -327,6 +327,7 @@ async fn a_corrupt_database_is_an_error_or_a_fresh_start_never_a_panic() {
         match DiskBackend::open(config(dir.path())) {
             Err(e) => {
                 let msg = e.to_string();
+                eprintln!("{what}: {msg}");
                 assert!(
                     msg.contains(&dir.path().display().to_string())
                         && msg.contains("disk_cache_on_corruption"),
@@ -336,6 +337,10 @@ async fn a_corrupt_database_is_an_error_or_a_fresh_start_never_a_panic() {
             }
             // sled may recover part of a damaged log; then nothing wrong may be served.
             Ok(b) => {
+                eprintln!(
+                    "{what}: opened with {} entries recovered",
+                    b.stats().entries
+                );
                 for i in 0..50 {
                     if let Some(v) = b.get(&format!("c:{i}")).await.unwrap() {
                         assert_eq!(v, value(i, 1000), "{what}: wrong value served");
@@ -488,4 +493,85 @@ async fn works_without_a_tokio_runtime_for_open_and_drop() {
     .unwrap();
     let b = DiskBackend::open_async(config(dir.path())).await.unwrap();
     b.flush().await.unwrap();
+}
+
+/// Random damage to the data file: sled often panics while opening such a file (the panic
+/// message is printed by the panic hook); the backend must turn every case into an error naming
+/// the directory (and `reset` into an empty cache), or open what sled recovered and serve only
+/// intact values. Never a panic.
+#[tokio::test]
+async fn random_damage_to_the_data_file_never_panics_nor_serves_wrong_values() {
+    let base = tempfile::tempdir().unwrap();
+    let cfg = |p: &Path| DiskConfig::new(p).with_flush_interval(Duration::from_millis(50));
+    let v = |i: usize| Bytes::from(vec![b'a' + (i % 26) as u8; 1500]);
+    {
+        let b = DiskBackend::open(cfg(base.path())).unwrap();
+        for i in 0..3000 {
+            b.set(&format!("k{i}"), v(i), None).await.unwrap();
+        }
+        for i in 0..1000 {
+            b.delete(&format!("k{i}")).await.unwrap();
+        }
+    }
+    let original = std::fs::read(base.path().join(DB_DIR).join("db")).unwrap();
+    let conf = std::fs::read(base.path().join(DB_DIR).join("conf")).unwrap();
+    let (mut refused, mut sled_panics, mut opened) = (0, 0, 0);
+    let mut x: u64 = 12345;
+    for trial in 0..24 {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join(DB_DIR);
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(db.join("conf"), &conf).unwrap();
+        let mut data = original.clone();
+        for _ in 0..1 + trial % 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = (x % data.len() as u64) as usize;
+            let len = 1 + (x >> 40) as usize % 64;
+            for (j, byte) in data.iter_mut().enumerate().skip(at).take(len) {
+                *byte ^= (x >> (j % 56)) as u8 | 1;
+            }
+        }
+        std::fs::write(db.join("db"), data).unwrap();
+        let result = std::panic::catch_unwind(|| DiskBackend::open(cfg(d.path())))
+            .unwrap_or_else(|_| panic!("trial {trial}: a panic escaped DiskBackend::open"));
+        match result {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&d.path().display().to_string()),
+                    "trial {trial}: {msg}"
+                );
+                refused += 1;
+                if msg.contains("sled panicked") {
+                    sled_panics += 1;
+                }
+                let b = DiskBackend::open(cfg(d.path()).with_on_corruption(OnCorruption::Reset))
+                    .unwrap_or_else(|e| panic!("trial {trial}: reset failed: {e}"));
+                assert_eq!(b.stats().entries, 0);
+                b.set("fresh", v(1), None).await.unwrap();
+                assert_eq!(b.get("fresh").await.unwrap(), Some(v(1)));
+            }
+            Ok(b) => {
+                opened += 1;
+                for i in 0..3000 {
+                    if let Ok(Some(got)) = b.get(&format!("k{i}")).await {
+                        assert_eq!(got, v(i), "trial {trial}: wrong value for k{i}");
+                    }
+                }
+                // Every operation returns (an error at worst), never panics.
+                let _ = b.sweep().await;
+                let _ = b.clear(Some("k1")).await;
+                let _ = b.set("new", v(2), None).await;
+            }
+        }
+    }
+    eprintln!(
+        "random damage: {refused} refused ({sled_panics} of them sled panics caught), {opened} opened"
+    );
+    assert!(
+        sled_panics > 0,
+        "no trial exercised the panic guard: the damage model no longer reaches sled's panics"
+    );
 }
