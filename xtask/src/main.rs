@@ -241,8 +241,20 @@ fn bench(args: &[String]) -> Result<(), String> {
                 cargo().args(["bench", "-p", "cache-object-store", "--bench", "objstore"]),
             )
         }
+        "qdrant" => run(
+            "qdrant-semantic lookup latency at 10k/100k entries (qdrant-test-server, not a Qdrant server)",
+            cargo().args([
+                "bench",
+                "-p",
+                "cache-semantic",
+                "--features",
+                "qdrant-semantic",
+                "--bench",
+                "qdrant_lookup",
+            ]),
+        ),
         other => Err(format!(
-            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy)"
+            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, qdrant)"
         )),
     }
 }
