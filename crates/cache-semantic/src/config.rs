@@ -11,6 +11,7 @@
 //! | `semantic_embed_all_messages` | embed every message (LiteLLM) instead of the last user message | false |
 //! | `semantic_guard` | `true` / `false` / `strict` (adds the word-swap check) | true |
 //! | `semantic_shadow_mode` | count and log would-be hits, serve none | false |
+//! | `semantic_cache_scope` | LiteLLM's `key` / `end_user`: both accepted; the tenant partition and the request's `user` are always in the scope | `key` |
 //!
 //! The embedding model: empty, `local`, `potion-base-2M` or `minishlab/potion-base-2M` select the
 //! bundled offline model; `local/<folder>` loads a model2vec model from a folder; anything else
@@ -81,6 +82,17 @@ pub fn semantic_config(params: &Params) -> Result<SemanticConfig> {
     } else {
         EmbedMode::LastUserMessage
     };
+    match params.string("semantic_cache_scope")?.as_deref() {
+        // The tenant partition and the request's `user` (a keyed parameter) are always part
+        // of the scope, which covers both of LiteLLM's values.
+        None | Some("key" | "end_user") => {}
+        Some(other) => {
+            return Err(params.error(
+                "semantic_cache_scope",
+                format!("expected `key` or `end_user` (LiteLLM's values), got `{other}`"),
+            ));
+        }
+    }
     let max_chars = params
         .u64("semantic_cache_embedding_max_input_tokens")?
         .map(|t| (t as usize).saturating_mul(4));

@@ -42,19 +42,116 @@ pub(crate) async fn build(config: &CacheConfig) -> Result<SharedBackend> {
         "azure-blob" => Ok(Arc::new(
             cache_object_store::from_params("azure-blob", config.params()).await?,
         )),
+        // Semantic types: the exact tier (looked up first) is the same Redis...
+        #[cfg(feature = "redis-semantic")]
+        "redis-semantic" => Ok(Arc::new(
+            cache_redis::RedisBackend::from_params(config.params()).await?,
+        )),
+        // ... and in memory for Qdrant (which is no key-value store).
+        #[cfg(feature = "qdrant-semantic")]
+        "qdrant-semantic" => Ok(Arc::new(config.memory_backend()?)),
         other => Err(feature_off(other, feature_of(other))),
     }
 }
 
 /// The semantic layer for semantic types (`None` for exact types).
 pub(crate) async fn build_semantic(config: &CacheConfig) -> Result<Option<Arc<dyn SemanticLayer>>> {
+    build_semantic_with(config, None).await
+}
+
+/// [`build_semantic`] with the embedding model resolved through `resolver` first (the proxy's
+/// `model_list`).
+#[allow(unused_variables)]
+pub(crate) async fn build_semantic_with(
+    config: &CacheConfig,
+    resolver: Option<crate::EmbeddingResolver>,
+) -> Result<Option<Arc<dyn SemanticLayer>>> {
     match config.backend_type() {
-        "redis-semantic" | "qdrant-semantic" => Err(feature_off(
-            config.backend_type(),
-            feature_of(config.backend_type()),
-        )),
+        #[cfg(feature = "redis-semantic")]
+        "redis-semantic" => {
+            let p = config.params();
+            let policy = cache_semantic::config::semantic_config(p)?;
+            let embedder = semantic_embedder(p, "redis_semantic_cache_embedding_model", resolver)?;
+            let backend =
+                cache_semantic::redis::RedisSemanticBackend::from_params(p, embedder.dimensions())
+                    .await?;
+            Ok(Some(Arc::new(cache_semantic::SemanticCache::new(
+                embedder,
+                Arc::new(backend),
+                policy,
+            ))))
+        }
+        #[cfg(feature = "qdrant-semantic")]
+        "qdrant-semantic" => {
+            let p = config.params();
+            let policy = cache_semantic::config::semantic_config(p)?;
+            let embedder = semantic_embedder(p, "qdrant_semantic_cache_embedding_model", resolver)?;
+            // A new collection gets the embedder's size unless one is configured; a configured
+            // size that the embedder does not produce is an error now, not silent misses later.
+            let key = "qdrant_semantic_cache_vector_size";
+            let params = match (p.u64(key)?, embedder.dimensions()) {
+                (Some(size), Some(dims)) if size as usize != dims => {
+                    return Err(p.error(
+                        key,
+                        format!(
+                            "is {size}, but the embedding model `{}` produces {dims}-dimension vectors",
+                            embedder.model()
+                        ),
+                    ));
+                }
+                (None, Some(dims)) if std::env::var("QDRANT_VECTOR_SIZE").is_err() => {
+                    let mut map = p.map().clone();
+                    map.insert(key.to_owned(), serde_json::Value::from(dims as u64));
+                    cache_core::params::Params::new(map, "cache_params")
+                }
+                _ => p.clone(),
+            };
+            let backend = cache_semantic::qdrant::QdrantBackend::from_params(&params).await?;
+            Ok(Some(Arc::new(cache_semantic::SemanticCache::new(
+                embedder,
+                Arc::new(backend),
+                policy,
+            ))))
+        }
+        #[cfg(not(feature = "redis-semantic"))]
+        "redis-semantic" => Err(feature_off("redis-semantic", "redis-semantic")),
+        #[cfg(not(feature = "qdrant-semantic"))]
+        "qdrant-semantic" => Err(feature_off("qdrant-semantic", "qdrant-semantic")),
         _ => Ok(None),
     }
+}
+
+/// The embedder of a semantic type: a resolved `model_list` entry, the bundled local model, or
+/// an OpenAI-compatible API (see `cache_semantic::config`).
+#[cfg(any(feature = "redis-semantic", feature = "qdrant-semantic"))]
+fn semantic_embedder(
+    params: &cache_core::params::Params,
+    model_key: &str,
+    resolver: Option<crate::EmbeddingResolver>,
+) -> Result<Arc<dyn cache_core::semantic::Embedder>> {
+    let resolve = resolver.map(|r| {
+        move |name: &str| {
+            r(name).map(|e| {
+                let mut c = cache_semantic::HttpEmbedderConfig::new(e.api_base, e.model)
+                    .with_api_key(e.api_key)
+                    .with_azure(e.azure);
+                for (k, v) in e.headers {
+                    c = c.with_header(k, v);
+                }
+                for (k, v) in e.query {
+                    c = c.with_query(k, v);
+                }
+                c
+            })
+        }
+    });
+    cache_semantic::config::embedder(
+        params,
+        model_key,
+        resolve
+            .as_ref()
+            .map(|f| f as &cache_semantic::config::EmbeddingResolver),
+    )
 }
 
 /// The `type`s this build can construct (each backend's arm adds its types under its feature).
@@ -72,6 +169,10 @@ pub fn available_types() -> Vec<&'static str> {
     types.push("gcs");
     #[cfg(feature = "azure")]
     types.push("azure-blob");
+    #[cfg(feature = "redis-semantic")]
+    types.push("redis-semantic");
+    #[cfg(feature = "qdrant-semantic")]
+    types.push("qdrant-semantic");
     types
 }
 

@@ -35,9 +35,11 @@
 
 mod backends;
 pub mod config;
+mod embedding;
 
 pub use backends::{available_types, feature_of};
 pub use config::CacheConfig;
+pub use embedding::{EmbeddingEndpoint, EmbeddingResolver};
 
 /// The disk backend (`type: disk`).
 #[cfg(feature = "disk")]
@@ -50,6 +52,11 @@ pub use cache_redis::{self as redis, RedisBackend, RedisConfig};
 /// The object-store backends (`type: s3`, `type: gcs`, `type: azure-blob`).
 #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 pub use cache_object_store::{self as object_stores, ObjectStoreBackend};
+
+/// Semantic caching (`type: redis-semantic`, `type: qdrant-semantic`): the layer, embedders,
+/// vector backends.
+#[cfg(any(feature = "redis-semantic", feature = "qdrant-semantic"))]
+pub use cache_semantic::{self as semantic, SemanticCache, SemanticConfig};
 
 #[doc(inline)]
 pub use cache_core::{
