@@ -180,6 +180,12 @@ impl ProxyMetrics {
                 engine.backend().name()
             );
         }
+        if let Some(sem) = cache
+            .engine()
+            .and_then(|e| e.semantic().and_then(|s| s.stats()))
+        {
+            render_semantic(&mut out, &sem);
+        }
         // LiteLLM-compatible names, for dashboards built on LiteLLM's metrics.
         counter(
             &mut out,
@@ -283,4 +289,65 @@ fn write_histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
     let _ = writeln!(out, "{name}_sum {sum}");
     let _ = writeln!(out, "{name}_count {count}");
+}
+
+/// The semantic layer's counters (of the active configuration), shadow mode included.
+fn render_semantic(out: &mut String, s: &llm_cache::core::semantic::SemanticStats) {
+    for (name, help, v) in [
+        (
+            "llm_cache_semantic_lookups_total",
+            "Semantic lookups (after an exact miss).",
+            s.lookups,
+        ),
+        (
+            "llm_cache_semantic_no_text_total",
+            "Semantic lookups skipped: no text to compare.",
+            s.no_text,
+        ),
+        (
+            "llm_cache_semantic_hits_total",
+            "Semantic hits served.",
+            s.hits,
+        ),
+        (
+            "llm_cache_semantic_shadow_hits_total",
+            "Would-be semantic hits not served (semantic_shadow_mode).",
+            s.shadow_hits,
+        ),
+        (
+            "llm_cache_semantic_below_threshold_total",
+            "Semantic lookups with no candidate above the similarity threshold.",
+            s.below_threshold,
+        ),
+        (
+            "llm_cache_semantic_stores_total",
+            "Entries stored in the semantic index.",
+            s.stores,
+        ),
+        (
+            "llm_cache_semantic_embedding_errors_total",
+            "Embedding calls that failed or timed out (served as misses).",
+            s.embed_errors,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP llm_cache_semantic_shadow_similarity_sum Sum of the similarities of shadow hits (mean = sum / llm_cache_semantic_shadow_hits_total).\n# TYPE llm_cache_semantic_shadow_similarity_sum counter\nllm_cache_semantic_shadow_similarity_sum {}",
+        s.shadow_similarity_sum
+    );
+    let _ = writeln!(
+        out,
+        "# HELP llm_cache_semantic_guard_rejections_total Candidates above the threshold rejected by the guard, by reason.\n# TYPE llm_cache_semantic_guard_rejections_total counter"
+    );
+    for (reason, v) in &s.guard_rejections {
+        let _ = writeln!(
+            out,
+            "llm_cache_semantic_guard_rejections_total{{reason=\"{reason}\"}} {v}"
+        );
+    }
 }

@@ -77,7 +77,11 @@ pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
 /// Cache construction or HTTP client errors.
 pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, String> {
     let cache = match &config.cache {
-        Some(c) => c.build().await.map_err(|e| e.to_string())?,
+        // The semantic cache's embedding model resolves through `model_list`, as in LiteLLM.
+        Some(c) => c
+            .build_with_embedding_resolver(embedding_resolver(&config.models))
+            .await
+            .map_err(|e| e.to_string())?,
         None => Cache::disabled(),
     };
     let metrics = Arc::new(ProxyMetrics::default());
@@ -91,6 +95,36 @@ pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, St
         metrics,
         partition_by_api_key: config.settings.partition_by_api_key,
     }))
+}
+
+/// Resolves an embedding model name (`redis_semantic_cache_embedding_model`, ...) through the
+/// model list: the named group's first deployment, else a `*` group with the name as model.
+fn embedding_resolver(models: &[crate::config::ModelGroup]) -> llm_cache::EmbeddingResolver {
+    let router = Arc::new(Router::new(models.to_vec()));
+    Arc::new(move |name: &str| {
+        let route = router.route(name)?;
+        let d = route.deployment;
+        let model = d.model.clone().unwrap_or_else(|| {
+            match name.split_once('/') {
+                Some((p, rest)) if crate::config::OPENAI_COMPATIBLE_PROVIDERS.contains(&p) => rest,
+                _ => name,
+            }
+            .to_owned()
+        });
+        let mut e = llm_cache::EmbeddingEndpoint::new(d.api_base.clone(), model)
+            .with_api_key(d.api_key.clone())
+            .with_azure(d.azure);
+        if let Some(v) = &d.api_version {
+            e = e.with_query("api-version", v.clone());
+        }
+        if let Some(org) = &d.organization {
+            e = e.with_header("openai-organization", org.clone());
+        }
+        for (k, v) in &d.extra_headers {
+            e = e.with_header(k.clone(), v.clone());
+        }
+        Some(e)
+    })
 }
 
 /// An OpenAI-style error response.
