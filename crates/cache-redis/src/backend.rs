@@ -387,7 +387,7 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
             let config = {
                 let mut config = config;
                 if config.tls.is_some() {
-                    config.tls = Some(tls_config()?);
+                    config.tls = Some(tls_config(c.tls_ca_certs.as_deref())?);
                 }
                 config
             };
@@ -421,7 +421,7 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
             if c.tls {
                 #[cfg(feature = "tls")]
                 {
-                    config.tls = Some(tls_config()?);
+                    config.tls = Some(tls_config(c.tls_ca_certs.as_deref())?);
                 }
                 #[cfg(not(feature = "tls"))]
                 return Err(CacheError::Config(
@@ -443,24 +443,49 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
 }
 
 /// rustls with the ring provider chosen explicitly (so another crate enabling aws-lc-rs cannot
-/// make the default provider ambiguous) and the system's trusted roots.
+/// make the default provider ambiguous) and the system's trusted roots, or the CAs of
+/// `ssl_ca_certs`.
 #[cfg(feature = "tls")]
-fn tls_config() -> Result<fred::prelude::TlsConfig> {
+fn tls_config(ca_certs: Option<&std::path::Path>) -> Result<fred::prelude::TlsConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
     use std::sync::Arc;
-    let loaded = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in loaded.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(CacheError::Config(format!(
-            "cache_params.ssl: no trusted root certificates found on this system{}",
-            loaded
-                .errors
-                .first()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        )));
+    match ca_certs {
+        Some(path) => {
+            let bad = |why: String| {
+                CacheError::Config(format!(
+                    "cache_params.ssl_ca_certs: {}: {why}",
+                    path.display()
+                ))
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no PEM certificate in the file".to_owned()));
+            }
+        }
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            for cert in loaded.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(CacheError::Config(format!(
+                    "cache_params.ssl: no trusted root certificates found on this system{} (set ssl_ca_certs)",
+                    loaded
+                        .errors
+                        .first()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )));
+            }
+        }
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -572,7 +597,11 @@ impl CacheBackend for RedisBackend {
             ttl.map(|t| Expiration::PX(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)));
         // A pipeline per chunk: fred routes each SET to its own node on a Cluster.
         for chunk in entries.chunks(BATCH) {
-            let pipeline = self.pool.next_connected().pipeline();
+            let pipeline = self
+                .pool
+                .next_connected()
+                .pipeline()
+                .with_options(&self.options);
             for (key, value) in chunk {
                 let _: () = pipeline
                     .set(key.as_str(), value.clone(), expire.clone(), None, false)

@@ -170,6 +170,9 @@ pub struct RedisConfig {
     pub db: Option<u8>,
     /// TLS (`ssl`, `REDIS_SSL`). Ignored with [`Topology::Url`] (`rediss://` means TLS).
     pub tls: bool,
+    /// PEM file of the certificate authorities to trust for TLS instead of the system's roots
+    /// (`ssl_ca_certs`, `REDIS_SSL_CA_CERTS`): for servers with a private CA.
+    pub tls_ca_certs: Option<std::path::PathBuf>,
     /// Per-command timeout (`socket_timeout`, `REDIS_SOCKET_TIMEOUT`).
     pub command_timeout: Duration,
     /// Connect timeout (`socket_connect_timeout`, `REDIS_SOCKET_CONNECT_TIMEOUT`).
@@ -194,6 +197,7 @@ impl fmt::Debug for RedisConfig {
             .field("sentinel_password", &secret(&self.sentinel_password))
             .field("db", &self.db)
             .field("tls", &self.tls)
+            .field("tls_ca_certs", &self.tls_ca_certs)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_size", &self.pool_size)
@@ -213,6 +217,7 @@ impl RedisConfig {
             sentinel_password: None,
             db: None,
             tls: false,
+            tls_ca_certs: None,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
@@ -271,6 +276,13 @@ impl RedisConfig {
     /// Sets [`RedisConfig::tls`].
     pub fn with_tls(mut self, tls: bool) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Sets [`RedisConfig::tls_ca_certs`] (TLS itself is [`RedisConfig::with_tls`] or a
+    /// `rediss://` URL).
+    pub fn with_tls_ca_certs(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca_certs = Some(pem_file.into());
         self
     }
 
@@ -536,6 +548,10 @@ impl Reader<'_> {
             };
         }
         c.sentinel_password = self.string("sentinel_password", "REDIS_SENTINEL_PASSWORD")?;
+        c.tls_ca_certs = self
+            .string("ssl_ca_certs", "REDIS_SSL_CA_CERTS")?
+            .filter(|s| !s.is_empty())
+            .map(Into::into);
         if let Some(t) = self.seconds("socket_timeout", "REDIS_SOCKET_TIMEOUT")? {
             if t.is_zero() {
                 return Err(self.named(

@@ -36,7 +36,7 @@ fn host_port_and_litellm_names() {
     let c = ok(
         json!({"host": "redis.local", "port": "6380", "password": "pw", "username": "app",
                "db": 3, "ssl": "true", "socket_timeout": 0.25, "socket_connect_timeout": "3",
-               "max_connections": 8}),
+               "max_connections": 8, "ssl_ca_certs": "/etc/ca.pem"}),
         &[],
     );
     assert_eq!(
@@ -50,6 +50,10 @@ fn host_port_and_litellm_names() {
     assert_eq!(c.command_timeout, Duration::from_millis(250));
     assert_eq!(c.connect_timeout, Duration::from_secs(3));
     assert_eq!(c.pool_size, 8);
+    assert_eq!(
+        c.tls_ca_certs.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
 }
 
 #[test]
@@ -64,6 +68,7 @@ fn env_fallbacks_and_explicit_wins() {
         ("REDIS_SOCKET_TIMEOUT", "1.5"),
         ("REDIS_SOCKET_CONNECT_TIMEOUT", "4"),
         ("REDIS_MAX_CONNECTIONS", "1000"),
+        ("REDIS_SSL_CA_CERTS", "/env/ca.pem"),
     ];
     let c = ok(json!({}), &env);
     assert_eq!(
@@ -80,6 +85,10 @@ fn env_fallbacks_and_explicit_wins() {
         c.pool_size,
         cache_redis::config::MAX_POOL_SIZE,
         "max_connections is clamped"
+    );
+    assert_eq!(
+        c.tls_ca_certs.as_deref(),
+        Some(std::path::Path::new("/env/ca.pem"))
     );
 
     let c = ok(

@@ -85,6 +85,7 @@ pub const REDIS_KEYS: &[&str] = &[
     "socket_timeout",
     "socket_connect_timeout",
     "max_connections",
+    "ssl_ca_certs",
 ];
 
 /// Keys of the disk backend.
@@ -160,7 +161,6 @@ pub const LITELLM_IGNORED_KEYS: &[&str] = &[
     "valkey_semantic_cache_index_name",
     "health_check_interval",
     "ssl_cert_reqs",
-    "ssl_ca_certs",
     "retry_on_timeout",
     "socket_keepalive",
     "client_name",
