@@ -22,7 +22,7 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
             failure_threshold: 5,
-            open_for: Duration::from_secs(5),
+            open_for: Duration::from_secs(2),
         }
     }
 }
