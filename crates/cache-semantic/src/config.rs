@@ -14,7 +14,8 @@
 //! | `semantic_cache_scope` | LiteLLM's `key` / `end_user`: both accepted; the tenant partition and the request's `user` are always in the scope | `key` |
 //!
 //! The embedding model: empty, `local`, `potion-base-2M` or `minishlab/potion-base-2M` select the
-//! bundled offline model; `local/<folder>` loads a model2vec model from a folder; anything else
+//! bundled offline model; `local/<folder>` loads a model2vec model from a folder; `bert/<folder>`
+//! a sentence-transformers BERT model (feature `bert`); anything else
 //! is an OpenAI-compatible model name — resolved first through the caller's resolver (the proxy
 //! resolves it through its `model_list`, as LiteLLM does), else sent to
 //! `semantic_embedding_api_base` (or OpenAI), with an `openai/` prefix stripped.
@@ -146,6 +147,20 @@ pub fn embedder_with_env(
     };
     if LocalEmbedder::ALIASES.contains(&model.as_str()) {
         return Ok(Arc::new(LocalEmbedder::potion_base_2m()?));
+    }
+    if let Some(folder) = model.strip_prefix("bert/") {
+        #[cfg(feature = "bert")]
+        return crate::embed::BertEmbedder::from_folder(Path::new(folder))
+            .map(|e| Arc::new(e) as Arc<dyn Embedder>)
+            .map_err(|e| params.error(model_key, e));
+        #[cfg(not(feature = "bert"))]
+        return Err(params.error(
+            model_key,
+            format!(
+                "`bert/{folder}` needs the cargo feature `bert` of cache-semantic (a local BERT \
+                 model on candle), which this build does not have"
+            ),
+        ));
     }
     if let Some(folder) = model.strip_prefix("local/") {
         return LocalEmbedder::from_folder(Path::new(folder))

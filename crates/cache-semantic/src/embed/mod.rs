@@ -2,15 +2,21 @@
 //!
 //! * [`LocalEmbedder`]: potion-base-2M (model2vec static embeddings, 64 dimensions), compiled
 //!   into the binary; fully offline, microseconds per text. The default.
+//! * `BertEmbedder` (feature `bert`): a sentence-transformers BERT model (all-MiniLM-L6-v2,
+//!   384 dimensions) in-process with candle, loaded from a folder.
 //! * [`HttpEmbedder`]: any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, Azure OpenAI,
 //!   vLLM, Ollama, TEI, LiteLLM, a proxy `model_list` entry), float or base64 responses.
 //!
 //! Vectors are L2-normalised by the semantic layer before they are stored or searched, so
 //! cosine similarity is a dot product everywhere.
 
+#[cfg(feature = "bert")]
+mod bert;
 mod http;
 mod local;
 
+#[cfg(feature = "bert")]
+pub use bert::BertEmbedder;
 pub use http::{EncodingFormat, HttpEmbedder, HttpEmbedderConfig};
 pub use local::LocalEmbedder;
 
