@@ -396,3 +396,120 @@ impl SemanticLayer for SemanticCache {
         Some(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LocalEmbedder, MemorySemanticBackend};
+    use cache_core::{CallKind, KeyOptions};
+    use serde_json::{Value, json};
+
+    fn cache(mode: EmbedMode) -> SemanticCache {
+        SemanticCache::new(
+            Arc::new(LocalEmbedder::potion_base_2m().expect("model")),
+            Arc::new(MemorySemanticBackend::default()),
+            SemanticConfig::new(0.9)
+                .expect("threshold")
+                .with_embed_mode(mode),
+        )
+    }
+
+    fn scope(c: &SemanticCache, req: &SemanticRequest<'_>) -> String {
+        c.scope_of(req).expect("object").expect("has text")
+    }
+
+    fn chat(system: &str, user: &str) -> Value {
+        json!({"model": "m", "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user}
+        ]})
+    }
+
+    #[test]
+    fn the_scope_is_everything_but_the_last_user_text() {
+        let c = cache(EmbedMode::LastUserMessage);
+        let (a, b) = (chat("s", "first wording"), chat("s", "second wording"));
+        let base = SemanticRequest::new(CallKind::Chat, &a, None, Some("ns"), None);
+        let s = scope(&c, &base);
+        assert_eq!(s.len(), 64);
+        assert_eq!(
+            s,
+            scope(
+                &c,
+                &SemanticRequest::new(CallKind::Chat, &b, None, Some("ns"), None)
+            ),
+            "only the compared text differs"
+        );
+        let other_system = chat("t", "first wording");
+        let mut other_model = a.clone();
+        other_model["model"] = json!("m2");
+        for (what, req) in [
+            (
+                "system prompt",
+                SemanticRequest::new(CallKind::Chat, &other_system, None, Some("ns"), None),
+            ),
+            (
+                "model",
+                SemanticRequest::new(CallKind::Chat, &other_model, None, Some("ns"), None),
+            ),
+            (
+                "model group",
+                SemanticRequest::new(CallKind::Chat, &a, Some("g"), Some("ns"), None),
+            ),
+            (
+                "namespace",
+                SemanticRequest::new(CallKind::Chat, &a, None, Some("ns2"), None),
+            ),
+            (
+                "partition",
+                SemanticRequest::new(CallKind::Chat, &a, None, Some("ns"), None)
+                    .with_partition(Some("team")),
+            ),
+            (
+                "call kind",
+                SemanticRequest::new(CallKind::AnthropicMessages, &a, None, Some("ns"), None),
+            ),
+        ] {
+            assert_ne!(s, scope(&c, &req), "{what} must change the scope");
+        }
+        // The embed mode is part of the scope: vectors of the two modes never mix.
+        assert_ne!(s, scope(&cache(EmbedMode::AllMessages), &base));
+        // With every message embedded, the system prompt is compared, not scoped.
+        let all = cache(EmbedMode::AllMessages);
+        assert_eq!(
+            scope(&all, &base),
+            scope(
+                &all,
+                &SemanticRequest::new(CallKind::Chat, &other_system, None, Some("ns"), None)
+            )
+        );
+    }
+
+    #[test]
+    fn a_client_cache_key_does_not_collapse_scopes() {
+        let c = cache(EmbedMode::LastUserMessage);
+        let keys = KeyBuilder::new(KeyOptions {
+            allow_client_cache_key: true,
+            ..Default::default()
+        });
+        let mut a = chat("s", "q");
+        a["cache_key"] = json!("shared");
+        let mut b = chat("other system", "q");
+        b["cache_key"] = json!("shared");
+        let ra = SemanticRequest::new(CallKind::Chat, &a, None, None, None).with_keys(&keys);
+        let rb = SemanticRequest::new(CallKind::Chat, &b, None, None, None).with_keys(&keys);
+        assert_ne!(scope(&c, &ra), scope(&c, &rb));
+    }
+
+    #[test]
+    fn threshold_only_rises() {
+        let c = cache(EmbedMode::LastUserMessage);
+        let r = chat("s", "q");
+        let with = |t| SemanticRequest::new(CallKind::Chat, &r, None, None, t);
+        assert_eq!(c.threshold(&with(None)), 0.9);
+        assert_eq!(c.threshold(&with(Some(0.5))), 0.9);
+        assert_eq!(c.threshold(&with(Some(0.95))), 0.95);
+        assert_eq!(c.threshold(&with(Some(7.0))), 1.0);
+        assert_eq!(c.threshold(&with(Some(f32::NAN))), 0.9);
+    }
+}
