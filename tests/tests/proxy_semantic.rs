@@ -1,7 +1,8 @@
 //! Black-box tests of semantic caching in the `llm-cache` binary (`type: redis-semantic` on
 //! Redis Stack, 127.0.0.1:17701: `cargo xtask services up redis-stack`): semantic hits carry
 //! `x-litellm-semantic-similarity` and a `Cache-Status` saying so; the embedding model resolves
-//! through `model_list`; shadow mode counts without serving.
+//! through `model_list`; shadow mode counts without serving; `type: local-semantic` needs no
+//! server.
 
 use std::time::Duration;
 
@@ -203,4 +204,31 @@ async fn shadow_mode_counts_and_serves_nothing() {
     let m = metrics(&proxy).await;
     assert!(m.contains("llm_cache_semantic_shadow_hits_total 1"), "{m}");
     assert!(m.contains("llm_cache_semantic_hits_total 0"), "{m}");
+}
+
+/// `type: local-semantic` needs no server: the proxy's in-process semantic cache.
+#[tokio::test]
+async fn local_semantic_needs_no_server() {
+    let upstream = FakeUpstream::start().await;
+    let proxy = Proxy::start(&config(
+        &upstream,
+        "{type: local-semantic, similarity_threshold: 0.9}",
+        None,
+    ))
+    .await;
+    let first = ask(&proxy, "How do I cancel my gym membership?").await;
+    assert!(!first.header("cache-status").contains("hit"));
+    settle().await;
+    let similar = ask(&proxy, "how can i cancel my gym membership").await;
+    assert_eq!(upstream.chat_calls(), 1);
+    assert!(
+        similar.header("cache-status").contains("detail=semantic"),
+        "{}",
+        similar.header("cache-status")
+    );
+    let s: f32 = similar
+        .header("x-litellm-semantic-similarity")
+        .parse()
+        .expect("similarity header");
+    assert!(s >= 0.9, "{s}");
 }

@@ -47,9 +47,11 @@ pub(crate) async fn build(config: &CacheConfig) -> Result<SharedBackend> {
         "redis-semantic" => Ok(Arc::new(
             cache_redis::RedisBackend::from_params(config.params()).await?,
         )),
-        // ... and in memory for Qdrant (which is no key-value store).
+        // ... and in memory for Qdrant (which is no key-value store) and the in-process index.
         #[cfg(feature = "qdrant-semantic")]
         "qdrant-semantic" => Ok(Arc::new(config.memory_backend()?)),
+        #[cfg(feature = "local-semantic")]
+        "local-semantic" => Ok(Arc::new(config.memory_backend()?)),
         other => Err(feature_off(other, feature_of(other))),
     }
 }
@@ -113,6 +115,23 @@ pub(crate) async fn build_semantic_with(
                 policy,
             ))))
         }
+        #[cfg(feature = "local-semantic")]
+        "local-semantic" => {
+            let p = config.params();
+            let policy = cache_semantic::config::semantic_config(p)?;
+            let embedder = semantic_embedder(p, "semantic_cache_embedding_model", resolver)?;
+            let mut bounds = cache_semantic::MemorySemanticConfig::default();
+            if let Some(n) = p.u64("semantic_cache_max_entries")? {
+                bounds = bounds.with_max_entries(n as usize);
+            }
+            Ok(Some(Arc::new(cache_semantic::SemanticCache::new(
+                embedder,
+                Arc::new(cache_semantic::MemorySemanticBackend::new(bounds)),
+                policy,
+            ))))
+        }
+        #[cfg(not(feature = "local-semantic"))]
+        "local-semantic" => Err(feature_off("local-semantic", "local-semantic")),
         #[cfg(not(feature = "redis-semantic"))]
         "redis-semantic" => Err(feature_off("redis-semantic", "redis-semantic")),
         #[cfg(not(feature = "qdrant-semantic"))]
@@ -123,7 +142,11 @@ pub(crate) async fn build_semantic_with(
 
 /// The embedder of a semantic type: a resolved `model_list` entry, the bundled local model, or
 /// an OpenAI-compatible API (see `cache_semantic::config`).
-#[cfg(any(feature = "redis-semantic", feature = "qdrant-semantic"))]
+#[cfg(any(
+    feature = "redis-semantic",
+    feature = "qdrant-semantic",
+    feature = "local-semantic"
+))]
 fn semantic_embedder(
     params: &cache_core::params::Params,
     model_key: &str,
@@ -173,6 +196,8 @@ pub fn available_types() -> Vec<&'static str> {
     types.push("redis-semantic");
     #[cfg(feature = "qdrant-semantic")]
     types.push("qdrant-semantic");
+    #[cfg(feature = "local-semantic")]
+    types.push("local-semantic");
     types
 }
 
@@ -186,6 +211,7 @@ pub fn feature_of(backend_type: &str) -> &'static str {
         "azure-blob" => "azure",
         "redis-semantic" => "redis-semantic",
         "qdrant-semantic" => "qdrant-semantic",
+        "local-semantic" => "local-semantic",
         _ => "default",
     }
 }

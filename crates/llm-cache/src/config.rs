@@ -34,6 +34,7 @@ pub const CACHE_TYPES: &[&str] = &[
     "azure-blob",
     "redis-semantic",
     "qdrant-semantic",
+    "local-semantic",
 ];
 
 /// Keys of the cache itself (any backend).
@@ -148,6 +149,9 @@ pub const SEMANTIC_KEYS: &[&str] = &[
     "semantic_embed_all_messages",
     "semantic_guard",
     "semantic_shadow_mode",
+    // type: local-semantic (llm-cache's in-process semantic cache)
+    "semantic_cache_embedding_model",
+    "semantic_cache_max_entries",
 ];
 
 /// LiteLLM keys llm-cache accepts but does not implement: a warning, not an error.
@@ -325,7 +329,7 @@ impl CacheConfig {
     pub fn default_ttl(&self) -> Result<Option<Duration>> {
         let p = &self.params;
         let specific = match self.backend_type.as_str() {
-            "local" => p.seconds("default_in_memory_ttl")?,
+            "local" | "local-semantic" => p.seconds("default_in_memory_ttl")?,
             _ if self.is_redis_type() => match p.seconds("default_in_redis_ttl")? {
                 Some(t) => Some(t),
                 None => p.seconds("default_redis_ttl")?,
@@ -334,7 +338,7 @@ impl CacheConfig {
         };
         let ttl = specific.or(p.seconds("ttl")?);
         Ok(match (self.backend_type.as_str(), ttl) {
-            ("local", None) => Some(cache_core::memory::DEFAULT_MEMORY_TTL),
+            ("local" | "local-semantic", None) => Some(cache_core::memory::DEFAULT_MEMORY_TTL),
             (_, ttl) => ttl,
         })
     }

@@ -13,7 +13,7 @@
 //! | `redis` (standalone, Cluster, Sentinel) | `redis` | `cache-redis` |
 //! | `disk` | `disk` | `cache-disk` |
 //! | `s3`, `gcs`, `azure-blob` | `s3`, `gcs`, `azure` | `cache-object-store` |
-//! | `redis-semantic`, `qdrant-semantic` | `redis-semantic`, `qdrant-semantic` | `cache-semantic` |
+//! | `redis-semantic`, `qdrant-semantic`, `local-semantic` | `redis-semantic`, `qdrant-semantic`, `local-semantic` | `cache-semantic` |
 //!
 //! ```
 //! use llm_cache::{CacheConfig, CacheControl, CallKind};
@@ -55,7 +55,11 @@ pub use cache_object_store::{self as object_stores, ObjectStoreBackend};
 
 /// Semantic caching (`type: redis-semantic`, `type: qdrant-semantic`): the layer, embedders,
 /// vector backends.
-#[cfg(any(feature = "redis-semantic", feature = "qdrant-semantic"))]
+#[cfg(any(
+    feature = "redis-semantic",
+    feature = "qdrant-semantic",
+    feature = "local-semantic"
+))]
 pub use cache_semantic::{self as semantic, SemanticCache, SemanticConfig};
 
 #[doc(inline)]
