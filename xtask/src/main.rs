@@ -290,15 +290,29 @@ fn bench(args: &[String]) -> Result<(), String> {
 fn bench_proxy(args: &[String]) -> Result<(), String> {
     let root = root();
     let with_litellm = !args.iter().any(|a| a == "--no-litellm");
-    let mut modes: Vec<String> = args.iter().filter(|a| !a.starts_with("--")).cloned().collect();
+    let mut modes: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .collect();
     if modes.is_empty() {
-        modes = ["direct", "local", "redis", "miss"].map(String::from).to_vec();
+        modes = ["direct", "local", "redis", "miss"]
+            .map(String::from)
+            .to_vec();
     }
     run(
         "cargo build --release -p llm-cache-proxy",
-        cargo().args(["build", "--release", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "llm-cache-proxy",
+            "--bin",
+            "llm-cache",
+        ]),
     )?;
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
     let bin = target.join("release/llm-cache");
     let venv = root.join(".bench/venv");
     let py = venv.join("bin/python");
@@ -309,7 +323,10 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
             .is_ok_and(|o| o.status.success())
     };
     if !has("aiohttp") {
-        run("python3 -m venv .bench/venv", Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(
+            "python3 -m venv .bench/venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        )?;
         run(
             "pip install aiohttp (fake upstream)",
             Command::new(venv.join("bin/pip")).args(["install", "-q", "aiohttp"]),
@@ -333,10 +350,20 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
             .arg(mode)
             .env("BENCH_PY", &py)
             .env("OUT_DIR", &out)
-            .env("TAG", if mode == "direct" { "direct".to_owned() } else { format!("llm-cache-{mode}") })
+            .env(
+                "TAG",
+                if mode == "direct" {
+                    "direct".to_owned()
+                } else {
+                    format!("llm-cache-{mode}")
+                },
+            )
             .env(
                 "PROXY_CMD",
-                format!("{} serve --config $CFG --host 127.0.0.1 --port $PROXY_PORT", bin.display()),
+                format!(
+                    "{} serve --config $CFG --host 127.0.0.1 --port $PROXY_PORT",
+                    bin.display()
+                ),
             );
         run(&format!("llm-cache proxy bench: {mode}"), &mut c)?;
         if litellm && mode != "direct" {
