@@ -277,6 +277,15 @@ impl CacheEngine {
         self.l1.as_ref()
     }
 
+    /// Writes to the L1 tier (if any) for at most its TTL, and never past `ttl` (the entry's
+    /// own remaining lifetime): L1 never outlives the backend entry.
+    fn l1_put(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
+        if let (Some(l1), Some(cfg)) = (&self.l1, &self.settings.l1) {
+            let ttl = ttl.map_or(cfg.ttl, |t| t.min(cfg.ttl));
+            let _ = l1.set_sync(key, raw.clone(), Some(ttl));
+        }
+    }
+
     /// The semantic layer, if any.
     pub fn semantic(&self) -> Option<&Arc<dyn SemanticLayer>> {
         self.semantic.as_ref()
@@ -1113,15 +1122,7 @@ impl Prepared {
         {
             Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
                 Ok((entry, age)) => {
-                    if let Some(l1) = &engine.l1 {
-                        let l1_ttl = engine
-                            .settings
-                            .l1
-                            .as_ref()
-                            .map_or(Duration::ZERO, |c| c.ttl);
-                        let ttl = entry.remaining_ttl(now).map_or(l1_ttl, |r| r.min(l1_ttl));
-                        let _ = l1.set_sync(key.as_str(), raw.clone(), Some(ttl));
-                    }
+                    engine.l1_put(key.as_str(), &raw, entry.remaining_ttl(now));
                     return self.hit(engine, key, entry, age, Tier::Backend, None, start);
                 }
                 Err(r) => {
@@ -1343,15 +1344,7 @@ impl Prepared {
             return false;
         };
         let raw = entry.encode();
-        if let Some(l1) = &engine.l1 {
-            let l1_ttl = engine
-                .settings
-                .l1
-                .as_ref()
-                .map_or(Duration::ZERO, |c| c.ttl);
-            let ttl = self.ttl.map_or(l1_ttl, |t| t.min(l1_ttl));
-            let _ = l1.set_sync(key.as_str(), raw.clone(), Some(ttl));
-        }
+        engine.l1_put(key.as_str(), &raw, self.ttl);
         let ttl = self.ttl;
         let key_s = key.as_str().to_owned();
         let cache = self.cache.clone();
@@ -1554,16 +1547,8 @@ impl Cache {
         if entries.is_empty() {
             return;
         }
-        if let Some(l1) = &engine.l1 {
-            let l1_ttl = engine
-                .settings
-                .l1
-                .as_ref()
-                .map_or(Duration::ZERO, |c| c.ttl);
-            let l1_ttl = ttl.map_or(l1_ttl, |t| t.min(l1_ttl));
-            for (k, v) in &entries {
-                let _ = l1.set_sync(k, v.clone(), Some(l1_ttl));
-            }
+        for (k, v) in &entries {
+            engine.l1_put(k, v, ttl);
         }
         let eng = engine.clone();
         let cache = self.clone();

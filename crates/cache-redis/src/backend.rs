@@ -445,8 +445,13 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
 /// rustls with the ring provider chosen explicitly (so another crate enabling aws-lc-rs cannot
 /// make the default provider ambiguous) and the system's trusted roots, or the CAs of
 /// `ssl_ca_certs`.
+///
+/// Public so other fred-based crates (the semantic Redis backend) build TLS the same way.
+///
+/// # Errors
+/// An unreadable or empty `ssl_ca_certs` file, or no trusted roots on the system.
 #[cfg(feature = "tls")]
-fn tls_config(ca_certs: Option<&std::path::Path>) -> Result<fred::prelude::TlsConfig> {
+pub fn tls_config(ca_certs: Option<&std::path::Path>) -> Result<fred::prelude::TlsConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     use std::sync::Arc;

@@ -31,5 +31,7 @@ pub mod config;
 mod keys;
 
 pub use backend::RedisBackend;
+#[cfg(feature = "tls")]
+pub use backend::tls_config;
 pub use config::{Node, RedisConfig, Topology};
 pub use keys::{escape_glob, is_entry_key};

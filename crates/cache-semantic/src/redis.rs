@@ -24,7 +24,6 @@
 //! that the search module is loaded and that an existing index has the embedder's dimension.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -530,7 +529,7 @@ fn fred_config(c: &RedisConfig) -> Result<Config> {
                 ))
             })?;
             if config.tls.is_some() {
-                config.tls = Some(tls_config(c.tls_ca_certs.as_deref())?);
+                config.tls = Some(cache_redis::tls_config(c.tls_ca_certs.as_deref())?);
             }
             config
         }
@@ -559,7 +558,7 @@ fn fred_config(c: &RedisConfig) -> Result<Config> {
         _ => return Err(cluster_unsupported()),
     };
     if c.tls && !matches!(c.topology, Topology::Url(_)) {
-        config.tls = Some(tls_config(c.tls_ca_certs.as_deref())?);
+        config.tls = Some(cache_redis::tls_config(c.tls_ca_certs.as_deref())?);
     }
     config.fail_fast = false;
     Ok(config)
@@ -571,44 +570,6 @@ fn cluster_unsupported() -> CacheError {
          to search across shards); use a standalone Redis Stack / Redis 8, or Sentinel"
             .to_owned(),
     )
-}
-
-/// rustls with the ring provider and the system's roots (or the CAs of `ssl_ca_certs`).
-fn tls_config(ca_certs: Option<&std::path::Path>) -> Result<fred::prelude::TlsConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_certs {
-        Some(path) => {
-            let bad = |why: String| {
-                CacheError::Config(format!(
-                    "cache_params.ssl_ca_certs: {}: {why}",
-                    path.display()
-                ))
-            };
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(e.to_string()))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| bad(e.to_string()))?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| bad(e.to_string()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CacheError::Config(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(fred::prelude::TlsConfig::from(
-        fred::prelude::TlsConnector::from(config),
-    ))
 }
 
 #[async_trait]

@@ -424,6 +424,28 @@ fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response
     })
 }
 
+/// Parses a cacheable request, routes its model and computes its tenant partition.
+#[allow(clippy::result_large_err)]
+fn accept<'a>(
+    st: &'a AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Incoming, crate::upstream::Route<'a>, Option<String>), Response> {
+    let inc = parse_incoming(headers, body)?;
+    let Some(route) = st.router.route(&inc.model) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Invalid model name passed in model={}. Call `/v1/models` to view available models.",
+                inc.model
+            ),
+            "invalid_request_error",
+            Some("model"),
+        ));
+    };
+    Ok((inc, route, partition(st, headers)))
+}
+
 fn partition(st: &AppState, headers: &HeaderMap) -> Option<String> {
     if !st.partition_by_api_key {
         return None;
@@ -535,22 +557,10 @@ async fn completion_like(
     path: &'static str,
     endpoint: &'static str,
 ) -> Response {
-    let inc = match parse_incoming(&headers, &body) {
-        Ok(i) => i,
+    let (inc, route, part) = match accept(&st, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(route) = st.router.route(&inc.model) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Invalid model name passed in model={}. Call `/v1/models` to view available models.",
-                inc.model
-            ),
-            "invalid_request_error",
-            Some("model"),
-        );
-    };
-    let part = partition(&st, &headers);
     let ctx = RequestContext {
         model_group: Some(route.model_group(&inc.model)),
         partition: part.as_deref(),
@@ -750,22 +760,10 @@ fn sse_response(body: Body) -> Response {
 }
 
 async fn embeddings(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let inc = match parse_incoming(&headers, &body) {
-        Ok(i) => i,
+    let (inc, route, part) = match accept(&st, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(route) = st.router.route(&inc.model) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Invalid model name passed in model={}. Call `/v1/models` to view available models.",
-                inc.model
-            ),
-            "invalid_request_error",
-            Some("model"),
-        );
-    };
-    let part = partition(&st, &headers);
     let ctx = RequestContext {
         model_group: Some(route.model_group(&inc.model)),
         partition: part.as_deref(),

@@ -194,19 +194,34 @@ impl Upstream {
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
-        let status = resp.status();
-        let content_type = resp.headers().get("content-type").cloned();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
         self.metrics
-            .observe_upstream(status.as_u16(), start.elapsed());
-        if status.is_success() {
-            Ok(bytes)
-        } else {
-            Err(UpstreamError::Status {
-                status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-                content_type: content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
-                body: bytes,
-            })
+            .observe_upstream(resp.status().as_u16(), start.elapsed());
+        self.read_body(resp).await
+    }
+
+    /// Reads a whole response: its body for a 2xx, else an [`UpstreamError`].
+    async fn read_body(&self, resp: reqwest::Response) -> Result<Bytes, UpstreamError> {
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp).await);
+        }
+        resp.bytes().await.map_err(|e| self.unreachable(&e))
+    }
+
+    /// A non-2xx answer, body read in full, to pass through verbatim.
+    async fn status_error(&self, resp: reqwest::Response) -> UpstreamError {
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+        match resp.bytes().await {
+            Ok(body) => UpstreamError::Status {
+                status,
+                content_type,
+                body,
+            },
+            Err(e) => self.unreachable(&e),
         }
     }
 
@@ -236,13 +251,7 @@ impl Upstream {
         if status.is_success() {
             return Ok(resp);
         }
-        let content_type = resp.headers().get("content-type").cloned();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
-        Err(UpstreamError::Status {
-            status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-            content_type: content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
-            body: bytes,
-        })
+        Err(self.status_error(resp).await)
     }
 
     /// `GET {api_base}/models` (for wildcard configs).
@@ -259,18 +268,7 @@ impl Upstream {
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
-        let status = resp.status();
-        let content_type = resp.headers().get("content-type").cloned();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
-        if status.is_success() {
-            Ok(bytes)
-        } else {
-            Err(UpstreamError::Status {
-                status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-                content_type: content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
-                body: bytes,
-            })
-        }
+        self.read_body(resp).await
     }
 }
 
