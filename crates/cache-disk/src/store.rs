@@ -263,7 +263,24 @@ impl Store {
     ) -> std::result::Result<(sled::Db, sled::Tree, Accounting), OpenFailure> {
         let existed = has_data(db_path);
         let cfg = sled_config(db_path, config);
-        let db = match catch_unwind(AssertUnwindSafe(|| cfg.open())) {
+        // We hold the directory's LOCK, so a busy sled lock can only be a previous instance of
+        // this process whose background I/O threads still hold the database for a moment after
+        // it was dropped: wait for them (bounded) instead of failing a reopen.
+        let open = || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match cfg.open() {
+                    Err(sled::Error::Io(e))
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let db = match catch_unwind(AssertUnwindSafe(open)) {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Io(e))) => {
                 return Err(OpenFailure::Other(CacheError::backend(
