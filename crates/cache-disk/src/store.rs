@@ -270,8 +270,9 @@ impl Store {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {
                 match cfg.open() {
+                    // sled reports it as `Other` with this text (sled 0.34 config.rs).
                     Err(sled::Error::Io(e))
-                        if e.kind() == std::io::ErrorKind::WouldBlock
+                        if e.to_string().starts_with("could not acquire lock on")
                             && std::time::Instant::now() < deadline =>
                     {
                         std::thread::sleep(std::time::Duration::from_millis(20));
