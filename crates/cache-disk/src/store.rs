@@ -267,7 +267,7 @@ impl Store {
         // this process whose background I/O threads still hold the database for a moment after
         // it was dropped: wait for them (bounded) instead of failing a reopen.
         let open = || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
             loop {
                 match cfg.open() {
                     // sled reports it as `Other` with this text (sled 0.34 config.rs).
