@@ -150,7 +150,13 @@ fn test(extra: &[String]) -> Result<(), String> {
     run(
         "cargo test --workspace --all-targets",
         cargo()
-            .args(["test", "--workspace", "--all-targets", "--all-features"])
+            .args([
+                "test",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--no-fail-fast",
+            ])
             .args(extra)
             .env("LLM_CACHE_TEST_STRICT", "1"),
     )?;
