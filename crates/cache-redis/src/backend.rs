@@ -372,6 +372,13 @@ fn log_connection_events(
 
 /// Translates our configuration into fred's.
 fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
+    // fred builds a default rustls config for `rediss://` URLs from the process-level crypto
+    // provider; with both ring and aws-lc-rs compiled in (object_store brings aws-lc-rs) rustls
+    // cannot pick one and panics. Install ring unless the program already chose a provider.
+    #[cfg(feature = "tls")]
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     let server = |n: &crate::config::Node| Server::new(n.host.as_str(), n.port);
     let mut config = match &c.topology {
         Topology::Url(url) => {
