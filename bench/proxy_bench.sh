@@ -10,6 +10,9 @@
 #   direct  fake upstream (latency 0) hit directly: ceiling of load tool + fake server
 #   local   proxy with cache_params {type: local} in front of the fake upstream (UPSTREAM_LATENCY_MS)
 #   redis   proxy with cache_params {type: redis} (starts redis-server on REDIS_PORT if none answers)
+#   miss    proxy in front of the fake upstream (latency 0), every request `no-cache`: the miss path
+#   hop     nginx (if installed) as a plain keep-alive reverse proxy in front of the same upstream:
+#           the floor for one extra HTTP hop on this machine, to read `miss` against
 #
 # For each proxy mode: start fake upstream + proxy, warm the cache with one request (a miss),
 # then run wrk for DURATION s at each concurrency in CONCS; the upstream request counter must
@@ -24,6 +27,8 @@
 #   FAKE_PORT [18100]  DIRECT_PORT [18101]  REDIS_PORT [18379]
 #   DURATION [15]  CONCS ["1 16 64"]  STREAM_CONC [16] (empty: skip)  UPSTREAM_LATENCY_MS [200]
 #   OUT_DIR [./out-proxy]  TAG [mode name] label in results
+#   PROXY_CPUS / WRK_CPUS  pin the proxy / wrk to these CPUs (taskset -c), so the load generator
+#              does not preempt the proxy;  WRK_THREADS [min(conc, 2)]  wrk threads
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${BENCH_PY:-python3}
@@ -83,9 +88,9 @@ EOF
 
 run_wrk() { # tag case conc url body upstream_port(or -) pid(or -)
   local tag=$1 case=$2 c=$3 url=$4 body=$5 uport=$6 pid=$7 t before after out delta rss cpu0 cpu
-  t=$(( c < 2 ? c : 2 ))
+  t=$(( c < ${WRK_THREADS:-2} ? c : ${WRK_THREADS:-2} ))
   before=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); cpu0=$(cpu_ticks "$pid")
-  out=$(BODY_FILE=$body timeout $((DURATION + 30)) wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s \
+  out=$(BODY_FILE=$body timeout $((DURATION + 30)) ${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s \
         -s "$HERE/post.lua" "$url" | tee -a "$OUT_DIR/wrk.log" | grep '^RESULT') || { echo "wrk failed" >&2; return 1; }
   after=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); delta=$((after - before))
   [ "$uport" = - ] && delta=-
@@ -117,6 +122,33 @@ for mode in $MODES; do
     [ -n "$STREAM_CONC" ] && run_wrk "$tag" chat-stream "$STREAM_CONC" "http://127.0.0.1:$DIRECT_PORT/v1/chat/completions" "$SBODY" - "$FAKE_PID"
     stop "$FAKE_PID"; continue
   fi
+  if [ "$mode" = hop ]; then
+    command -v nginx >/dev/null || { echo "  hop: nginx is not installed (apt-get install nginx-light); skipped" | tee -a "$OUT_DIR/notes.txt"; continue; }
+    start_fake "$FAKE_PORT" 0
+    port_free "$PROXY_PORT" || { echo "port $PROXY_PORT busy" >&2; exit 1; }
+    mkdir -p "$OUT_DIR/nginx"
+    cat >"$OUT_DIR/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $OUT_DIR/nginx/nginx.pid;
+error_log $OUT_DIR/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $OUT_DIR/nginx; proxy_temp_path $OUT_DIR/nginx;
+  fastcgi_temp_path $OUT_DIR/nginx; uwsgi_temp_path $OUT_DIR/nginx; scgi_temp_path $OUT_DIR/nginx;
+  upstream fake { server 127.0.0.1:$FAKE_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$PROXY_PORT;
+    location / { proxy_pass http://fake; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+    ${PROXY_CPUS:+taskset -c "$PROXY_CPUS"} nginx -c "$OUT_DIR/nginx/nginx.conf" -e "$OUT_DIR/nginx/error.log" >"$OUT_DIR/proxy-$tag.log" 2>&1 &
+    PROXY_PID=$!; PIDS+=("$PROXY_PID"); sleep 0.5
+    for c in ${MISS_CONCS:-1 16}; do run_wrk "$tag" chat-hop "$c" "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" "$NBODY" "$FAKE_PORT" "$PROXY_PID"; done
+    stop "$PROXY_PID"; stop "$FAKE_PID"; continue
+  fi
   CFG=$OUT_DIR/config-$mode.yaml
   latency=$UPSTREAM_LATENCY_MS
   case $mode in
@@ -144,6 +176,7 @@ EOF
   port_free "$PROXY_PORT" || { echo "port $PROXY_PORT busy" >&2; exit 1; }
   export CFG PROXY_PORT
   cmd=${PROXY_CMD:-"$LITELLM_BIN --config $CFG --host 127.0.0.1 --port $PROXY_PORT ${PROXY_EXTRA_ARGS:-}"}
+  [ -n "${PROXY_CPUS:-}" ] && cmd="taskset -c $PROXY_CPUS $cmd"
   t0=$SECONDS; bash -c "exec $cmd" >"$OUT_DIR/proxy-$tag.log" 2>&1 &
   PROXY_PID=$!; PIDS+=("$PROXY_PID")
   wait_http "http://127.0.0.1:$PROXY_PORT/health/liveliness" 240 "$PROXY_PID"

@@ -290,19 +290,23 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// `cargo xtask bench proxy [--no-litellm] [MODE...]`: the proxy load bench (bench/proxy_bench.sh,
+/// `cargo xtask bench proxy [--no-litellm] [--pin] [MODE...]`: the proxy load bench (bench/proxy_bench.sh,
 /// wrk) for llm-cache and, in the same run, LiteLLM's proxy when its virtualenv exists
 /// (`.bench/venv`, see docs/benchmarks.md). Results: target/bench-proxy-<time>/.
 fn bench_proxy(args: &[String]) -> Result<(), String> {
     let root = root();
     let with_litellm = !args.iter().any(|a| a == "--no-litellm");
+    // `--pin`: the proxy on CPU 0 (llm-cache with one runtime worker), wrk on CPU 1 with one
+    // thread, so the load generator never preempts the proxy (on a 2-core machine it otherwise
+    // shares both cores with it, and the tail latency measures the scheduler).
+    let pin = args.iter().any(|a| a == "--pin");
     let mut modes: Vec<String> = args
         .iter()
         .filter(|a| !a.starts_with("--"))
         .cloned()
         .collect();
     if modes.is_empty() {
-        modes = ["direct", "local", "redis", "miss"]
+        modes = ["direct", "local", "redis", "miss", "hop"]
             .map(String::from)
             .to_vec();
     }
@@ -350,8 +354,17 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
         .map_or(0, |d| d.as_secs());
     let out = target.join(format!("bench-proxy-{stamp}"));
     let script = root.join("bench/proxy_bench.sh");
+    let pinned = |c: &mut Command| {
+        if pin {
+            c.env("PROXY_CPUS", "0")
+                .env("WRK_CPUS", "1")
+                .env("WRK_THREADS", "1")
+                .env("TOKIO_WORKER_THREADS", "1");
+        }
+    };
     for mode in &modes {
         let mut c = Command::new("bash");
+        pinned(&mut c);
         c.arg(&script)
             .arg(mode)
             .env("BENCH_PY", &py)
@@ -360,6 +373,8 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
                 "TAG",
                 if mode == "direct" {
                     "direct".to_owned()
+                } else if mode == "hop" {
+                    "nginx-hop".to_owned()
                 } else {
                     format!("llm-cache-{mode}")
                 },
@@ -372,8 +387,9 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
                 ),
             );
         run(&format!("llm-cache proxy bench: {mode}"), &mut c)?;
-        if litellm && mode != "direct" {
+        if litellm && mode != "direct" && mode != "hop" {
             let mut c = Command::new("bash");
+            pinned(&mut c);
             c.arg(&script)
                 .arg(mode)
                 .env("BENCH_PY", &py)

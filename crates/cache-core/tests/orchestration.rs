@@ -19,6 +19,7 @@ struct Faulty {
     inner: MemoryBackend,
     hang: AtomicBool,
     fail: AtomicBool,
+    panic_on_set: AtomicBool,
     gets: AtomicU64,
     sets: AtomicU64,
 }
@@ -50,6 +51,10 @@ impl CacheBackend for Faulty {
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.sets.fetch_add(1, SeqCst);
+        assert!(
+            !self.panic_on_set.load(SeqCst),
+            "faulty: set panics on demand"
+        );
         self.fault().await?;
         self.inner.set(key, value, ttl).await
     }
@@ -500,6 +505,34 @@ async fn failed_writes_never_fail_the_call() {
     settle(&cache).await;
     assert!(backend.sets.load(SeqCst) >= 1);
     assert!(cache.stats().errors().keys().any(|(_, op, _)| *op == "set"));
+}
+
+#[tokio::test]
+async fn a_panicking_write_never_fails_the_call() {
+    // Writes that complete at once run in place (no task); a panic there must stay contained.
+    let backend = Arc::new(Faulty::default());
+    backend.panic_on_set.store(true, SeqCst);
+    let cache = CacheBuilder::from_shared(backend.clone()).build();
+    let (v, _) = call(&cache, &req("q"), &CacheControl::none(), "fine").await;
+    assert_eq!(content(&v), "fine");
+    assert_eq!(backend.sets.load(SeqCst), 1);
+    backend.panic_on_set.store(false, SeqCst);
+    let (_, status) = call(&cache, &req("q"), &CacheControl::none(), "again").await;
+    assert!(matches!(status, CacheStatus::Miss { .. }), "{status:?}");
+    settle(&cache).await;
+    let (v, status) = call(&cache, &req("q"), &CacheControl::none(), "unused").await;
+    assert!(matches!(status, CacheStatus::Hit { .. }), "{status:?}");
+    assert_eq!(content(&v), "again");
+}
+
+#[tokio::test]
+async fn an_in_memory_write_is_visible_as_soon_as_the_call_returns() {
+    let cache = CacheBuilder::new(MemoryBackend::new(MemoryConfig::default())).build();
+    call(&cache, &req("q"), &CacheControl::none(), "first").await;
+    // No flush: the write to an in-process backend completed in place.
+    let (v, status) = call(&cache, &req("q"), &CacheControl::none(), "unused").await;
+    assert!(matches!(status, CacheStatus::Hit { .. }), "{status:?}");
+    assert_eq!(content(&v), "first");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,13 +113,20 @@ fn us(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes `--bench`; nothing else is understood.
+    // `cargo bench` passes `--bench`. Without it (`cargo test --all-targets`, as in CI) this is a
+    // smoke run: every code path once, on tiny sizes, so CI checks the bench without paying for it.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    if smoke {
+        eprintln!(
+            "smoke run (no --bench): tiny sizes; `cargo xtask bench qdrant` measures for real"
+        );
+    }
     let sizes: Vec<usize> = std::env::var("LLM_CACHE_BENCH_QDRANT_SIZES")
-        .unwrap_or_else(|_| "10000,100000".to_owned())
+        .unwrap_or_else(|_| if smoke { "3000" } else { "10000,100000" }.to_owned())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let n_queries: usize = env_or("LLM_CACHE_BENCH_N", 2000);
+    let n_queries: usize = env_or("LLM_CACHE_BENCH_N", if smoke { 20 } else { 2000 });
     println!(
         "qdrant-semantic lookup latency against qdrant-test-server ({}, in process, gRPC on loopback; NOT a Qdrant server)",
         qdrant_test_server::ENGINE

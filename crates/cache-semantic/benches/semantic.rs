@@ -437,18 +437,29 @@ fn fmt_d(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes `--bench`; nothing to parse.
+    // `cargo bench` passes `--bench`. Without it (`cargo test --all-targets`, as in CI) this is a
+    // smoke run: every code path once, on tiny sizes, so CI checks the bench without paying for it.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    if smoke {
+        eprintln!(
+            "smoke run (no --bench): tiny sizes; `cargo xtask bench semantic` measures for real"
+        );
+    }
     let sizes: Vec<usize> = std::env::var("SEMANTIC_BENCH_SIZES")
-        .unwrap_or_else(|_| "10000,100000".to_owned())
+        .unwrap_or_else(|_| if smoke { "300" } else { "10000,100000" }.to_owned())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let queries: usize = std::env::var("SEMANTIC_BENCH_QUERIES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(if smoke { 20 } else { 2000 });
     let parts = std::env::var("SEMANTIC_BENCH_PARTS").unwrap_or_else(|_| "quality,latency".into());
-    let pairs = load_pairs();
+    let mut pairs = load_pairs();
+    if smoke {
+        // Every 10th pair still spans every category.
+        pairs = pairs.into_iter().step_by(10).collect();
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -555,6 +566,9 @@ async fn main() {
         }
     }
     println!("{out}");
+    if smoke {
+        return;
+    }
     let path = std::env::var("SEMANTIC_BENCH_OUT").unwrap_or_else(|_| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/bench-semantic.md")

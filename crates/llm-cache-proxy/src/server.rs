@@ -578,7 +578,8 @@ async fn completion_like(
     };
     let auth = forwarded_auth(&st, &headers).cloned();
     let deployment = route.deployment.clone();
-    let upstream_req = upstream_body(inc.request, &deployment);
+    // The upstream body is serialised only on a miss (a hit never pays for it).
+    let request = inc.request;
 
     if inc.stream {
         return stream_flow(
@@ -588,7 +589,7 @@ async fn completion_like(
             path,
             endpoint,
             deployment,
-            upstream_req,
+            request,
             auth,
             inc.include_usage,
         )
@@ -598,8 +599,9 @@ async fn completion_like(
     let st2 = st.clone();
     let result = prepared
         .get_or_fetch(|| async move {
+            let body = upstream_body(request, &deployment);
             st2.upstream
-                .post_json(&deployment, path, upstream_req, auth.as_ref())
+                .post_json(&deployment, path, body, auth.as_ref())
                 .await
         })
         .await;
@@ -648,7 +650,7 @@ async fn stream_flow(
     path: &'static str,
     endpoint: &'static str,
     deployment: crate::config::Deployment,
-    upstream_req: Vec<u8>,
+    request: Value,
     auth: Option<HeaderValue>,
     include_usage: bool,
 ) -> Response {
@@ -690,7 +692,12 @@ async fn stream_flow(
     };
     let resp = match st
         .upstream
-        .post_stream(&deployment, path, upstream_req, auth.as_ref())
+        .post_stream(
+            &deployment,
+            path,
+            upstream_body(request, &deployment),
+            auth.as_ref(),
+        )
         .await
     {
         Ok(r) => r,
