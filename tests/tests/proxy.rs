@@ -684,6 +684,166 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
 }
 
+fn stream_req(prompt: &str) -> Value {
+    let mut req = chat_req(prompt);
+    req["stream"] = json!(true);
+    req
+}
+
+/// Sends a streaming request; returns `Cache-Status` and the whole body.
+async fn stream_call(url: String, req: Value) -> (String, bytes::Bytes) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&req)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let status = r
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, r.bytes().await.expect("body"))
+}
+
+#[tokio::test]
+async fn one_in_flight_stream_fans_out_to_every_identical_streaming_request() {
+    let up = FakeUpstream::start().await;
+    // The upstream answers after 300 ms, then streams ~110 chunks 2 ms apart.
+    up.set_latency(Duration::from_millis(300));
+    let proxy = Proxy::start(&config(&up, LOCAL, None)).await;
+    let prompt = format!("fan out {}", "word ".repeat(60));
+    let url = proxy.url("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(stream_call(url.clone(), stream_req(&prompt))));
+    }
+    // One more that arrives while the stream is already flowing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let late = tokio::spawn(stream_call(url.clone(), stream_req(&prompt)));
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let (late_status, late_body) = late.await.unwrap();
+    assert_eq!(up.chat_calls(), 1, "one upstream stream for all");
+    let leaders = results
+        .iter()
+        .filter(|(s, _)| s.contains("fwd=miss") && !s.contains("collapsed"));
+    assert_eq!(leaders.count(), 1, "{results:?}");
+    let followers = results
+        .iter()
+        .filter(|(s, _)| s.contains("collapsed"))
+        .count();
+    assert_eq!(followers, 7);
+    // Every client got the upstream's bytes, identical, complete.
+    let first = &results[0].1;
+    assert!(results.iter().all(|(_, b)| b == first));
+    assert_eq!(sse_events(first).last().map(String::as_str), Some("[DONE]"));
+    let text = streamed_content(first);
+    assert_eq!(text, format!("reply #1 to: {prompt}"));
+    // The late one joined mid-stream (collapsed, same bytes) or, on a slow machine, found the
+    // stored entry (a hit); never a second upstream call.
+    if late_status.contains("collapsed") {
+        assert_eq!(&late_body, first);
+    } else {
+        assert!(late_status.contains("hit"), "{late_status}");
+        assert_eq!(streamed_content(&late_body), text);
+    }
+    settle().await;
+    let (status, body) = stream_call(url, stream_req(&prompt)).await;
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(streamed_content(&body), text);
+    assert_eq!(up.chat_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_follower_survives_the_leader_disconnecting() {
+    let up = FakeUpstream::start().await;
+    up.set_latency(Duration::from_millis(300));
+    let proxy = Proxy::start(&config(&up, LOCAL, None)).await;
+    let prompt = format!("leader leaves {}", "word ".repeat(60));
+    let url = proxy.url("/v1/chat/completions");
+    let leader = {
+        let (url, req) = (url.clone(), stream_req(&prompt));
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&req)
+                .send()
+                .await
+                .unwrap();
+            // Headers only, then hang up.
+            drop(r);
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let follower = tokio::spawn(stream_call(url.clone(), stream_req(&prompt)));
+    leader.await.unwrap();
+    let (status, body) = follower.await.unwrap();
+    assert!(status.contains("collapsed"), "{status}");
+    assert_eq!(sse_events(&body).last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(up.chat_calls(), 1);
+    settle().await;
+    let (status, _) = stream_call(url, stream_req(&prompt)).await;
+    assert!(
+        status.contains("hit"),
+        "stored after the leader left: {status}"
+    );
+    assert_eq!(up.chat_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_nobody_listens_to_is_abandoned_and_not_stored() {
+    let up = FakeUpstream::start().await;
+    let proxy = Proxy::start(&config(&up, LOCAL, None)).await;
+    let prompt = format!("abandoned {}", "word ".repeat(60));
+    let url = proxy.url("/v1/chat/completions");
+    let r = reqwest::Client::new()
+        .post(url.clone())
+        .json(&stream_req(&prompt))
+        .send()
+        .await
+        .unwrap();
+    drop(r); // hang up after the headers, ~200 ms before the upstream would end
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = stream_call(url, stream_req(&prompt)).await;
+    assert!(
+        status.contains("fwd=miss"),
+        "an incomplete stream was stored: {status}"
+    );
+    assert_eq!(sse_events(&body).last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(up.chat_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_not_shared() {
+    // An upstream error before streaming is the leader's answer; the others make their own
+    // calls (and get their own errors), as with the non-streaming single-flight.
+    let up = FakeUpstream::start().await;
+    up.set_latency(Duration::from_millis(200));
+    let proxy = Proxy::start(&config(&up, LOCAL, None)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let url = proxy.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&stream_req("please FAIL500"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 500);
+    }
+    assert_eq!(up.chat_calls(), 3);
+}
+
 #[tokio::test]
 async fn deployments_of_one_model_group_share_entries() {
     let up1 = FakeUpstream::start().await;

@@ -6,9 +6,11 @@
 //! * [`server`]: the axum application (endpoints, auth, cache headers).
 //! * [`upstream`]: routing and calls to OpenAI-compatible upstreams.
 //! * [`sse`]: stream parsing, assembly for storage, and replay of stored responses.
+//! * [`fanout`]: one in-flight upstream stream shared by identical streaming requests.
 //! * [`metrics`]: Prometheus metrics.
 
 pub mod config;
+pub mod fanout;
 pub mod metrics;
 pub mod server;
 pub mod sse;

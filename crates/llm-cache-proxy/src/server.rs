@@ -16,6 +16,7 @@ use llm_cache::{Cache, CacheControl, CacheStatus, CallError, CallKind, Entry, Re
 use serde_json::{Value, json};
 
 use crate::config::ProxyConfig;
+use crate::fanout::{ChunkSink, Join, StreamFlights};
 use crate::metrics::{ProxyMetrics, status_label};
 use crate::sse::{self, Assembler, SseParser};
 use crate::upstream::{Router, Upstream, UpstreamError, upstream_body};
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<ProxyMetrics>,
     /// Partition the cache by caller API key.
     pub partition_by_api_key: bool,
+    /// Streams in flight, shared by identical streaming requests.
+    pub stream_flights: Arc<StreamFlights>,
 }
 
 /// Builds the axum application.
@@ -94,6 +97,7 @@ pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, St
         master_key: config.master_key.clone(),
         metrics,
         partition_by_api_key: config.settings.partition_by_api_key,
+        stream_flights: Arc::default(),
     }))
 }
 
@@ -690,6 +694,53 @@ async fn stream_flow(
             stored: false,
         },
     };
+    let key = prepared.key().cloned();
+    let engine = prepared.cache().engine();
+
+    // Fan-out: identical streaming misses share one upstream stream (crate::fanout).
+    if let (Some(key), Some(engine), true) = (&key, &engine, prepared.reads())
+        && engine.settings().coalesce
+    {
+        for _ in 0..3 {
+            match st.stream_flights.join(key.as_str()) {
+                Join::Lead(leader) => {
+                    let sink = Box::new(StoreSink::new(prepared, text, st.metrics.clone()));
+                    let body = upstream_body(request, &deployment);
+                    let st2 = st.clone();
+                    let open = async move {
+                        st2.upstream
+                            .post_stream(&deployment, path, body, auth.as_ref())
+                            .await
+                            .map(|r| r.bytes_stream().boxed())
+                    };
+                    return match leader.start(open, sink).await {
+                        Ok(sub) => {
+                            st.metrics.request(endpoint, status_label(&status));
+                            let mut out = sse_response(Body::from_stream(sub.into_stream()));
+                            cache_headers(&mut out, Some(key), &status, None);
+                            out
+                        }
+                        Err(e) => {
+                            st.metrics.request(endpoint, "upstream_error");
+                            upstream_error(e)
+                        }
+                    };
+                }
+                Join::Follow(mut sub) => {
+                    if sub.wait_started(engine.settings().coalesce_timeout).await {
+                        prepared.cache().stats().coalesced.fetch_add(1, Relaxed);
+                        let status = CacheStatus::Coalesced;
+                        st.metrics.request(endpoint, status_label(&status));
+                        let mut out = sse_response(Body::from_stream(sub.into_stream()));
+                        cache_headers(&mut out, Some(key), &status, None);
+                        return out;
+                    }
+                    // The leader's upstream refused, or the wait timed out: try again.
+                }
+            }
+        }
+    }
+
     let resp = match st
         .upstream
         .post_stream(
@@ -707,52 +758,68 @@ async fn stream_flow(
         }
     };
     st.metrics.request(endpoint, status_label(&status));
-    let key = prepared.key().cloned();
-    let writes = prepared.writes();
-    struct Tee {
-        upstream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-        parser: SseParser,
-        assembler: Option<Assembler>,
-        prepared: Prepared,
-        metrics: Arc<ProxyMetrics>,
-    }
-    let tee = Tee {
-        upstream: resp.bytes_stream().boxed(),
-        parser: SseParser::default(),
-        assembler: writes.then(|| Assembler::new(text)),
-        prepared,
-        metrics: st.metrics.clone(),
-    };
-    let stream = futures::stream::unfold(Some(tee), |state| async move {
-        let mut tee = state?;
-        match tee.upstream.next().await {
-            Some(Ok(chunk)) => {
-                if let Some(a) = tee.assembler.as_mut() {
-                    for event in tee.parser.feed(&chunk) {
-                        a.push(&event);
-                    }
+    let sink = StoreSink::new(prepared, text, st.metrics.clone());
+    let stream = futures::stream::unfold(
+        Some((resp.bytes_stream().boxed(), sink)),
+        |state| async move {
+            let (mut upstream, mut sink) = state?;
+            match upstream.next().await {
+                Some(Ok(chunk)) => {
+                    sink.chunk(&chunk);
+                    Some((Ok::<Bytes, std::io::Error>(chunk), Some((upstream, sink))))
                 }
-                Some((Ok::<Bytes, std::io::Error>(chunk), Some(tee)))
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "upstream stream failed; not cached");
-                Some((Err(std::io::Error::other(e)), None))
-            }
-            None => {
-                if let Some(full) = tee.assembler.take().and_then(Assembler::finish) {
-                    let bytes =
-                        Bytes::from(serde_json::to_vec(&full).expect("JSON values serialize"));
-                    if tee.prepared.store_parsed(bytes, &full) {
-                        tee.metrics.streams_stored.fetch_add(1, Relaxed);
-                    }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "upstream stream failed; not cached");
+                    Some((Err(std::io::Error::other(e)), None))
                 }
-                None
+                None => {
+                    Box::new(sink).finish();
+                    None
+                }
             }
-        }
-    });
+        },
+    );
     let mut out = sse_response(Body::from_stream(stream));
     cache_headers(&mut out, key.as_ref(), &status, None);
     out
+}
+
+/// Assembles a forwarded stream and stores it when it ends cleanly.
+struct StoreSink {
+    parser: SseParser,
+    assembler: Option<Assembler>,
+    prepared: Prepared,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl StoreSink {
+    fn new(prepared: Prepared, text: bool, metrics: Arc<ProxyMetrics>) -> Self {
+        StoreSink {
+            parser: SseParser::default(),
+            assembler: prepared.writes().then(|| Assembler::new(text)),
+            prepared,
+            metrics,
+        }
+    }
+}
+
+impl ChunkSink for StoreSink {
+    fn chunk(&mut self, chunk: &Bytes) {
+        if let Some(a) = self.assembler.as_mut() {
+            for event in self.parser.feed(chunk) {
+                a.push(&event);
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) {
+        if let Some(full) = self.assembler.and_then(Assembler::finish) {
+            let bytes = Bytes::from(serde_json::to_vec(&full).expect("JSON values serialize"));
+            if self.prepared.store_parsed(bytes, &full) {
+                self.metrics.streams_stored.fetch_add(1, Relaxed);
+            }
+        }
+    }
 }
 
 fn sse_response(body: Body) -> Response {
