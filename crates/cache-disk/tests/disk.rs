@@ -495,19 +495,78 @@ async fn works_without_a_tokio_runtime_for_open_and_drop() {
     b.flush().await.unwrap();
 }
 
+/// Set in the child process that opens one damaged database (see below).
+const DAMAGE_CHILD_ENV: &str = "LLM_CACHE_DISK_DAMAGE_CHILD";
+const DAMAGE_TEST: &str = "random_damage_to_the_data_file_never_panics_nor_serves_wrong_values";
+
+fn damage_cfg(p: &Path) -> DiskConfig {
+    DiskConfig::new(p).with_flush_interval(Duration::from_millis(50))
+}
+
+fn damage_value(i: usize) -> Bytes {
+    Bytes::from(vec![b'a' + (i % 26) as u8; 1500])
+}
+
+/// One trial, in the child process: open the damaged database in `dir` and check what the
+/// backend makes of it. Prints `OUTCOME refused|sled-panic|cycle|opened`.
+async fn damage_trial(dir: &Path) {
+    let result = std::panic::catch_unwind(|| DiskBackend::open(damage_cfg(dir)))
+        .unwrap_or_else(|_| panic!("a panic escaped DiskBackend::open"));
+    match result {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&dir.display().to_string()), "{msg}");
+            let b = DiskBackend::open(damage_cfg(dir).with_on_corruption(OnCorruption::Reset))
+                .unwrap_or_else(|e| panic!("reset failed: {e}"));
+            assert_eq!(b.stats().entries, 0);
+            b.set("fresh", damage_value(1), None).await.unwrap();
+            assert_eq!(b.get("fresh").await.unwrap(), Some(damage_value(1)));
+            let kind = if msg.contains("sled panicked") {
+                "sled-panic"
+            } else if msg.contains("out of order") {
+                "cycle" // a cycle in sled's tree, caught instead of scanned for ever
+            } else {
+                "refused"
+            };
+            println!("OUTCOME {kind}");
+        }
+        Ok(b) => {
+            for i in 0..3000 {
+                if let Ok(Some(got)) = b.get(&format!("k{i}")).await {
+                    assert_eq!(got, damage_value(i), "wrong value for k{i}");
+                }
+            }
+            // Every operation returns (an error at worst), never panics.
+            let _ = b.sweep().await;
+            let _ = b.clear(Some("k1")).await;
+            let _ = b.set("new", damage_value(2), None).await;
+            println!("OUTCOME opened");
+        }
+    }
+}
+
 /// Random damage to the data file: sled often panics while opening such a file (the panic
 /// message is printed by the panic hook); the backend must turn every case into an error naming
 /// the directory (and `reset` into an empty cache), or open what sled recovered and serve only
 /// intact values. Never a panic.
+///
+/// Each trial runs in a child process with a deadline: on rare damage (once in CI, in ~50
+/// runs) sled 0.34 loops for ever inside one read, burning CPU and memory, where no caller
+/// can stop it. Such a trial is killed and reported as `hung` (a known sled limitation,
+/// docs/backends/disk.md); it does not fail the test, a panic or a wrong value does.
 #[tokio::test]
 async fn random_damage_to_the_data_file_never_panics_nor_serves_wrong_values() {
+    if let Ok(dir) = std::env::var(DAMAGE_CHILD_ENV) {
+        damage_trial(Path::new(&dir)).await;
+        return;
+    }
     let base = tempfile::tempdir().unwrap();
-    let cfg = |p: &Path| DiskConfig::new(p).with_flush_interval(Duration::from_millis(50));
-    let v = |i: usize| Bytes::from(vec![b'a' + (i % 26) as u8; 1500]);
     {
-        let b = DiskBackend::open(cfg(base.path())).unwrap();
+        let b = DiskBackend::open(damage_cfg(base.path())).unwrap();
         for i in 0..3000 {
-            b.set(&format!("k{i}"), v(i), None).await.unwrap();
+            b.set(&format!("k{i}"), damage_value(i), None)
+                .await
+                .unwrap();
         }
         for i in 0..1000 {
             b.delete(&format!("k{i}")).await.unwrap();
@@ -515,7 +574,7 @@ async fn random_damage_to_the_data_file_never_panics_nor_serves_wrong_values() {
     }
     let original = std::fs::read(base.path().join(DB_DIR).join("db")).unwrap();
     let conf = std::fs::read(base.path().join(DB_DIR).join("conf")).unwrap();
-    let (mut refused, mut sled_panics, mut opened) = (0, 0, 0);
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
     let mut x: u64 = 12345;
     for trial in 0..24 {
         let d = tempfile::tempdir().unwrap();
@@ -534,44 +593,46 @@ async fn random_damage_to_the_data_file_never_panics_nor_serves_wrong_values() {
             }
         }
         std::fs::write(db.join("db"), data).unwrap();
-        let result = std::panic::catch_unwind(|| DiskBackend::open(cfg(d.path())))
-            .unwrap_or_else(|_| panic!("trial {trial}: a panic escaped DiskBackend::open"));
-        match result {
-            Err(e) => {
-                let msg = e.to_string();
-                assert!(
-                    msg.contains(&d.path().display().to_string()),
-                    "trial {trial}: {msg}"
-                );
-                refused += 1;
-                if msg.contains("sled panicked") {
-                    sled_panics += 1;
-                }
-                let b = DiskBackend::open(cfg(d.path()).with_on_corruption(OnCorruption::Reset))
-                    .unwrap_or_else(|e| panic!("trial {trial}: reset failed: {e}"));
-                assert_eq!(b.stats().entries, 0);
-                b.set("fresh", v(1), None).await.unwrap();
-                assert_eq!(b.get("fresh").await.unwrap(), Some(v(1)));
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", DAMAGE_TEST, "--nocapture", "--test-threads=1"])
+            .env(DAMAGE_CHILD_ENV, d.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
             }
-            Ok(b) => {
-                opened += 1;
-                for i in 0..3000 {
-                    if let Ok(Some(got)) = b.get(&format!("k{i}")).await {
-                        assert_eq!(got, v(i), "trial {trial}: wrong value for k{i}");
-                    }
-                }
-                // Every operation returns (an error at worst), never panics.
-                let _ = b.sweep().await;
-                let _ = b.clear(Some("k1")).await;
-                let _ = b.set("new", v(2), None).await;
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break None;
             }
-        }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        let outcome = match status {
+            None => {
+                eprintln!("trial {trial}: sled hung on this damage; the child was killed");
+                "hung".to_owned()
+            }
+            Some(s) => {
+                assert!(s.success(), "trial {trial}: the child failed ({s}):\n{out}");
+                // libtest prints the test's name on the same line first.
+                out.lines()
+                    .find_map(|l| l.split("OUTCOME ").nth(1))
+                    .unwrap_or_else(|| panic!("trial {trial}: no outcome:\n{out}"))
+                    .to_owned()
+            }
+        };
+        *outcomes.entry(outcome).or_default() += 1;
     }
-    eprintln!(
-        "random damage: {refused} refused ({sled_panics} of them sled panics caught), {opened} opened"
-    );
+    eprintln!("random damage, outcomes of 24 trials: {outcomes:?}");
     assert!(
-        sled_panics > 0,
+        outcomes.contains_key("sled-panic"),
         "no trial exercised the panic guard: the damage model no longer reaches sled's panics"
     );
 }
