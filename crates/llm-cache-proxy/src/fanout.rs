@@ -97,7 +97,7 @@ impl StreamFlights {
         map.insert(key.to_owned(), flight.clone());
         Join::Lead(Leader {
             flights: self.clone(),
-            subscriber: Subscriber::new(flight),
+            subscriber: Some(Subscriber::new(flight)),
         })
     }
 
@@ -123,7 +123,20 @@ impl StreamFlights {
 #[derive(Debug)]
 pub struct Leader {
     flights: Arc<StreamFlights>,
-    subscriber: Subscriber,
+    /// Taken by [`Leader::start`]; still here on drop = never started.
+    subscriber: Option<Subscriber>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        // Dropped before it started the upstream call (its request went away): end the flight,
+        // or followers would wait for a stream that never comes. They make their own calls.
+        if let Some(sub) = self.subscriber.take() {
+            lock(&sub.flight.state).phase = Phase::StartFailed(None);
+            self.flights.remove(&sub.flight);
+            sub.flight.changed.send_replace(());
+        }
+    }
 }
 
 /// What the upstream does with the chunks of a flight: called once per chunk, then once with
@@ -143,7 +156,7 @@ impl Leader {
     /// # Errors
     /// The upstream's refusal before streaming.
     pub async fn start<F>(
-        self,
+        mut self,
         open: F,
         sink: Box<dyn ChunkSink>,
     ) -> Result<Subscriber, UpstreamError>
@@ -152,12 +165,12 @@ impl Leader {
             + Send
             + 'static,
     {
-        let flight = self.subscriber.flight.clone();
-        let task = tokio::spawn(drive(self.flights, flight.clone(), open, sink));
+        let mut sub = self.subscriber.take().expect("a leader starts once");
+        let flight = sub.flight.clone();
+        let task = tokio::spawn(drive(self.flights.clone(), flight.clone(), open, sink));
         // Dropping the leader's subscriber (its client left) aborts the driver through this
         // handle when no follower is listening either.
         lock(&flight.state).driver = Some(task.abort_handle());
-        let mut sub = self.subscriber;
         // No deadline here: the upstream call's own timeouts end the driver.
         match sub.started(true).await {
             Ok(()) => Ok(sub),
@@ -325,8 +338,114 @@ impl Drop for Subscriber {
             && matches!(st.phase, Phase::Starting | Phase::Streaming)
             && let Some(driver) = st.driver.take()
         {
-            // Nobody is listening: stop reading the upstream (nothing is stored).
+            drop(st);
+            // Nobody is listening: stop reading the upstream (nothing is stored); the driver's
+            // guard ends the flight.
             driver.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(n: usize) -> BoxStream<'static, reqwest::Result<Bytes>> {
+        futures::stream::iter((0..n).map(|i| Ok(Bytes::from(format!("chunk {i}\n")))))
+            .then(|c| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                c
+            })
+            .boxed()
+    }
+
+    struct Count(Arc<Mutex<(usize, bool)>>);
+    impl ChunkSink for Count {
+        fn chunk(&mut self, _: &Bytes) {
+            lock(&self.0).0 += 1;
+        }
+        fn finish(self: Box<Self>) {
+            lock(&self.0).1 = true;
+        }
+    }
+
+    async fn collect(sub: Subscriber) -> Vec<Bytes> {
+        sub.into_stream().map(|c| c.unwrap()).collect().await
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_whole_stream_and_the_sink_sees_it_once() {
+        let flights = Arc::new(StreamFlights::default());
+        let Join::Lead(leader) = flights.join("k") else {
+            panic!("first joiner leads")
+        };
+        let seen = Arc::new(Mutex::new((0, false)));
+        let sink = Box::new(Count(seen.clone()));
+        let lead = tokio::spawn(async move {
+            collect(leader.start(async { Ok(chunks(20)) }, sink).await.unwrap()).await
+        });
+        tokio::time::sleep(Duration::from_millis(40)).await; // mid-stream
+        let Join::Follow(mut follower) = flights.join("k") else {
+            panic!("second joiner follows")
+        };
+        assert!(follower.wait_started(Duration::from_secs(1)).await);
+        let late = collect(follower).await;
+        let first = lead.await.unwrap();
+        assert_eq!(first.len(), 20);
+        assert_eq!(late, first);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(flights.is_empty(), "the flight ends with its stream");
+        assert_eq!(*lock(&seen), (20, true), "one upstream read, stored once");
+    }
+
+    #[tokio::test]
+    async fn a_leader_dropped_before_it_starts_releases_its_followers() {
+        let flights = Arc::new(StreamFlights::default());
+        let Join::Lead(leader) = flights.join("k") else {
+            panic!("first joiner leads")
+        };
+        let Join::Follow(mut follower) = flights.join("k") else {
+            panic!("second joiner follows")
+        };
+        drop(leader);
+        assert!(flights.is_empty());
+        // At once, not after the timeout: the follower makes its own call.
+        let started = tokio::time::timeout(
+            Duration::from_millis(200),
+            follower.wait_started(Duration::from_secs(60)),
+        )
+        .await;
+        assert_eq!(started, Ok(false));
+        assert!(matches!(flights.join("k"), Join::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_goes_to_the_leader_only() {
+        let flights = Arc::new(StreamFlights::default());
+        let Join::Lead(leader) = flights.join("k") else {
+            panic!("first joiner leads")
+        };
+        let Join::Follow(mut follower) = flights.join("k") else {
+            panic!("second joiner follows")
+        };
+        let seen = Arc::new(Mutex::new((0, false)));
+        let refused = leader
+            .start(
+                async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(UpstreamError::Unreachable {
+                        message: "refused".to_owned(),
+                        timeout: false,
+                    })
+                },
+                Box::new(Count(seen.clone())),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(UpstreamError::Unreachable { message, .. }) if message == "refused")
+        );
+        assert!(!follower.wait_started(Duration::from_secs(1)).await);
+        assert_eq!(*lock(&seen), (0, false));
+        assert!(flights.is_empty());
     }
 }
