@@ -87,7 +87,16 @@ pub fn gcs_service_account_file(base_url: &str) -> PathBuf {
         "private_key": "",
         "private_key_id": "",
     });
-    std::fs::write(&path, json.to_string()).expect("write the service-account file");
+    // Written aside and renamed into place: tests running in parallel read this file while
+    // others (re)write it, and a plain write let a reader see it empty (a client without
+    // plain HTTP then failed with `BadScheme`, once in CI).
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&tmp, json.to_string()).expect("write the service-account file");
+    std::fs::rename(&tmp, &path).expect("move the service-account file into place");
     path
 }
 
