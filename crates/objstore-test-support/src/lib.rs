@@ -320,7 +320,31 @@ impl Emulator {
     /// # Errors
     /// The process is not running.
     pub fn pause(&self) -> Result<(), String> {
-        self.signal("-STOP")
+        self.signal("-STOP")?;
+        // `kill` returns once the signal is queued; each thread of the process stops when it
+        // next enters the kernel. Wait until all of them are stopped, or a request sent right
+        // after this may still be answered (it was, once in CI, by fake-gcs-server).
+        let pid = self.pid().ok_or("not running")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let tasks =
+                std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+            let all_stopped = tasks.filter_map(Result::ok).all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    // The state is the first field after the command name in parentheses.
+                    stat.rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.chars().next())
+                        .is_some_and(|state| state == 'T' || state == 't')
+                })
+            });
+            if all_stopped {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("process {pid} did not stop within 5 s of SIGSTOP"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Lets a paused process run again (SIGCONT); its data is intact.
