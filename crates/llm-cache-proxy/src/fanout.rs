@@ -111,11 +111,21 @@ impl StreamFlights {
         self.len() == 0
     }
 
-    fn remove(&self, flight: &Arc<Flight>) {
-        let mut map = lock(&self.map);
-        if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            map.remove(&flight.key);
+    /// Ends `flight`: settles its phase, takes it out of the map (so the next request leads
+    /// a new one or finds the stored entry) and wakes its clients.
+    fn end(&self, flight: &Arc<Flight>, settle: impl FnOnce(Phase) -> Phase) {
+        {
+            let mut st = lock(&flight.state);
+            st.phase = settle(std::mem::replace(&mut st.phase, Phase::Failed));
+            st.driver = None;
         }
+        {
+            let mut map = lock(&self.map);
+            if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+                map.remove(&flight.key);
+            }
+        }
+        flight.changed.send_replace(());
     }
 }
 
@@ -132,20 +142,18 @@ impl Drop for Leader {
         // Dropped before it started the upstream call (its request went away): end the flight,
         // or followers would wait for a stream that never comes. They make their own calls.
         if let Some(sub) = self.subscriber.take() {
-            lock(&sub.flight.state).phase = Phase::StartFailed(None);
-            self.flights.remove(&sub.flight);
-            sub.flight.changed.send_replace(());
+            self.flights.end(&sub.flight, |_| Phase::StartFailed(None));
         }
     }
 }
 
-/// What the upstream does with the chunks of a flight: called once per chunk, then once with
-/// `None` at a clean end (to store the assembled response).
+/// What the driver does with the chunks of a flight besides buffering them: each chunk in
+/// order, then [`ChunkSink::finish`] once at a clean end (to store the assembled response).
 pub trait ChunkSink: Send + 'static {
     /// A chunk, in order.
     fn chunk(&mut self, chunk: &Bytes);
     /// The stream ended cleanly.
-    fn finish(self: Box<Self>);
+    fn finish(&mut self);
 }
 
 impl Leader {
@@ -190,17 +198,11 @@ struct DriverGuard {
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
-        {
-            let mut st = lock(&self.flight.state);
-            st.phase = match std::mem::replace(&mut st.phase, Phase::Failed) {
-                Phase::Starting => Phase::StartFailed(None),
-                Phase::Streaming => Phase::Failed,
-                done => done,
-            };
-            st.driver = None;
-        }
-        self.flights.remove(&self.flight);
-        self.flight.changed.send_replace(());
+        self.flights.end(&self.flight, |phase| match phase {
+            Phase::Starting => Phase::StartFailed(None),
+            Phase::Streaming => Phase::Failed,
+            settled => settled,
+        });
     }
 }
 
@@ -212,7 +214,7 @@ async fn drive<F>(
 ) where
     F: Future<Output = Result<BoxStream<'static, reqwest::Result<Bytes>>, UpstreamError>>,
 {
-    let guard = DriverGuard {
+    let _guard = DriverGuard {
         flights,
         flight: flight.clone(),
     };
@@ -220,8 +222,7 @@ async fn drive<F>(
         Ok(s) => s,
         Err(e) => {
             lock(&flight.state).phase = Phase::StartFailed(Some(e));
-            drop(guard);
-            return;
+            return; // the guard ends the flight
         }
     };
     lock(&flight.state).phase = Phase::Streaming;
@@ -239,10 +240,9 @@ async fn drive<F>(
             }
         }
     }
-    // Store before the flight is gone, so a request after it finds the entry.
+    // Store before the guard ends the flight, so a request after it finds the entry.
     sink.finish();
     lock(&flight.state).phase = Phase::Done;
-    drop(guard);
 }
 
 /// One client of a flight: replays the buffered chunks, then follows the live stream.
@@ -364,7 +364,7 @@ mod tests {
         fn chunk(&mut self, _: &Bytes) {
             lock(&self.0).0 += 1;
         }
-        fn finish(self: Box<Self>) {
+        fn finish(&mut self) {
             lock(&self.0).1 = true;
         }
     }

@@ -714,12 +714,13 @@ async fn stream_flow(
                             .map(|r| r.bytes_stream().boxed())
                     };
                     return match leader.start(open, sink).await {
-                        Ok(sub) => {
-                            st.metrics.request(endpoint, status_label(&status));
-                            let mut out = sse_response(Body::from_stream(sub.into_stream()));
-                            cache_headers(&mut out, Some(key), &status, None);
-                            out
-                        }
+                        Ok(sub) => forwarded_stream(
+                            &st,
+                            endpoint,
+                            Some(key),
+                            &status,
+                            Body::from_stream(sub.into_stream()),
+                        ),
                         Err(e) => {
                             st.metrics.request(endpoint, "upstream_error");
                             upstream_error(e)
@@ -730,10 +731,13 @@ async fn stream_flow(
                     if sub.wait_started(engine.settings().coalesce_timeout).await {
                         prepared.cache().stats().coalesced.fetch_add(1, Relaxed);
                         let status = CacheStatus::Coalesced;
-                        st.metrics.request(endpoint, status_label(&status));
-                        let mut out = sse_response(Body::from_stream(sub.into_stream()));
-                        cache_headers(&mut out, Some(key), &status, None);
-                        return out;
+                        return forwarded_stream(
+                            &st,
+                            endpoint,
+                            Some(key),
+                            &status,
+                            Body::from_stream(sub.into_stream()),
+                        );
                     }
                     // The leader's upstream refused, or the wait timed out: try again.
                 }
@@ -757,7 +761,6 @@ async fn stream_flow(
             return upstream_error(e);
         }
     };
-    st.metrics.request(endpoint, status_label(&status));
     let sink = StoreSink::new(prepared, text, st.metrics.clone());
     let stream = futures::stream::unfold(
         Some((resp.bytes_stream().boxed(), sink)),
@@ -773,14 +776,32 @@ async fn stream_flow(
                     Some((Err(std::io::Error::other(e)), None))
                 }
                 None => {
-                    Box::new(sink).finish();
+                    sink.finish();
                     None
                 }
             }
         },
     );
-    let mut out = sse_response(Body::from_stream(stream));
-    cache_headers(&mut out, key.as_ref(), &status, None);
+    forwarded_stream(
+        &st,
+        endpoint,
+        key.as_ref(),
+        &status,
+        Body::from_stream(stream),
+    )
+}
+
+/// The SSE response of a stream forwarded from the upstream (counted, with cache headers).
+fn forwarded_stream(
+    st: &AppState,
+    endpoint: &'static str,
+    key: Option<&llm_cache::CacheKey>,
+    status: &CacheStatus,
+    body: Body,
+) -> Response {
+    st.metrics.request(endpoint, status_label(status));
+    let mut out = sse_response(body);
+    cache_headers(&mut out, key, status, None);
     out
 }
 
@@ -812,8 +833,8 @@ impl ChunkSink for StoreSink {
         }
     }
 
-    fn finish(self: Box<Self>) {
-        if let Some(full) = self.assembler.and_then(Assembler::finish) {
+    fn finish(&mut self) {
+        if let Some(full) = self.assembler.take().and_then(Assembler::finish) {
             let bytes = Bytes::from(serde_json::to_vec(&full).expect("JSON values serialize"));
             if self.prepared.store_parsed(bytes, &full) {
                 self.metrics.streams_stored.fetch_add(1, Relaxed);
