@@ -81,16 +81,28 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go through now. A `true` in half-open state reserves the probe: the
-    /// caller must report the outcome.
-    pub(crate) fn allow(&self) -> bool {
+    /// A permit for one call, if the breaker lets it through now. In half-open state the permit
+    /// is the one probe: report its outcome with [`Permit::success`] or [`Permit::failure`]. A
+    /// permit dropped without an outcome (the caller's future was cancelled: the client gave
+    /// up) releases the probe, so the next call probes instead of the breaker staying open for
+    /// good.
+    pub(crate) fn try_acquire(&self) -> Option<Permit<'_>> {
         match self.state() {
-            BreakerState::Closed => true,
-            BreakerState::Open => false,
+            BreakerState::Closed => Some(Permit {
+                breaker: self,
+                probe: false,
+                reported: false,
+            }),
+            BreakerState::Open => None,
             BreakerState::HalfOpen => self
                 .probing
                 .compare_exchange(false, true, AcqRel, Acquire)
-                .is_ok(),
+                .is_ok()
+                .then_some(Permit {
+                    breaker: self,
+                    probe: true,
+                    reported: false,
+                }),
         }
     }
 
@@ -124,6 +136,36 @@ impl Breaker {
     }
 }
 
+/// One call let through by the [`Breaker`]; see [`Breaker::try_acquire`].
+#[derive(Debug)]
+pub(crate) struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    reported: bool,
+}
+
+impl Permit<'_> {
+    /// The call succeeded (or failed in a way that says nothing about the backend's health).
+    pub(crate) fn success(mut self) {
+        self.reported = true;
+        self.breaker.success();
+    }
+
+    /// The call failed transiently (timeout, connection).
+    pub(crate) fn failure(mut self) {
+        self.reported = true;
+        self.breaker.failure();
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.breaker.probing.store(false, Release);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,24 +173,36 @@ mod tests {
     #[test]
     fn opens_probes_and_closes() {
         let b = Breaker::new(BreakerConfig::new(3, Duration::from_millis(30)));
-        assert!(b.allow());
-        b.failure();
-        b.failure();
+        b.try_acquire().unwrap().failure();
+        b.try_acquire().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Closed);
-        b.failure();
+        b.try_acquire().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.allow());
+        assert!(b.try_acquire().is_none());
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.allow(), "one probe");
-        assert!(!b.allow(), "only one probe");
-        b.failure();
+        let probe = b.try_acquire().expect("one probe");
+        assert!(b.try_acquire().is_none(), "only one probe");
+        probe.failure();
         assert_eq!(b.state(), BreakerState::Open);
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.allow());
-        b.success();
+        b.try_acquire().unwrap().success();
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.allow() && b.allow());
+        let (x, y) = (b.try_acquire(), b.try_acquire());
+        assert!(x.is_some() && y.is_some());
+    }
+
+    #[test]
+    fn a_dropped_probe_is_released() {
+        let b = Breaker::new(BreakerConfig::new(1, Duration::from_millis(20)));
+        b.try_acquire().unwrap().failure();
+        std::thread::sleep(Duration::from_millis(30));
+        let probe = b.try_acquire().expect("probe");
+        drop(probe); // the caller gave up mid-probe
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let probe = b.try_acquire().expect("the next call probes again");
+        probe.success();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

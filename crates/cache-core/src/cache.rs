@@ -10,11 +10,14 @@
 //! logged with `tracing` and counted in [`Stats`]. Writes run in the background and never fail
 //! or slow the call.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -26,11 +29,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{CacheBackend, Health, SharedBackend};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
-use crate::directives::CacheControl;
+use crate::directives::{CacheControl, encode_namespace};
 use crate::envelope::{Entry, Usage, now_ms};
 use crate::error::{CacheError, Result};
 use crate::flight::{Flights, Join, Waited};
-use crate::key::{CacheKey, CallKind, KeyBuilder, KeyContext, KeyOptions};
+use crate::key::{CacheKey, CallKind, KeyBuilder, KeyContext, KeyOptions, OPT_IN_FORWARDED_PARAMS};
 use crate::memory::{MemoryBackend, MemoryConfig};
 use crate::output::has_output;
 use crate::semantic::{SemanticLayer, SemanticRequest};
@@ -208,6 +211,9 @@ impl CacheBuilder {
             semantic: self.semantic,
             flights: Flights::default(),
             writes: TaskTracker::new(),
+            l1_generations: (0..L1_GENERATION_SHARDS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             settings,
         })
     }
@@ -230,7 +236,12 @@ pub struct CacheEngine {
     semantic_breaker: Breaker,
     flights: Flights,
     writes: TaskTracker,
+    /// Invalidation generations of the L1 tier, sharded by key: a delete, clear or store bumps
+    /// its shard, so a lookup that read the backend before it cannot put the old entry back.
+    l1_generations: Box<[AtomicU64]>,
 }
+
+const L1_GENERATION_SHARDS: usize = 64;
 
 impl fmt::Debug for CacheEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -277,12 +288,84 @@ impl CacheEngine {
         self.l1.as_ref()
     }
 
-    /// Writes to the L1 tier (if any) for at most its TTL, and never past `ttl` (the entry's
-    /// own remaining lifetime): L1 never outlives the backend entry.
-    fn l1_put(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
+    fn l1_shard(&self, key: &str) -> &AtomicU64 {
+        // FNV-1a: cheap, and keys are already hashes or caller-chosen strings.
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.l1_generations[(h as usize) % L1_GENERATION_SHARDS]
+    }
+
+    /// The L1 generation of `key`, read before a backend lookup whose result may fill L1.
+    fn l1_generation(&self, key: &str) -> u64 {
+        self.l1_shard(key).load(SeqCst)
+    }
+
+    /// Removes `key` from L1 and bumps its generation (delete, refresh).
+    fn l1_invalidate(&self, key: &str) {
+        if let Some(l1) = &self.l1 {
+            self.l1_shard(key).fetch_add(1, SeqCst);
+            l1.delete_sync(key);
+        }
+    }
+
+    /// Clears L1 (all of it, or one namespace) and bumps every generation.
+    fn l1_clear(&self, namespace: Option<&str>) {
+        if let Some(l1) = &self.l1 {
+            for g in self.l1_generations.iter() {
+                g.fetch_add(1, SeqCst);
+            }
+            l1.clear_sync(namespace);
+        }
+    }
+
+    /// Fills L1 with an entry read from the backend, unless `key` was invalidated since the
+    /// read began (`seen` is the generation then). The check runs again after the write: a
+    /// delete that raced with it removes what was just put.
+    fn l1_fill(&self, key: &str, raw: &Bytes, ttl: Option<Duration>, seen: u64) {
+        if self.l1.is_none() || self.l1_generation(key) != seen {
+            return;
+        }
+        self.l1_write(key, raw, ttl);
+        if self.l1_generation(key) != seen
+            && let Some(l1) = &self.l1
+        {
+            l1.delete_sync(key);
+        }
+    }
+
+    /// Writes a new entry (a store or a refresh) to L1: bumps the generation first, so a lookup
+    /// in flight cannot overwrite it with the old entry.
+    fn l1_store(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
+        if self.l1.is_some() {
+            self.l1_shard(key).fetch_add(1, SeqCst);
+            self.l1_write(key, raw, ttl);
+        }
+    }
+
+    /// Writes to the L1 tier for at most its TTL, and never past `ttl` (the entry's own
+    /// remaining lifetime): L1 never outlives the backend entry. An entry L1 refuses (too
+    /// large) removes the old copy, so L1 never keeps serving what was replaced.
+    fn l1_write(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
         if let (Some(l1), Some(cfg)) = (&self.l1, &self.settings.l1) {
             let ttl = ttl.map_or(cfg.ttl, |t| t.min(cfg.ttl));
-            let _ = l1.set_sync(key, raw.clone(), Some(ttl));
+            if l1.set_sync(key, raw.clone(), Some(ttl)).is_err() {
+                l1.delete_sync(key);
+            }
+        }
+    }
+
+    /// The namespace of a request: a per-request namespace (encoded into one opaque segment)
+    /// nested under the configured one, else the configured one.
+    pub fn resolve_namespace<'a>(&'a self, cc: &'a CacheControl) -> Option<Cow<'a, str>> {
+        let configured = self.settings.namespace.as_deref().filter(|n| !n.is_empty());
+        match (
+            cc.namespace.as_deref().filter(|n| !n.is_empty()),
+            configured,
+        ) {
+            (Some(req), Some(cfg)) => Some(Cow::Owned(format!("{cfg}:{}", encode_namespace(req)))),
+            (Some(req), None) => Some(encode_namespace(req)),
+            (None, cfg) => cfg.map(Cow::Borrowed),
         }
     }
 
@@ -395,8 +478,8 @@ pub enum CacheStatus {
     Miss {
         /// Why.
         reason: MissReason,
-        /// Whether the response is being stored.
-        stored: bool,
+        /// What happened to the write of the response.
+        store: StoreOutcome,
     },
     /// Answered by a concurrent identical request's upstream call.
     Coalesced,
@@ -406,14 +489,62 @@ pub enum CacheStatus {
         cached: usize,
         /// All inputs.
         total: usize,
-        /// Whether the fetched inputs are being stored.
-        stored: bool,
+        /// What happened to the write of the fetched inputs.
+        store: StoreOutcome,
     },
     /// Not cacheable.
     Bypass {
         /// Why.
         reason: &'static str,
     },
+}
+
+/// What happened to the write of a fetched response. `Cache-Status` says `stored` only for
+/// [`StoreOutcome::Stored`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// The backend accepted the write.
+    Stored,
+    /// No write was asked for: `no-store`, `ttl: 0`, a bypassed request, or a response the cache
+    /// never keeps (no output, not JSON).
+    NotRequested,
+    /// The write is still running after the acknowledgement wait (the read deadline); its result
+    /// is counted in the stats, not reported here.
+    Pending,
+    /// The write was attempted and not accepted.
+    Failed(StoreFailure),
+}
+
+/// Why a write was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The circuit breaker is open: the write was skipped.
+    BreakerOpen,
+    /// The entry is larger than the backend accepts.
+    TooLarge,
+    /// The write missed its deadline.
+    Timeout,
+    /// The backend returned an error.
+    Error,
+}
+
+impl StoreOutcome {
+    /// Whether the write was accepted.
+    pub fn is_stored(self) -> bool {
+        self == StoreOutcome::Stored
+    }
+
+    /// The `Cache-Status` detail of a write that was asked for and not (yet) accepted.
+    pub fn detail(self) -> Option<&'static str> {
+        match self {
+            StoreOutcome::Stored | StoreOutcome::NotRequested => None,
+            StoreOutcome::Pending => Some("store-pending"),
+            StoreOutcome::Failed(StoreFailure::BreakerOpen) => Some("not-stored-breaker-open"),
+            StoreOutcome::Failed(StoreFailure::TooLarge) => Some("not-stored-too-large"),
+            StoreOutcome::Failed(StoreFailure::Timeout) => Some("not-stored-timeout"),
+            StoreOutcome::Failed(StoreFailure::Error) => Some("not-stored-error"),
+        }
+    }
 }
 
 impl CacheStatus {
@@ -430,33 +561,33 @@ impl CacheStatus {
                 (Tier::L1, _) => format!("{name}; hit; detail=l1"),
                 (Tier::Backend, _) => format!("{name}; hit"),
             },
-            CacheStatus::Miss { reason, stored } => {
+            CacheStatus::Miss { reason, store } => {
                 let fwd = match reason {
                     MissReason::Stale => "stale",
                     MissReason::NoCache => "request",
                     _ => "miss",
                 };
                 let mut s = format!("{name}; fwd={fwd}");
-                if *stored {
+                if store.is_stored() {
                     s.push_str("; stored");
                 }
-                if matches!(
+                let lookup = matches!(
                     reason,
                     MissReason::Error | MissReason::BreakerOpen | MissReason::Unusable
-                ) {
-                    s.push_str("; detail=");
-                    s.push_str(reason.as_str());
-                }
+                )
+                .then(|| reason.as_str());
+                push_detail(&mut s, lookup, store.detail());
                 s
             }
             CacheStatus::Coalesced => format!("{name}; fwd=miss; collapsed"),
             CacheStatus::Partial {
                 cached,
                 total,
-                stored,
+                store,
             } => {
-                let stored = if *stored { "; stored" } else { "" };
-                format!("{name}; fwd=partial{stored}; detail=\"cached {cached} of {total}\"")
+                let stored = if store.is_stored() { "; stored" } else { "" };
+                let not = store.detail().map(|d| format!(", {d}")).unwrap_or_default();
+                format!("{name}; fwd=partial{stored}; detail=\"cached {cached} of {total}{not}\"")
             }
             CacheStatus::Bypass { reason } => format!("{name}; fwd=bypass; detail={reason}"),
         }
@@ -465,6 +596,32 @@ impl CacheStatus {
     /// Whether the response came from the cache.
     pub fn is_hit(&self) -> bool {
         matches!(self, CacheStatus::Hit { .. })
+    }
+
+    /// What happened to the write, for misses.
+    pub fn store(&self) -> Option<StoreOutcome> {
+        match self {
+            CacheStatus::Miss { store, .. } | CacheStatus::Partial { store, .. } => Some(*store),
+            _ => None,
+        }
+    }
+}
+
+/// Appends `; detail=...` (RFC 9211): one token, or a quoted list when there are two.
+fn push_detail(s: &mut String, a: Option<&str>, b: Option<&str>) {
+    match (a, b) {
+        (Some(x), None) | (None, Some(x)) => {
+            s.push_str("; detail=");
+            s.push_str(x);
+        }
+        (Some(x), Some(y)) => {
+            s.push_str("; detail=\"");
+            s.push_str(x);
+            s.push_str(", ");
+            s.push_str(y);
+            s.push('"');
+        }
+        (None, None) => {}
     }
 }
 
@@ -502,6 +659,21 @@ pub struct RequestContext<'a> {
     pub model_group: Option<&'a str>,
     /// Tenant partition: requests with different partitions never share entries.
     pub partition: Option<&'a str>,
+    /// Opt-in members this request forwards upstream (`metadata`): keyed (see
+    /// [`crate::key::OPT_IN_FORWARDED_PARAMS`]).
+    pub forwarded: &'a [&'a str],
+}
+
+impl<'a> RequestContext<'a> {
+    /// The key context for `namespace`.
+    pub(crate) fn key_context(&self, namespace: Option<&'a str>) -> KeyContext<'a> {
+        KeyContext {
+            model_group: self.model_group,
+            namespace,
+            partition: self.partition,
+            forwarded: self.forwarded,
+        }
+    }
 }
 
 /// A ping report (the proxy's `/cache/ping`).
@@ -539,6 +711,7 @@ struct SemanticInput {
     model_group: Option<String>,
     namespace: Option<String>,
     partition: Option<String>,
+    forwarded: Vec<&'static str>,
     min_similarity: Option<f32>,
 }
 
@@ -552,6 +725,7 @@ impl SemanticInput {
             self.min_similarity,
         )
         .with_partition(self.partition.as_deref())
+        .with_forwarded(&self.forwarded)
         .with_keys(keys)
     }
 }
@@ -714,13 +888,13 @@ impl Cache {
         } else {
             None
         };
-        let namespace = cc.namespace.as_deref().or(s.namespace.as_deref());
-        let key_ctx = KeyContext {
-            model_group: ctx.model_group,
-            namespace,
-            partition: ctx.partition,
-        };
-        p.key = Some(engine.keys.key(kind, request, &key_ctx)?);
+        let namespace = engine.resolve_namespace(cc);
+        let namespace = namespace.as_deref();
+        p.key = Some(
+            engine
+                .keys
+                .key(kind, request, &ctx.key_context(namespace))?,
+        );
         if let Some(reason) = bypass {
             p.bypass = Some(reason);
             p.engine = Some(engine);
@@ -741,6 +915,11 @@ impl Cache {
                 model_group: ctx.model_group.map(str::to_owned),
                 namespace: namespace.map(str::to_owned),
                 partition: ctx.partition.map(str::to_owned),
+                forwarded: OPT_IN_FORWARDED_PARAMS
+                    .iter()
+                    .copied()
+                    .filter(|p| ctx.forwarded.contains(p))
+                    .collect(),
                 min_similarity: cc.similarity_threshold,
             });
         }
@@ -773,13 +952,14 @@ impl Cache {
         }
         let mut deleted = 0;
         for k in &targets {
-            if let Some(l1) = &engine.l1 {
-                l1.delete_sync(k);
-            }
+            engine.l1_invalidate(k);
             let existed = engine
                 .admin(engine.backend.delete(k), "delete", &self.shared.stats)
-                .await?;
-            deleted += u64::from(existed);
+                .await;
+            // Again after the backend delete: a lookup that read the entry in between must not
+            // leave it in L1.
+            engine.l1_invalidate(k);
+            deleted += u64::from(existed?);
         }
         Ok(deleted)
     }
@@ -794,12 +974,12 @@ impl Cache {
             return Err(CacheError::Config("the cache is disabled".to_owned()));
         };
         let ns = namespace.or(engine.settings.namespace.as_deref());
-        if let Some(l1) = &engine.l1 {
-            l1.clear_sync(ns);
-        }
+        engine.l1_clear(ns);
         let n = engine
             .admin(engine.backend.clear(ns), "clear", &self.shared.stats)
-            .await?;
+            .await;
+        engine.l1_clear(ns);
+        let n = n?;
         if let Some(sem) = &engine.semantic {
             engine
                 .admin(sem.clear(ns), "clear", &self.shared.stats)
@@ -985,6 +1165,26 @@ impl CacheEngine {
         }
     }
 
+    /// Runs a write and waits for it at most the read deadline. A write that completes without
+    /// waiting (the in-memory backend) costs no timer; one still running after the deadline
+    /// goes on in the background (tracked, so shutdown waits for it) and is reported pending.
+    pub(crate) async fn acknowledge(&self, mut write: StoreWrite) -> StoreOutcome {
+        let first = {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            write.as_mut().poll(&mut cx)
+        };
+        if let std::task::Poll::Ready(outcome) = first {
+            return outcome;
+        }
+        match tokio::time::timeout(self.settings.read_timeout, &mut write).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.writes.spawn(write);
+                StoreOutcome::Pending
+            }
+        }
+    }
+
     /// Runs a backend call with the breaker and a deadline. `Err(None)` = skipped (breaker open).
     pub(crate) async fn guarded<T>(
         &self,
@@ -993,10 +1193,11 @@ impl CacheEngine {
         timeout: Duration,
         stats: &Stats,
     ) -> std::result::Result<T, Option<CacheError>> {
-        if !self.breaker.allow() {
+        // The permit is released if this future is dropped mid-call (see `Permit`).
+        let Some(permit) = self.breaker.try_acquire() else {
             stats.breaker_rejections.fetch_add(1, Relaxed);
             return Err(None);
-        }
+        };
         let res = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(CacheError::Timeout {
@@ -1007,14 +1208,14 @@ impl CacheEngine {
         };
         match res {
             Ok(v) => {
-                self.breaker.success();
+                permit.success();
                 Ok(v)
             }
             Err(e) => {
                 if e.is_transient() {
-                    self.breaker.failure();
+                    permit.failure();
                 } else {
-                    self.breaker.success();
+                    permit.success();
                 }
                 stats.record_error(self.backend.name(), op, e.kind_label());
                 tracing::warn!(backend = self.backend.name(), op, error = %e, "cache backend call failed; treated as a miss");
@@ -1135,6 +1336,7 @@ impl Prepared {
         }
 
         let backend_name = engine.backend.name();
+        let generation = engine.l1_generation(key.as_str());
         match engine
             .guarded(
                 engine.backend.get(key.as_str()),
@@ -1146,7 +1348,7 @@ impl Prepared {
         {
             Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
                 Ok((entry, age)) => {
-                    engine.l1_put(key.as_str(), &raw, entry.remaining_ttl(now));
+                    engine.l1_fill(key.as_str(), &raw, entry.remaining_ttl(now), generation);
                     return self.hit(engine, key, entry, age, Tier::Backend, None, start);
                 }
                 Err(r) => {
@@ -1232,10 +1434,10 @@ impl Prepared {
         now: u64,
     ) -> Option<(Entry, Duration, f32)> {
         let stats = &self.cache.shared.stats;
-        if !engine.semantic_breaker.allow() {
+        let Some(permit) = engine.semantic_breaker.try_acquire() else {
             stats.breaker_rejections.fetch_add(1, Relaxed);
             return None;
-        }
+        };
         let req = input.as_request(self.kind, &engine.keys);
         let res = tokio::time::timeout(engine.settings.semantic_timeout, sem.lookup(&req)).await;
         let res = match res {
@@ -1248,19 +1450,22 @@ impl Prepared {
         };
         match res {
             Ok(Some(hit)) => {
-                engine.semantic_breaker.success();
+                permit.success();
                 match validate(&hit.value, self.kind, self.max_age, now) {
                     Ok((entry, age)) => Some((entry, age, hit.similarity)),
                     Err(_) => None,
                 }
             }
             Ok(None) => {
-                engine.semantic_breaker.success();
+                permit.success();
                 None
             }
             Err(e) => {
+                // Every outcome is reported: a non-transient error says the backend answered.
                 if e.is_transient() {
-                    engine.semantic_breaker.failure();
+                    permit.failure();
+                } else {
+                    permit.success();
                 }
                 stats.record_error(sem.name(), "semantic_lookup", e.kind_label());
                 tracing::warn!(backend = sem.name(), error = %e, "semantic lookup failed; treated as a miss");
@@ -1341,34 +1546,69 @@ impl Prepared {
         });
     }
 
-    /// Stores a response body (JSON) in the background. Returns whether a write was scheduled:
-    /// not for bypassed/`no-store` requests, non-JSON bodies, or responses without output.
+    /// Stores a response body (JSON) in the background, without waiting for the backend.
+    /// Returns whether a write was started: not for bypassed/`no-store` requests, non-JSON
+    /// bodies, or responses without output.
     pub fn store(&self, body: Bytes) -> bool {
-        if !self.writes() {
-            return false;
-        }
-        let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
-            tracing::debug!("response is not JSON; not stored");
-            return false;
-        };
-        self.store_parsed(body, &parsed)
+        self.detach(self.begin_store(body))
     }
 
     /// [`Prepared::store`] for a body the caller has already parsed.
     pub fn store_parsed(&self, body: Bytes, parsed: &Value) -> bool {
-        if !self.writes() || !has_output(self.kind, parsed) {
-            return false;
-        }
-        let usage = Usage::from_response(parsed);
-        self.store_entry(Entry::new(self.kind, body, usage, self.ttl))
+        self.detach(self.begin_store_parsed(body, parsed))
     }
 
-    fn store_entry(&self, entry: Entry) -> bool {
+    /// Stores a response body and waits, at most the read deadline, for the backend to accept
+    /// the write: what `Cache-Status` reports as `stored`. A write still running then goes on
+    /// in the background ([`StoreOutcome::Pending`]).
+    pub async fn store_confirmed(&self, body: Bytes) -> StoreOutcome {
+        match (self.begin_store(body), &self.engine) {
+            (Some(write), Some(engine)) => engine.acknowledge(write).await,
+            _ => StoreOutcome::NotRequested,
+        }
+    }
+
+    fn detach(&self, write: Option<StoreWrite>) -> bool {
+        match (write, &self.engine) {
+            (Some(write), Some(engine)) => {
+                engine.write_behind(async move {
+                    write.await;
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn begin_store(&self, body: Bytes) -> Option<StoreWrite> {
+        if !self.writes() {
+            return None;
+        }
+        let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
+            tracing::debug!("response is not JSON; not stored");
+            return None;
+        };
+        self.begin_store_parsed(body, &parsed)
+    }
+
+    fn begin_store_parsed(&self, body: Bytes, parsed: &Value) -> Option<StoreWrite> {
+        if !self.writes() || !has_output(self.kind, parsed) {
+            return None;
+        }
+        let usage = Usage::from_response(parsed);
+        self.begin_store_entry(Entry::new(self.kind, body, usage, self.ttl))
+    }
+
+    /// Puts the entry in L1 at once and returns the backend write, not yet started. The
+    /// semantic store (which may run an embedding model) follows in its own background task,
+    /// outside what the write's acknowledgement waits for.
+    fn begin_store_entry(&self, entry: Entry) -> Option<StoreWrite> {
         let (Some(engine), Some(key)) = (&self.engine, &self.key) else {
-            return false;
+            return None;
         };
         let raw = entry.encode();
-        engine.l1_put(key.as_str(), &raw, self.ttl);
+        engine.l1_store(key.as_str(), &raw, self.ttl);
+        let generation = engine.l1_generation(key.as_str());
         let ttl = self.ttl;
         let key_s = key.as_str().to_owned();
         let cache = self.cache.clone();
@@ -1376,8 +1616,6 @@ impl Prepared {
         let semantic = self.semantic.clone();
         let kind = self.kind;
         let bytes = raw.len();
-        // The semantic store may embed the prompt (a local model is CPU-heavy): always a task.
-        let in_task = semantic.is_some() && engine.semantic.is_some();
         let write = async move {
             let start = Instant::now();
             let stats = cache.stats();
@@ -1389,8 +1627,8 @@ impl Prepared {
                     stats,
                 )
                 .await;
-            if res.is_ok() {
-                stats.stores.fetch_add(1, Relaxed);
+            let outcome = store_outcome(res, stats, 1);
+            if outcome.is_stored() {
                 cache.emit_with(|emit| {
                     emit(&CacheEvent {
                         kind: EventKind::Store,
@@ -1404,30 +1642,42 @@ impl Prepared {
                     })
                 });
             }
-            if let (Some(sem), Some(input)) = (&eng.semantic, semantic) {
-                let req = input.as_request(kind, &eng.keys);
-                let res =
-                    tokio::time::timeout(eng.settings.write_timeout, sem.store(&req, raw, ttl))
-                        .await;
-                match res {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        stats.record_error(sem.name(), "semantic_store", e.kind_label());
-                        tracing::warn!(backend = sem.name(), error = %e, "semantic store failed");
-                    }
-                    Err(_) => {
-                        stats.record_error(sem.name(), "semantic_store", "timeout");
-                        tracing::warn!(backend = sem.name(), "semantic store timed out");
-                    }
-                }
+            // A lookup that read the old entry while this write was in flight may have put it
+            // in L1: put the new one back, unless a delete or clear came since.
+            if eng.l1_generation(&key_s) == generation {
+                eng.l1_store(&key_s, &raw, ttl);
+            } else {
+                eng.l1_invalidate(&key_s);
             }
+            if let (Some(_), Some(input)) = (&eng.semantic, semantic) {
+                let eng2 = eng.clone();
+                eng.writes.spawn(async move {
+                    let Some(sem) = eng2.semantic.as_ref() else {
+                        return;
+                    };
+                    let req = input.as_request(kind, &eng2.keys);
+                    let res = tokio::time::timeout(
+                        eng2.settings.write_timeout,
+                        sem.store(&req, raw, ttl),
+                    )
+                    .await;
+                    let stats = cache.stats();
+                    match res {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            stats.record_error(sem.name(), "semantic_store", e.kind_label());
+                            tracing::warn!(backend = sem.name(), error = %e, "semantic store failed");
+                        }
+                        Err(_) => {
+                            stats.record_error(sem.name(), "semantic_store", "timeout");
+                            tracing::warn!(backend = sem.name(), "semantic store timed out");
+                        }
+                    }
+                });
+            }
+            outcome
         };
-        if in_task {
-            engine.writes.spawn(write);
-        } else {
-            engine.write_behind(write);
-        }
-        true
+        Some(contain_panics(write))
     }
 
     /// Lookup, then on a miss a single-flight upstream call whose result is stored.
@@ -1490,8 +1740,8 @@ impl Prepared {
         if self.only_if_cached {
             return Err(CallError::NotCached);
         }
-        let status = |stored: bool| match (reason, self.bypass) {
-            (Some(reason), _) => CacheStatus::Miss { reason, stored },
+        let status = |store: StoreOutcome| match (reason, self.bypass) {
+            (Some(reason), _) => CacheStatus::Miss { reason, store },
             (None, reason) => CacheStatus::Bypass {
                 reason: reason.unwrap_or("disabled"),
             },
@@ -1506,17 +1756,20 @@ impl Prepared {
                     Join::Lead(leader) => {
                         let f = fetch.take().expect("fetch is called once");
                         let value = f().await.map_err(CallError::Upstream)?;
-                        let stored = match encode(&value) {
-                            Some(body) => {
-                                let stored = self.store(body.clone());
-                                leader.publish(body);
-                                stored
-                            }
-                            None => false,
+                        // L1 gets the entry before the followers are woken; the leader then
+                        // waits (bounded) for the backend to accept the write.
+                        let write = encode(&value).and_then(|body| {
+                            let write = self.begin_store(body.clone());
+                            leader.publish(body);
+                            write
+                        });
+                        let store = match write {
+                            Some(write) => engine.acknowledge(write).await,
+                            None => StoreOutcome::NotRequested,
                         };
                         return Ok(Cached {
                             value,
-                            status: status(stored),
+                            status: status(store),
                             key: self.key.clone(),
                             entry: None,
                         });
@@ -1557,10 +1810,13 @@ impl Prepared {
 
         let f = fetch.take().expect("fetch is called once");
         let value = f().await.map_err(CallError::Upstream)?;
-        let stored = encode(&value).is_some_and(|body| self.store(body));
+        let store = match encode(&value) {
+            Some(body) => self.store_confirmed(body).await,
+            None => StoreOutcome::NotRequested,
+        };
         Ok(Cached {
             value,
-            status: status(stored),
+            status: status(store),
             key: self.key.clone(),
             entry: None,
         })
@@ -1568,22 +1824,23 @@ impl Prepared {
 }
 
 impl Cache {
-    /// Writes encoded entries to L1 and, in the background, to the backend.
-    pub(crate) fn write_many(
+    /// Writes encoded entries to L1 and to the backend, waiting (bounded) for the backend to
+    /// accept them.
+    pub(crate) async fn write_many(
         &self,
         engine: &Arc<CacheEngine>,
         entries: Vec<(String, Bytes)>,
         ttl: Option<Duration>,
-    ) {
+    ) -> StoreOutcome {
         if entries.is_empty() {
-            return;
+            return StoreOutcome::NotRequested;
         }
         for (k, v) in &entries {
-            engine.l1_put(k, v, ttl);
+            engine.l1_store(k, v, ttl);
         }
         let eng = engine.clone();
         let cache = self.clone();
-        engine.write_behind(async move {
+        let write = contain_panics(async move {
             let n = entries.len() as u64;
             let stats = cache.stats();
             let res = eng
@@ -1594,9 +1851,41 @@ impl Cache {
                     stats,
                 )
                 .await;
-            if res.is_ok() {
-                stats.stores.fetch_add(n, Relaxed);
-            }
+            store_outcome(res, stats, n)
         });
+        engine.acknowledge(write).await
     }
+}
+
+/// A backend write in progress: resolves to what became of it. Panics inside are contained.
+type StoreWrite = Pin<Box<dyn Future<Output = StoreOutcome> + Send>>;
+
+fn contain_panics(write: impl Future<Output = StoreOutcome> + Send + 'static) -> StoreWrite {
+    use futures::FutureExt as _;
+    Box::pin(std::panic::AssertUnwindSafe(write).catch_unwind().map(|r| {
+        r.unwrap_or_else(|_| {
+            tracing::error!("cache backend panicked in a write; the write is dropped");
+            StoreOutcome::Failed(StoreFailure::Error)
+        })
+    }))
+}
+
+/// Counts a finished write of `entries` entries and says what became of it.
+fn store_outcome(
+    res: std::result::Result<(), Option<CacheError>>,
+    stats: &Stats,
+    entries: u64,
+) -> StoreOutcome {
+    let outcome = match res {
+        Ok(()) => {
+            stats.stores.fetch_add(entries, Relaxed);
+            return StoreOutcome::Stored;
+        }
+        Err(None) => StoreFailure::BreakerOpen,
+        Err(Some(CacheError::ValueTooLarge { .. })) => StoreFailure::TooLarge,
+        Err(Some(CacheError::Timeout { .. })) => StoreFailure::Timeout,
+        Err(Some(_)) => StoreFailure::Error,
+    };
+    stats.store_failures.fetch_add(1, Relaxed);
+    StoreOutcome::Failed(outcome)
 }

@@ -9,7 +9,7 @@
 //! | `no-store: true` | look up, but never store this request's result |
 //! | `ttl: N` | store this entry for N seconds (0: do not store) |
 //! | `s-maxage: N` / `s-max-age: N` | an entry older than N seconds is a miss and is refreshed; `0` is always a miss |
-//! | `namespace: "s"` | key prefix `s:` (wins over the configured namespace) |
+//! | `namespace: "s"` | key prefix `s:`, nested under the configured namespace (`cfg:s:`) |
 //! | `use-cache: true` | opt in when the cache runs in `mode: default_off` |
 //! | `only-if-cached: true` | a miss is an error (HTTP 504 in the proxy); upstream is not called |
 //! | `similarity-threshold: x` | semantic caches: raise the threshold for this request (never lower) |
@@ -177,6 +177,27 @@ impl CacheControl {
         Ok(cc)
     }
 
+    /// Parses the directives carried in a request body: LiteLLM's `cache` field, and
+    /// `metadata.redis_namespace` as the namespace when `cache.namespace` is not given
+    /// (LiteLLM's precedence: `cache.namespace` > `metadata.redis_namespace` > configuration).
+    ///
+    /// # Errors
+    /// As [`CacheControl::from_json`]; also when `metadata.redis_namespace` is not a non-empty
+    /// string.
+    pub fn from_request(body: &Value) -> Result<Self, DirectiveError> {
+        let mut cc = Self::from_json(body.get("cache"))?;
+        if cc.namespace.is_none()
+            && let Some(ns) = body
+                .get("metadata")
+                .filter(|m| m.is_object())
+                .and_then(|m| m.get("redis_namespace"))
+                .filter(|v| !v.is_null())
+        {
+            cc.namespace = Some(namespace_value("metadata.redis_namespace", ns)?);
+        }
+        Ok(cc)
+    }
+
     /// Parses a `Cache-Control` request header (RFC 9111 §5.2.1): `no-cache`, `no-store`,
     /// `max-age=N`, `s-maxage=N`, `only-if-cached`. Other directives are ignored, as RFC 9111
     /// requires of caches.
@@ -291,15 +312,30 @@ fn namespace_value(field: &str, v: &Value) -> Result<String, DirectiveError> {
             format!("longer than {MAX_NAMESPACE_LEN} bytes"),
         ));
     }
-    if s.chars()
-        .any(|c| c.is_control() || c.is_whitespace() || c == '*')
-    {
-        return Err(DirectiveError::new(
-            field,
-            "must not contain whitespace, control characters or `*`",
-        ));
-    }
     Ok(s.to_owned())
+}
+
+/// The form a per-request namespace takes in keys: every byte outside `A-Z a-z 0-9 . _ ~ -`
+/// percent-encoded (`a:b` → `a%3Ab`). A caller's namespace is then one opaque segment: it can
+/// never reach into another namespace's scope (`a:b` is not "b inside a"), nor carry glob or
+/// control characters into a backend's scan pattern.
+pub fn encode_namespace(ns: &str) -> std::borrow::Cow<'_, str> {
+    let clean = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-');
+    if ns.bytes().all(clean) {
+        return std::borrow::Cow::Borrowed(ns);
+    }
+    let mut out = String::with_capacity(ns.len() + 8);
+    for b in ns.bytes() {
+        if clean(b) {
+            out.push(b as char);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn threshold_value(field: &str, v: &Value) -> Result<f32, DirectiveError> {
@@ -367,7 +403,6 @@ mod tests {
             (json!({"s-max-age": -0.5}), "cache.s-max-age"),
             (json!({"namespace": 5}), "cache.namespace"),
             (json!({"namespace": ""}), "cache.namespace"),
-            (json!({"namespace": "a b"}), "cache.namespace"),
             (
                 json!({"similarity-threshold": 1.5}),
                 "cache.similarity-threshold",
@@ -379,6 +414,41 @@ mod tests {
             assert_eq!(err.field, field, "{input}");
             assert!(err.to_string().contains(field));
         }
+    }
+
+    #[test]
+    fn namespaces_are_one_opaque_segment() {
+        assert_eq!(encode_namespace("team-a.v2_x~"), "team-a.v2_x~");
+        assert_eq!(encode_namespace("a:b"), "a%3Ab");
+        assert_eq!(encode_namespace("a b*?[]"), "a%20b%2A%3F%5B%5D");
+        assert_eq!(
+            encode_namespace("%3A"),
+            "%253A",
+            "no two names encode alike"
+        );
+        assert_eq!(encode_namespace("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn metadata_redis_namespace_comes_after_cache_namespace() {
+        let body = json!({"metadata": {"redis_namespace": "litellm:key:acompletion"}});
+        let cc = CacheControl::from_request(&body).unwrap();
+        assert_eq!(cc.namespace.as_deref(), Some("litellm:key:acompletion"));
+        let body = json!({"cache": {"namespace": "mine"}, "metadata": {"redis_namespace": "x"}});
+        assert_eq!(
+            CacheControl::from_request(&body)
+                .unwrap()
+                .namespace
+                .as_deref(),
+            Some("mine")
+        );
+        let err =
+            CacheControl::from_request(&json!({"metadata": {"redis_namespace": 5}})).unwrap_err();
+        assert_eq!(err.field, "metadata.redis_namespace");
+        assert_eq!(
+            CacheControl::from_request(&json!({"metadata": "x"})).unwrap(),
+            CacheControl::default()
+        );
     }
 
     #[test]

@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::cache::{Cache, CacheEngine, CacheStatus, CallError, MissReason, RequestContext};
+use crate::cache::{
+    Cache, CacheEngine, CacheStatus, CallError, MissReason, RequestContext, StoreOutcome,
+};
 use crate::directives::CacheControl;
 use crate::envelope::{Entry, Usage, now_ms};
-use crate::key::{CacheKey, CallKind, KeyContext};
+use crate::key::{CacheKey, CallKind};
 
 /// The result of a cached embeddings call.
 #[derive(Debug, Clone)]
@@ -106,20 +108,10 @@ impl Cache {
                 });
             }
         };
-        let namespace = cc
-            .namespace
-            .as_deref()
-            .or(engine.settings().namespace.as_deref());
+        let namespace = engine.resolve_namespace(cc);
         let items = engine
             .keys()
-            .embedding_item_keys(
-                request,
-                &KeyContext {
-                    model_group: ctx.model_group,
-                    namespace,
-                    partition: ctx.partition,
-                },
-            )
+            .embedding_item_keys(request, &ctx.key_context(namespace.as_deref()))
             .map_err(CallError::Invalid)?;
         let scalar_input = !matches!(request.get("input"), Some(Value::Array(a)) if !a.iter().all(Value::is_number) || a.is_empty());
 
@@ -193,7 +185,7 @@ impl Cache {
                 fetched: missing.len(),
                 status: CacheStatus::Miss {
                     reason: MissReason::NotFound,
-                    stored: false,
+                    store: StoreOutcome::NotRequested,
                 },
                 key: whole_key,
             });
@@ -205,7 +197,9 @@ impl Cache {
             .map(str::to_owned);
         let fresh_usage = Usage::from_response(&parsed).unwrap_or_default();
 
-        let stored = prepared.writes() && {
+        let store = if !prepared.writes() {
+            StoreOutcome::NotRequested
+        } else {
             let n = fresh.len() as u64;
             let per = fresh_usage.prompt_tokens.checked_div(n).unwrap_or(0);
             let rem = fresh_usage.prompt_tokens.checked_rem(n).unwrap_or(0);
@@ -227,8 +221,7 @@ impl Cache {
                     (items[missing[j]].0.as_str().to_owned(), entry.encode())
                 })
                 .collect();
-            self.write_many(&engine, entries, ttl);
-            true
+            self.write_many(&engine, entries, ttl).await
         };
 
         if cached == 0 {
@@ -238,7 +231,7 @@ impl Cache {
                 fetched: missing.len(),
                 status: CacheStatus::Miss {
                     reason: MissReason::NotFound,
-                    stored,
+                    store,
                 },
                 key: whole_key,
             });
@@ -264,7 +257,7 @@ impl Cache {
             status: CacheStatus::Partial {
                 cached,
                 total: items.len(),
-                stored,
+                store,
             },
             key: whole_key,
         })

@@ -1,18 +1,21 @@
-//! Cache keys: which request parameters count, their canonical form, and the hash.
+//! Cache keys: which request members count, their canonical form, and the hash.
 //!
 //! The full specification, with golden vectors, is `docs/key-spec.md`. In short:
 //!
 //! ```text
-//! preimage = "llm-cache/key/v1\n" + call_kind + "\n" + canonical_json(keyed params)
+//! preimage = "llm-cache/key/v2\n" + call_kind + "\n" [+ "partition:" + json(p) + "\n"]
+//!            + canonical_json(keyed members)
 //! key      = [namespace + ":"] + lowercase_hex(blake3(preimage))
 //! ```
 //!
-//! * Only the keyed parameters count: LiteLLM's allow-list ([`KEYED_PARAMS`]) minus `stream` and
-//!   `stream_options` (one entry serves streaming and non-streaming callers), plus parameters the
-//!   configuration adds. `null` equals absent, at every depth of an object.
-//! * Canonical JSON: object members sorted by key at every depth, no whitespace, numbers
-//!   normalised (`1`, `1.0` and `1e0` are the same number), strings escaped the one way
-//!   `serde_json` escapes them.
+//! * **The rule:** every member of a request is either *stripped* (never sent upstream: LiteLLM's
+//!   own fields, credentials, endpoints, directives; [`is_stripped`]) or *keyed*. The only
+//!   members that are forwarded but not keyed are [`UNKEYED_FORWARDED_PARAMS`] (`stream`,
+//!   `stream_options`), which cannot change the answer: one entry serves streaming and
+//!   non-streaming callers. A top-level `null` equals an omitted member; nested `null`s count.
+//! * Canonical JSON: object members sorted by key at every depth, no whitespace, integers in
+//!   decimal and floats in shortest round-trip scientific form (so `1` and `1.0` differ, as they
+//!   do on the wire; `1.0` and `1e0` are the same float).
 //! * The model is replaced by its model group or caching group when the caller names one.
 
 use std::collections::HashMap;
@@ -24,11 +27,9 @@ use serde_json::{Map, Number, Value};
 
 use crate::error::{CacheError, Result};
 
-/// Version of the key specification. Part of every hash input, so a change of the spec never
-/// collides with entries written under an older one.
-pub const KEY_SPEC_VERSION: u32 = 1;
-
-const PREIMAGE_TAG: &str = "llm-cache/key/v1\n";
+/// Version of the key specification. It is written into every preimage
+/// (`llm-cache/key/v{KEY_SPEC_VERSION}`), so entries written under another version simply miss.
+pub const KEY_SPEC_VERSION: u32 = 2;
 
 /// The kind of LLM call a request is. Part of the key: a chat request and a Responses request
 /// with the same parameters never share an entry.
@@ -98,134 +99,94 @@ impl fmt::Display for CallKind {
     }
 }
 
-/// LiteLLM's allow-list of keyed request parameters (reference §2.2, openai 3.57), plus its two
-/// "always keyed" parameters, **minus** `stream` and `stream_options`, which llm-cache does not key.
-pub const KEYED_PARAMS: &[&str] = &[
-    "access_programs",
-    "audio",
-    "background",
-    "background_options",
-    "best_of",
-    "cache_control",
-    "chunking_strategy",
-    "compaction",
-    "container",
-    "context_management",
-    "continuation_token",
-    "conversation",
-    "dimensions",
-    "documents",
-    "echo",
-    "encoding_format",
-    "file",
-    "frequency_penalty",
-    "function_call",
-    "functions",
-    "image",
-    "include",
-    "inference_geo",
-    "input",
-    "instruction",
-    "instructions",
-    "keywords",
-    "known_speaker_names",
-    "known_speaker_references",
-    "language",
-    "languages",
-    "logit_bias",
-    "logprobs",
-    "max_chunks_per_doc",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "max_tokens",
-    "max_tokens_per_doc",
-    "max_tokens_per_query",
-    "max_tool_calls",
-    "mcp_servers",
-    "messages",
-    "modalities",
-    "model",
-    "moderation",
-    "n",
-    "output_config",
-    "output_format",
-    "parallel_tool_calls",
-    "prediction",
-    "presence_penalty",
-    "previous_response_id",
-    "prompt",
-    "prompt_cache_key",
-    "prompt_cache_options",
-    "prompt_cache_retention",
-    "query",
-    "rank_fields",
-    "reasoning",
-    "reasoning_effort",
-    "response_format",
-    "return_documents",
-    "return_token_ids",
-    "safeguards",
-    "safety_identifier",
-    "seed",
-    "service_tier",
-    "speed",
-    "stop",
-    "stop_sequences",
-    "store",
-    "suffix",
-    "system",
-    "temperature",
-    "text",
-    "thinking",
-    "timestamp_granularities",
-    "tool_choice",
-    "tools",
-    "top_k",
-    "top_logprobs",
-    "top_n",
-    "top_p",
-    "truncate_prompt_tokens",
-    "truncation",
-    "truncation_side",
-    "user",
-    "verbosity",
-    "web_search_options",
-];
-
-/// Parameters that never count, whatever the configuration says: transport, credentials,
-/// directives, bookkeeping. (`stream`/`stream_options` are here because one entry serves both
-/// streaming and non-streaming callers.)
-pub const NEVER_KEYED_PARAMS: &[&str] = &[
+/// Request members that are LiteLLM's own (or llm-cache's): directives, credentials, endpoints,
+/// retries, routing and bookkeeping. A provider must never see them, so the proxy strips them
+/// before forwarding, and they are never keyed. Sorted (binary search). Names starting with
+/// `litellm_`, `_litellm` or `user_api_key` are stripped too ([`is_stripped`]).
+///
+/// A deployment may opt in to forwarding `metadata` (OpenAI's stored-completions metadata); it
+/// is then keyed like any forwarded member ([`KeyContext::forwarded`]).
+pub const STRIPPED_PARAMS: &[&str] = &[
+    "acompletion",
     "api_base",
     "api_key",
     "api_version",
+    "azure",
+    "azure_ad_token",
+    "azure_ad_token_provider",
+    "base_model",
     "base_url",
+    "budget_duration",
     "cache",
     "cache_key",
     "caching",
+    "caching_groups",
+    "client_id",
+    "client_secret",
+    "context_window_fallback_dict",
+    "cooldown_time",
+    "custom_llm_provider",
+    "deployment_id",
+    "drop_params",
     "extra_headers",
-    "litellm_metadata",
+    "fallback_depth",
+    "fallbacks",
+    "force_timeout",
+    "headers",
+    "input_cost_per_second",
+    "input_cost_per_token",
+    "logger_fn",
+    "max_budget",
+    "max_fallbacks",
+    "max_parallel_requests",
     "max_retries",
     "metadata",
     "mock_response",
+    "mock_timeout",
+    "mock_tool_calls",
+    "model_file_id_mapping",
+    "model_info",
+    "model_list",
+    "no-log",
     "num_retries",
     "organization",
+    "output_cost_per_second",
+    "output_cost_per_token",
+    "preset_cache_key",
+    "proxy_server_request",
+    "region_name",
     "request_timeout",
-    "stream",
-    "stream_options",
+    "retry_policy",
+    "retry_strategy",
+    "rpm",
+    "secret_fields",
+    "stream_timeout",
+    "tags",
+    "tenant_id",
     "timeout",
+    "tpm",
     "ttl",
+    "use_in_pass_through",
+    "verbose",
+    "weight",
 ];
 
-fn is_never_keyed(name: &str) -> bool {
-    NEVER_KEYED_PARAMS.contains(&name)
+/// Members that are forwarded upstream but not keyed, because they cannot change the answer:
+/// one stored entry serves streaming and non-streaming callers (the proxy reshapes
+/// `stream_options` itself when it replays an entry as a stream).
+pub const UNKEYED_FORWARDED_PARAMS: &[&str] = &["stream", "stream_options"];
+
+/// Members a deployment may opt in to forwarding (and then keys): see
+/// [`KeyContext::forwarded`].
+pub const OPT_IN_FORWARDED_PARAMS: &[&str] = &["metadata"];
+
+/// Whether a request member is stripped before forwarding (and so never keyed): a name in
+/// [`STRIPPED_PARAMS`] or one starting with `litellm_`, `_litellm` or `user_api_key`.
+pub fn is_stripped(name: &str) -> bool {
+    STRIPPED_PARAMS.binary_search(&name).is_ok()
         || name.starts_with("litellm_")
         || name.starts_with("_litellm")
         || name.starts_with("user_api_key")
-}
-
-fn is_allow_listed(name: &str) -> bool {
-    KEYED_PARAMS.binary_search(&name).is_ok()
 }
 
 /// A user-supplied key function: given the call kind and the request, return the key (without
@@ -235,12 +196,6 @@ pub type KeyFn = Arc<dyn Fn(CallKind, &Value) -> Option<String> + Send + Sync>;
 /// How keys are computed. Built once from the configuration and shared.
 #[derive(Clone, Default)]
 pub struct KeyOptions {
-    /// Extra parameter names to key in addition to [`KEYED_PARAMS`] (provider-specific
-    /// parameters such as `safety_settings`).
-    pub extra_params: Vec<String>,
-    /// Key every parameter that is not in [`NEVER_KEYED_PARAMS`] (LiteLLM's
-    /// `enable_caching_on_provider_specific_optional_params`).
-    pub key_all_params: bool,
     /// Model name → the name keyed instead (model groups and caching groups). A model that
     /// appears here shares entries with every other model mapped to the same name.
     pub model_aliases: HashMap<String, String>,
@@ -254,8 +209,6 @@ pub struct KeyOptions {
 impl fmt::Debug for KeyOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyOptions")
-            .field("extra_params", &self.extra_params)
-            .field("key_all_params", &self.key_all_params)
             .field("model_aliases", &self.model_aliases)
             .field("allow_client_cache_key", &self.allow_client_cache_key)
             .field("key_fn", &self.key_fn.as_ref().map(|_| "<fn>"))
@@ -280,13 +233,6 @@ impl KeyOptions {
         }
         self
     }
-
-    fn is_keyed(&self, name: &str) -> bool {
-        if is_never_keyed(name) {
-            return false;
-        }
-        self.key_all_params || is_allow_listed(name) || self.extra_params.iter().any(|p| p == name)
-    }
 }
 
 /// Per-request inputs to the key besides the request body.
@@ -298,8 +244,19 @@ pub struct KeyContext<'a> {
     /// Namespace, already resolved (per-request directive, else configuration).
     pub namespace: Option<&'a str>,
     /// Tenant partition (a virtual key, a team): when set it is part of the preimage, so
-    /// different partitions never share an entry.
+    /// different partitions never share an entry (custom keys included).
     pub partition: Option<&'a str>,
+    /// Members of [`OPT_IN_FORWARDED_PARAMS`] this request forwards upstream (a deployment
+    /// that opts in to `metadata`): they are keyed instead of ignored.
+    pub forwarded: &'a [&'a str],
+}
+
+/// Whether a top-level member is keyed, given the opt-in members the request forwards.
+pub fn is_keyed(name: &str, forwarded: &[&str]) -> bool {
+    if UNKEYED_FORWARDED_PARAMS.contains(&name) {
+        return false;
+    }
+    !is_stripped(name) || forwarded.contains(&name)
 }
 
 /// A computed cache key: an optional namespace and the hash (or a custom key).
@@ -395,7 +352,19 @@ impl KeyBuilder {
     pub fn key(&self, kind: CallKind, request: &Value, ctx: &KeyContext<'_>) -> Result<CacheKey> {
         let obj = as_object(request)?;
         if let Some(custom) = self.custom_key(kind, request, obj)? {
-            return Ok(CacheKey::new(ctx.namespace, &custom));
+            // A custom key never crosses a partition: the partition is hashed into it.
+            return Ok(match ctx.partition {
+                None => CacheKey::new(ctx.namespace, &custom),
+                Some(p) => {
+                    let mut buf = Vec::with_capacity(custom.len() + p.len() + 48);
+                    write_tag(&mut buf, "custom-key");
+                    buf.extend_from_slice(b"partition:");
+                    write_str(&mut buf, p);
+                    buf.push(b'\n');
+                    buf.extend_from_slice(custom.as_bytes());
+                    CacheKey::new(ctx.namespace, &hash_hex(&buf))
+                }
+            });
         }
         let mut buf = Vec::with_capacity(estimate_len(request));
         self.write_preimage(&mut buf, kind, obj, ctx, None);
@@ -491,7 +460,7 @@ impl KeyBuilder {
         ctx: &KeyContext<'_>,
         item: Option<&Value>,
     ) {
-        buf.extend_from_slice(PREIMAGE_TAG.as_bytes());
+        write_tag(buf, "key");
         buf.extend_from_slice(kind.as_str().as_bytes());
         buf.push(b'\n');
         if let Some(p) = ctx.partition {
@@ -503,7 +472,7 @@ impl KeyBuilder {
         let model_override = self.model_value(obj, ctx);
         let mut members: Vec<(&str, &Value)> = Vec::with_capacity(obj.len());
         for (k, v) in obj {
-            if !self.options.is_keyed(k) {
+            if !is_keyed(k, ctx.forwarded) {
                 continue;
             }
             let v = match (k.as_str(), item) {
@@ -558,6 +527,13 @@ impl KeyBuilder {
     }
 }
 
+/// `llm-cache/{what}/v{KEY_SPEC_VERSION}\n`: the first line of every hash input.
+fn write_tag(buf: &mut Vec<u8>, what: &str) {
+    buf.extend_from_slice(b"llm-cache/");
+    buf.extend_from_slice(what.as_bytes());
+    let _ = writeln!(buf, "/v{KEY_SPEC_VERSION}");
+}
+
 fn as_object(request: &Value) -> Result<&Map<String, Value>> {
     request
         .as_object()
@@ -591,8 +567,10 @@ pub fn hash_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-/// The canonical JSON text of a value: object members sorted by key at every depth, members
-/// whose value is `null` dropped, no whitespace, numbers normalised.
+/// The canonical JSON text of a value: object members sorted by key at every depth, no
+/// whitespace, integers in decimal, floats in shortest round-trip scientific form. Nested `null`s
+/// are kept (`{"const": null}` is not `{}`); only the request's top-level `null` members are
+/// dropped, by the key itself.
 pub fn canonical_json(value: &Value) -> String {
     let mut buf = Vec::with_capacity(estimate_len(value));
     write_canonical(&mut buf, value);
@@ -628,9 +606,6 @@ fn write_object(buf: &mut Vec<u8>, map: &Map<String, Value>) {
         .all(|(a, b)| a.as_str() < b.as_str());
     let mut first = true;
     let mut emit = |buf: &mut Vec<u8>, k: &str, v: &Value| {
-        if v.is_null() {
-            return;
-        }
         if !first {
             buf.push(b',');
         }
@@ -653,23 +628,16 @@ fn write_object(buf: &mut Vec<u8>, map: &Map<String, Value>) {
     buf.push(b'}');
 }
 
-/// Largest integer magnitude an `f64` represents exactly.
-const MAX_EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
-
 fn write_number(buf: &mut Vec<u8>, n: &Number) {
     if let Some(u) = n.as_u64() {
         let _ = write!(buf, "{u}");
     } else if let Some(i) = n.as_i64() {
         let _ = write!(buf, "{i}");
     } else if let Some(f) = n.as_f64() {
-        if f.is_finite() && f.fract() == 0.0 && f.abs() <= MAX_EXACT_F64_INT {
-            // 1.0, 1e0 and 1 are the same number; -0.0 is 0.
-            let _ = write!(buf, "{}", f as i64);
-        } else {
-            // Shortest round-trip significand in scientific form (`1e-5`, `1.5e0`, `1e300`):
-            // defined by the spec, independent of how any JSON library prints floats.
-            let _ = write!(buf, "{f:e}");
-        }
+        // A float stays a float (`1.0` is not `1`: typed parsers upstream tell them apart), in
+        // scientific form with the shortest significand that round-trips (`1e0`, `1e-5`,
+        // `1.5e0`, `-0e0`): defined by the spec, independent of any JSON library's printing.
+        let _ = write!(buf, "{f:e}");
     }
 }
 
@@ -749,11 +717,146 @@ mod tests {
     }
 
     #[test]
-    fn allow_list_is_sorted_for_binary_search() {
-        assert!(KEYED_PARAMS.windows(2).all(|w| w[0] < w[1]));
-        assert!(!KEYED_PARAMS.contains(&"stream"));
-        assert!(!KEYED_PARAMS.contains(&"stream_options"));
-        assert!(!KEYED_PARAMS.contains(&"metadata"));
+    fn stripped_list_is_sorted_and_disjoint_from_forwarded() {
+        assert!(STRIPPED_PARAMS.windows(2).all(|w| w[0] < w[1]));
+        for p in UNKEYED_FORWARDED_PARAMS {
+            assert!(!is_stripped(p), "{p}");
+        }
+        for p in OPT_IN_FORWARDED_PARAMS {
+            assert!(is_stripped(p), "{p}");
+        }
+        assert!(is_stripped("litellm_trace_id") && is_stripped("user_api_key_team_id"));
+        assert!(!is_stripped("user") && !is_stripped("repetition_penalty"));
+    }
+
+    #[test]
+    fn the_version_is_in_the_preimage() {
+        let p = KeyBuilder::default()
+            .preimage(
+                CallKind::Chat,
+                &json!({"model": "m"}),
+                &KeyContext::default(),
+            )
+            .unwrap();
+        assert!(
+            p.starts_with(&format!("llm-cache/key/v{KEY_SPEC_VERSION}\nchat\n")),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn every_forwarded_member_is_keyed_at_any_depth() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        for (k, v1, v2) in [
+            ("repetition_penalty", json!(1.0), json!(2.0)),
+            ("min_p", json!(0.1), json!(0.2)),
+            ("guided_choice", json!(["a", "b"]), json!(["b", "a"])),
+            (
+                "guided_json",
+                json!({"type": "object"}),
+                json!({"type": "array"}),
+            ),
+            (
+                "chat_template_kwargs",
+                json!({"enable_thinking": true}),
+                json!({"enable_thinking": false}),
+            ),
+            (
+                "options",
+                json!({"num_ctx": 4096}),
+                json!({"num_ctx": 8192}),
+            ),
+            ("input_type", json!("query"), json!("document")),
+            (
+                "extra_body",
+                json!({"a": {"b": [1]}}),
+                json!({"a": {"b": [2]}}),
+            ),
+        ] {
+            let mut a = base.clone();
+            a[k] = v1;
+            let mut b = base.clone();
+            b[k] = v2;
+            assert_ne!(
+                key(a.clone()),
+                key(b),
+                "{k} must be keyed, nested values too"
+            );
+            assert_ne!(key(a), key(base.clone()), "{k} present vs absent");
+        }
+    }
+
+    #[test]
+    fn top_level_null_is_absent_nested_null_counts() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        let mut top = base.clone();
+        top["seed"] = Value::Null;
+        assert_eq!(key(base.clone()), key(top));
+        let mut nested = base.clone();
+        nested["messages"][0]["name"] = Value::Null;
+        assert_ne!(key(base.clone()), key(nested), "a nested null is a member");
+        let schema_a = json!({"model": "m", "response_format": {"schema": {"const": null}}});
+        let schema_b = json!({"model": "m", "response_format": {"schema": {}}});
+        assert_ne!(key(schema_a), key(schema_b));
+    }
+
+    #[test]
+    fn stripped_and_stream_members_are_not_keyed() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        let with_noise = json!({
+            "model": "m", "messages": [{"role": "user", "content": "x"}],
+            "seed": null, "metadata": {"a": 1}, "cache": {"ttl": 5}, "api_key": "sk",
+            "api_base": "http://x", "timeout": 3, "stream": true, "num_retries": 2,
+            "stream_options": {"include_usage": true}, "litellm_metadata": {"x": 1},
+            "mock_response": "hi", "fallbacks": ["a"], "request_timeout": 3
+        });
+        assert_eq!(key(base), key(with_noise));
+    }
+
+    #[test]
+    fn forwarded_metadata_is_keyed() {
+        let kb = KeyBuilder::default();
+        let a = json!({"model": "m", "metadata": {"k": "a"}});
+        let b = json!({"model": "m", "metadata": {"k": "b"}});
+        let plain = KeyContext::default();
+        assert_eq!(
+            kb.key(CallKind::Chat, &a, &plain).unwrap(),
+            kb.key(CallKind::Chat, &b, &plain).unwrap()
+        );
+        let fwd = KeyContext {
+            forwarded: &["metadata"],
+            ..Default::default()
+        };
+        assert_ne!(
+            kb.key(CallKind::Chat, &a, &fwd).unwrap(),
+            kb.key(CallKind::Chat, &b, &fwd).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_custom_key_never_crosses_a_partition() {
+        let kb = KeyBuilder::new(KeyOptions {
+            allow_client_cache_key: true,
+            ..Default::default()
+        });
+        let req = json!({"model": "m", "cache_key": "shared"});
+        let k = |p: Option<&str>| {
+            kb.key(
+                CallKind::Chat,
+                &req,
+                &KeyContext {
+                    partition: p,
+                    namespace: Some("ns"),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(k(None).as_str(), "ns:shared");
+        assert_ne!(k(Some("a")), k(Some("b")));
+        assert_ne!(k(Some("a")), k(None));
+        assert_eq!(k(Some("a")), k(Some("a")));
+        assert_eq!(k(Some("a")).namespace(), Some("ns"));
     }
 
     #[test]
@@ -764,7 +867,7 @@ mod tests {
         .unwrap();
         let b: Value = serde_json::from_str(
             r#"{ "messages" : [ {"content":"hi", "role":"user"} ],
-                 "temperature": 1.0, "model": "gpt-4o" }"#,
+                 "temperature": 1, "model": "gpt-4o" }"#,
         )
         .unwrap();
         let c: Value = serde_json::from_str(
@@ -772,19 +875,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(key(a.clone()), key(b));
-        assert_eq!(key(a), key(c));
-    }
-
-    #[test]
-    fn null_equals_absent_and_unkeyed_params_are_ignored() {
-        let base = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
-        let with_noise = json!({
-            "model": "m", "messages": [{"role": "user", "content": "x", "name": null}],
-            "seed": null, "metadata": {"a": 1}, "cache": {"ttl": 5}, "api_key": "sk",
-            "api_base": "http://x", "timeout": 3, "stream": true,
-            "stream_options": {"include_usage": true}, "safety_settings": [1]
-        });
-        assert_eq!(key(base), key(with_noise));
+        assert_ne!(key(a), key(c.clone()), "an integer is not a float");
+        let d: Value = serde_json::from_str(
+            r#"{"temperature":1.0,"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(key(c), key(d), "1e0 and 1.0 are the same float");
     }
 
     #[test]
@@ -899,8 +995,8 @@ mod tests {
     #[test]
     fn numbers_are_normalised() {
         assert_eq!(
-            canonical_json(&json!([1, 1.0, -0.0, 1e-5, 0.1, 1e300, 1.5])),
-            "[1,1,0,1e-5,1e-1,1e300,1.5e0]"
+            canonical_json(&json!([1, 1.0, -0.0, 1e-5, 0.1, 1e300, 1.5, -3])),
+            "[1,1e0,-0e0,1e-5,1e-1,1e300,1.5e0,-3]"
         );
         assert_eq!(
             canonical_json(&json!(18446744073709551615u64)),
@@ -908,7 +1004,7 @@ mod tests {
         );
         assert_eq!(
             canonical_json(&json!({"b": 1, "a": {"d": null, "c": "é\n"}})),
-            "{\"a\":{\"c\":\"é\\n\"},\"b\":1}"
+            "{\"a\":{\"c\":\"é\\n\",\"d\":null},\"b\":1}"
         );
     }
 }

@@ -55,7 +55,8 @@ pub use backend::{CacheBackend, Capabilities, Health, SharedBackend};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{
     Cache, CacheBuilder, CacheEngine, CacheMode, CacheSettings, CacheStatus, Cached, CallError,
-    Hit, L1Config, Lookup, MissReason, PingReport, Prepared, RequestContext, Tier,
+    Hit, L1Config, Lookup, MissReason, PingReport, Prepared, RequestContext, StoreFailure,
+    StoreOutcome, Tier,
 };
 pub use directives::{CacheControl, DirectiveError};
 pub use embeddings::EmbeddingOutcome;

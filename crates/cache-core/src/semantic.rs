@@ -161,6 +161,8 @@ pub struct SemanticRequest<'a> {
     pub min_similarity: Option<f32>,
     /// Tenant partition (part of the exact scope).
     pub partition: Option<&'a str>,
+    /// Opt-in members the request forwards upstream (keyed into the exact scope).
+    pub forwarded: &'a [&'a str],
     /// The engine's key builder (model aliases, extra keyed params), for the exact scope.
     pub keys: Option<&'a KeyBuilder>,
 }
@@ -181,8 +183,16 @@ impl<'a> SemanticRequest<'a> {
             namespace,
             min_similarity,
             partition: None,
+            forwarded: &[],
             keys: None,
         }
+    }
+
+    /// Sets the opt-in members the request forwards upstream (see
+    /// [`crate::key::KeyContext::forwarded`]).
+    pub fn with_forwarded(mut self, forwarded: &'a [&'a str]) -> Self {
+        self.forwarded = forwarded;
+        self
     }
 
     /// Sets the tenant partition.

@@ -73,8 +73,10 @@ pub struct Stats {
     pub bypasses: AtomicU64,
     /// Requests answered by another request's upstream call (single-flight followers).
     pub coalesced: AtomicU64,
-    /// Entries written.
+    /// Entries written (the backend accepted the write).
     pub stores: AtomicU64,
+    /// Writes the backend did not accept: breaker open, too large, error or timeout.
+    pub store_failures: AtomicU64,
     /// Entries found but unusable (corrupt, foreign, wrong kind): counted as misses too.
     pub corrupt: AtomicU64,
     /// Lookups skipped because the circuit breaker was open.

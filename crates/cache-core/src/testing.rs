@@ -498,7 +498,14 @@ pub async fn cache_round_trip(b: &SharedBackend) {
         .await
         .expect("first call");
     assert!(
-        matches!(first.status, CacheStatus::Miss { stored: true, .. }),
+        // Stored, or still being written when the read deadline ran out (a slow backend).
+        matches!(
+            first.status,
+            CacheStatus::Miss {
+                store: crate::StoreOutcome::Stored | crate::StoreOutcome::Pending,
+                ..
+            }
+        ),
         "{:?}",
         first.status
     );

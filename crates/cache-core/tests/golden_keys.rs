@@ -7,64 +7,80 @@ use serde_json::Value;
 
 const EXPECTED: &[(&str, &str)] = &[
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
-        "d3a7a39d057feef883963f79bc331e4e3e1f73f67754b68d84d42aa4d4b54286",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
+        "e54d4b6f0f196d2f8d5be06db03e6d80a7296c628ee8f4d592c1ea8284e0af21",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
-        "d3a7a39d057feef883963f79bc331e4e3e1f73f67754b68d84d42aa4d4b54286",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
+        "e54d4b6f0f196d2f8d5be06db03e6d80a7296c628ee8f4d592c1ea8284e0af21",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
-        "d3a7a39d057feef883963f79bc331e4e3e1f73f67754b68d84d42aa4d4b54286",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
+        "e54d4b6f0f196d2f8d5be06db03e6d80a7296c628ee8f4d592c1ea8284e0af21",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
-        "d3a7a39d057feef883963f79bc331e4e3e1f73f67754b68d84d42aa4d4b54286",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
+        "e54d4b6f0f196d2f8d5be06db03e6d80a7296c628ee8f4d592c1ea8284e0af21",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":2e-1}",
-        "47468c72d7cbdd65ca78b605a196393a99ad81f19ecbebc07bffcb388233110f",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":2e-1}",
+        "163f11b38d9c26a2f8d005a6a9093af2ce7b8e77fc1babbc2830423f7856dd52",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":1}",
-        "fe060c0b6e25f9bbd0a54851a2a22502a2f050ec3f3685a0478965217aaf2dd4",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":1}",
+        "80dbdacb8e9eb3d17bbebc3797a480cf3dced7d7b96562be7475f4ec8ba6c389",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":1}",
-        "fe060c0b6e25f9bbd0a54851a2a22502a2f050ec3f3685a0478965217aaf2dd4",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":1e0}",
+        "ea0cf024c2976b849210270aaf83014de4b67d093759b17bac7d22fda8b6f54c",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"it's\\n\\\"é\\\" ✓\\u0001\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":1e-5,\"top_p\":1e300}",
-        "8fed37eaef15e365782a5f3d859675474c4fc943a68ebc51bba8b5871c801365",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"it's\\n\\\"é\\\" ✓\\u0001\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":1e-5,\"top_p\":1e300}",
+        "070e57007bcded1a964faf35cca247f77109bcf191217700054ecc34f95dd4c4",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"logit_bias\":{\"50256\":-100},\"max_tokens\":10,\"messages\":[{\"content\":\"x\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"n\":1,\"response_format\":{\"type\":\"json_object\"},\"stop\":[\"\\n\"],\"temperature\":1e-1,\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":{\"properties\":{},\"type\":\"object\"}},\"type\":\"function\"}],\"user\":\"u-1\"}",
-        "9bc34473932de929b6fbf0676800ea77fc34c2c6e21a714cfb52cd02f2d2f7ef",
+        "llm-cache/key/v2\nchat\n{\"logit_bias\":{\"50256\":-100},\"max_tokens\":10,\"messages\":[{\"content\":\"x\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"n\":1,\"response_format\":{\"type\":\"json_object\"},\"stop\":[\"\\n\"],\"temperature\":1e-1,\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":{\"properties\":{},\"type\":\"object\"}},\"type\":\"function\"}],\"user\":\"u-1\"}",
+        "eae9bf7085d37cc306c1c2f71dc85fa8c08eb47f3b2667e86503337b51ab8e45",
     ),
     (
-        "llm-cache/key/v1\ntext_completion\n{\"max_tokens\":5,\"model\":\"gpt-3.5-turbo-instruct\",\"prompt\":\"Say hi\"}",
-        "c5577d8597b7b89668ad77bd353f68b58392b70bcfe95036b839190413151256",
+        "llm-cache/key/v2\ntext_completion\n{\"max_tokens\":5,\"model\":\"gpt-3.5-turbo-instruct\",\"prompt\":\"Say hi\"}",
+        "c4fe6c89f152ff0b18efed4686a65ff59d01b98ac4a8d2c1a9ca5e512ed42952",
     ),
     (
-        "llm-cache/key/v1\nembedding\n{\"input\":\"hello\",\"model\":\"text-embedding-3-small\"}",
-        "a7043bdbe0512a429adb62d0e1a373c85cff9863c14ea7262a8099f7dc4c855c",
+        "llm-cache/key/v2\nembedding\n{\"input\":\"hello\",\"model\":\"text-embedding-3-small\"}",
+        "2aef204abb0ee59360df8b3e1833c229141e3e67566e123f6eb0bdf39fdf5530",
     ),
     (
-        "llm-cache/key/v1\nresponses\n{\"input\":\"hi\",\"model\":\"gpt-4o\"}",
-        "119ab02cae2c38c7172b00dc4b224fbcfca34a1061f138b21c881b5c7255b632",
+        "llm-cache/key/v2\nresponses\n{\"input\":\"hi\",\"model\":\"gpt-4o\"}",
+        "b596eff46c59e6880344972012476e71a98c17d1ab316ba375afe4b4e27cda5c",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
-        "myapp:d3a7a39d057feef883963f79bc331e4e3e1f73f67754b68d84d42aa4d4b54286",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
+        "myapp:e54d4b6f0f196d2f8d5be06db03e6d80a7296c628ee8f4d592c1ea8284e0af21",
     ),
     (
-        "llm-cache/key/v1\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
-        "d3a7a39d057feef883963f79bc331e4e3e1f73f67754b68d84d42aa4d4b54286",
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
+        "e54d4b6f0f196d2f8d5be06db03e6d80a7296c628ee8f4d592c1ea8284e0af21",
     ),
     (
-        "llm-cache/key/v1\nchat\npartition:\"team-a\"\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
-        "8a8d1b65da746557002ebe031ea63b66c8f2e6c74bfdeb1268d21b5def2eb66e",
+        "llm-cache/key/v2\nchat\npartition:\"team-a\"\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\"}",
+        "b2ead4db92775ff94fd363b661b4bb84ee29adcdd8c31f8f4f7685112fb183ba",
+    ),
+    (
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"gpt-4o\",\"temperature\":1e0}",
+        "ea0cf024c2976b849210270aaf83014de4b67d093759b17bac7d22fda8b6f54c",
+    ),
+    (
+        "llm-cache/key/v2\nchat\n{\"guided_json\":{\"properties\":{\"a\":{\"const\":null}}},\"messages\":[{\"content\":\"hi\",\"name\":null,\"role\":\"user\"}],\"model\":\"gpt-4o\",\"options\":{\"num_ctx\":4096},\"repetition_penalty\":1.1e0}",
+        "6895341b5c09c22dfb0ef59bddd7a35ddb9a41032e2aecd6e2013c617f86f2e7",
+    ),
+    (
+        "llm-cache/key/v2\nchat\n{\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"metadata\":{\"purpose\":\"eval\"},\"model\":\"gpt-4o\"}",
+        "58a713070a96ad7d4d2fb2f0f2a78a1cdd513ff1ba7127b44e2467598aeb11b0",
+    ),
+    (
+        "llm-cache/key/v2\nembedding\n{\"input\":\"hello\",\"input_type\":\"search_query\",\"model\":\"embed-v3\"}",
+        "929a42a22c389d7285fdf7a39a18ccff7c2af363797b83e21b179f5ad81c7160",
     ),
 ];
 
@@ -74,10 +90,15 @@ fn vectors() -> Vec<Value> {
 
 fn compute(v: &Value) -> (String, String) {
     let kind = CallKind::parse(v["kind"].as_str().unwrap()).unwrap();
+    let forwarded: Vec<&str> = v["forwarded"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     let ctx = KeyContext {
         model_group: v["model_group"].as_str(),
         namespace: v["namespace"].as_str(),
         partition: v["partition"].as_str(),
+        forwarded: &forwarded,
     };
     let kb = KeyBuilder::new(KeyOptions::default());
     let pre = kb.preimage(kind, &v["request"], &ctx).unwrap();

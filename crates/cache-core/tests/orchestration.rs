@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use cache_core::{
     BreakerConfig, BreakerState, Bytes, Cache, CacheBackend, CacheBuilder, CacheControl,
     CacheError, CacheEvent, CacheMode, CacheStatus, CallError, CallKind, Capabilities, EventKind,
-    Health, L1Config, MemoryBackend, MemoryConfig, MissReason, RequestContext, Result, Tier,
-    async_trait,
+    Health, L1Config, MemoryBackend, MemoryConfig, MissReason, RequestContext, Result,
+    StoreFailure, StoreOutcome, Tier, async_trait,
 };
 use serde_json::{Value, json};
 
@@ -20,6 +20,9 @@ struct Faulty {
     hang: AtomicBool,
     fail: AtomicBool,
     panic_on_set: AtomicBool,
+    fail_set: AtomicBool,
+    /// Milliseconds a `get` waits after reading its value, before returning it.
+    slow_get_ms: AtomicU64,
     gets: AtomicU64,
     sets: AtomicU64,
 }
@@ -47,7 +50,12 @@ impl CacheBackend for Faulty {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.gets.fetch_add(1, SeqCst);
         self.fault().await?;
-        self.inner.get(key).await
+        let value = self.inner.get(key).await;
+        let delay = self.slow_get_ms.load(SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        value
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.sets.fetch_add(1, SeqCst);
@@ -56,6 +64,14 @@ impl CacheBackend for Faulty {
             "faulty: set panics on demand"
         );
         self.fault().await?;
+        if self.fail_set.load(SeqCst) {
+            return Err(CacheError::backend(
+                "faulty",
+                "set",
+                false,
+                "OOM command not allowed",
+            ));
+        }
         self.inner.set(key, value, ttl).await
     }
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -110,7 +126,7 @@ async fn miss_then_byte_identical_hit() {
         s1,
         CacheStatus::Miss {
             reason: MissReason::NotFound,
-            stored: true
+            store: StoreOutcome::Stored
         }
     ));
     settle(&cache).await;
@@ -155,7 +171,13 @@ async fn no_store_looks_up_but_does_not_store() {
         "x",
     )
     .await;
-    assert!(matches!(s, CacheStatus::Miss { stored: false, .. }));
+    assert!(matches!(
+        s,
+        CacheStatus::Miss {
+            store: StoreOutcome::NotRequested,
+            ..
+        }
+    ));
     settle(&cache).await;
     let (_, s) = call(&cache, &req("q"), &CacheControl::none(), "y").await;
     assert!(!s.is_hit(), "no-store must not write");
@@ -212,7 +234,7 @@ async fn max_age_zero_is_always_a_miss_and_refreshes() {
             s,
             CacheStatus::Miss {
                 reason: MissReason::Stale,
-                stored: true
+                store: StoreOutcome::Stored
             }
         );
         assert_eq!(content(&v), format!("v{}", i + 2));
@@ -243,7 +265,7 @@ async fn max_age_accepts_young_and_rejects_old_entries() {
 }
 
 #[tokio::test]
-async fn namespaces_isolate_and_per_request_namespace_wins() {
+async fn namespaces_isolate_and_request_namespaces_nest_under_the_configured_one() {
     let cache = CacheBuilder::new(MemoryBackend::default())
         .namespace("app")
         .build();
@@ -266,34 +288,57 @@ async fn namespaces_isolate_and_per_request_namespace_wins() {
     )
     .await;
     assert_eq!(content(&v), "team");
-    let p = cache
-        .prepare(
-            CallKind::Chat,
-            &req("q"),
-            &CacheControl::none().with_namespace("team-a"),
-            &RequestContext::default(),
-        )
-        .unwrap();
-    assert!(p.key().unwrap().as_str().starts_with("team-a:"));
-    // clear() defaults to the configured namespace only.
+    let key = |ns: &str| {
+        cache
+            .prepare(
+                CallKind::Chat,
+                &req("q"),
+                &CacheControl::none().with_namespace(ns),
+                &RequestContext::default(),
+            )
+            .unwrap()
+            .key()
+            .unwrap()
+            .clone()
+    };
+    assert!(key("team-a").as_str().starts_with("app:team-a:"));
+    // A caller's namespace is one opaque segment: `a:b` cannot reach into `a`'s scope.
+    assert!(key("team-a:x").as_str().starts_with("app:team-a%3Ax:"));
+    // clear() of the configured namespace also clears the request namespaces nested in it.
     cache.clear(None).await.unwrap();
-    assert!(
-        !call(&cache, &req("q"), &CacheControl::none(), "y")
-            .await
-            .1
-            .is_hit()
-    );
-    assert!(
-        call(
-            &cache,
-            &req("q"),
-            &CacheControl::none().with_namespace("team-a"),
-            "y"
-        )
-        .await
-        .1
-        .is_hit()
-    );
+    for ns in [None, Some("team-a")] {
+        let cc = ns.map_or(CacheControl::none(), |n| {
+            CacheControl::none().with_namespace(n)
+        });
+        assert!(
+            !call(&cache, &req("q"), &cc, "y").await.1.is_hit(),
+            "{ns:?}"
+        );
+    }
+    // ... and nothing outside it: another namespace on the same backend keeps its entries.
+    let shared: cache_core::SharedBackend = std::sync::Arc::new(MemoryBackend::default());
+    let app = CacheBuilder::from_shared(shared.clone())
+        .namespace("app")
+        .build();
+    let app2 = CacheBuilder::from_shared(shared).namespace("app2").build();
+    call(
+        &app2,
+        &req("q"),
+        &CacheControl::none().with_namespace("t"),
+        "kept",
+    )
+    .await;
+    settle(&app2).await;
+    app.clear(None).await.unwrap();
+    let (v, s) = call(
+        &app2,
+        &req("q"),
+        &CacheControl::none().with_namespace("t"),
+        "x",
+    )
+    .await;
+    assert!(s.is_hit());
+    assert_eq!(content(&v), "kept");
 }
 
 #[tokio::test]
@@ -391,7 +436,10 @@ async fn responses_without_output_are_not_stored() {
         .unwrap();
     assert!(matches!(
         out.status,
-        CacheStatus::Miss { stored: false, .. }
+        CacheStatus::Miss {
+            store: StoreOutcome::NotRequested,
+            ..
+        }
     ));
     settle(&cache).await;
     assert!(
@@ -764,7 +812,7 @@ async fn embeddings_partial_hits_fetch_only_missing_inputs() {
         CacheStatus::Partial {
             cached: 2,
             total: 3,
-            stored: true
+            store: StoreOutcome::Stored
         }
     ));
     let v: Value = serde_json::from_slice(&out.body).unwrap();
@@ -957,9 +1005,10 @@ async fn typed_api_with_structs() {
         .unwrap();
     assert!(b.status.is_hit());
     assert_eq!(a.value, b.value);
-    // The same request as JSON with another key order and `temperature: 0` hits too.
+    // The same request as JSON with another key order and the float `0.0` hits too (the
+    // integer `0` would not: it is another body on the wire).
     let json_req =
-        json!({"temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"});
+        json!({"temperature": 0.0, "messages": [{"content": "hi", "role": "user"}], "model": "m"});
     let c: cache_core::Cached<Value> = cache
         .get_or_fetch(CallKind::Chat, &json_req, &CacheControl::none(), || async {
             Ok::<_, std::io::Error>(json!({}))
@@ -967,4 +1016,201 @@ async fn typed_api_with_structs() {
         .await
         .unwrap();
     assert!(c.status.is_hit());
+}
+
+#[tokio::test]
+async fn a_probe_cancelled_mid_call_releases_the_breaker() {
+    let backend = Arc::new(Faulty::default());
+    backend.fail.store(true, SeqCst);
+    let cache = CacheBuilder::from_shared(backend.clone())
+        .configure(|s| {
+            s.breaker = BreakerConfig::new(1, Duration::from_millis(50));
+            s.read_timeout = Duration::from_secs(5);
+        })
+        .build();
+    call(&cache, &req("q"), &CacheControl::none(), "a").await;
+    assert_eq!(cache.engine().unwrap().breaker_state(), BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    // The probe hangs and its caller gives up: the future is dropped mid-call.
+    backend.fail.store(false, SeqCst);
+    backend.hang.store(true, SeqCst);
+    let p = cache
+        .prepare(
+            CallKind::Chat,
+            &req("q"),
+            &CacheControl::none(),
+            &RequestContext::default(),
+        )
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(30), p.lookup())
+            .await
+            .is_err()
+    );
+    backend.hang.store(false, SeqCst);
+    let gets = backend.gets.load(SeqCst);
+    let (_, s) = call(&cache, &req("q"), &CacheControl::none(), "b").await;
+    assert!(
+        !matches!(
+            s,
+            CacheStatus::Miss {
+                reason: MissReason::BreakerOpen,
+                ..
+            }
+        ),
+        "the next call probes: {s:?}"
+    );
+    assert_eq!(backend.gets.load(SeqCst), gets + 1);
+    assert_eq!(
+        cache.engine().unwrap().breaker_state(),
+        BreakerState::Closed
+    );
+}
+
+#[tokio::test]
+async fn cache_status_says_stored_only_when_the_backend_accepted_the_write() {
+    let backend = Arc::new(Faulty::default());
+    let cache = CacheBuilder::from_shared(backend.clone())
+        .configure(|s| s.breaker = BreakerConfig::new(1, Duration::from_secs(60)))
+        .build();
+    let (_, s) = call(&cache, &req("a"), &CacheControl::none(), "a").await;
+    assert_eq!(s.header_value("c"), "c; fwd=miss; stored");
+
+    backend.fail_set.store(true, SeqCst);
+    let (_, s) = call(&cache, &req("b"), &CacheControl::none(), "b").await;
+    assert_eq!(
+        s.store(),
+        Some(StoreOutcome::Failed(StoreFailure::Error)),
+        "{s:?}"
+    );
+    assert_eq!(s.header_value("c"), "c; fwd=miss; detail=not-stored-error");
+    assert_eq!(cache.stats().store_failures.load(SeqCst), 1);
+
+    // The failed write opened the breaker (threshold 1, a non-transient error does not count:
+    // use a transient one), so the next write is skipped and says so.
+    backend.fail_set.store(false, SeqCst);
+    backend.fail.store(true, SeqCst);
+    let (_, s) = call(&cache, &req("c"), &CacheControl::none(), "c").await;
+    assert_eq!(
+        s.header_value("c"),
+        "c; fwd=miss; detail=\"backend-error, not-stored-breaker-open\""
+    );
+    assert_eq!(cache.stats().store_failures.load(SeqCst), 2);
+
+    // no-store: nothing asked for, nothing to report.
+    let (_, s) = call(
+        &cache,
+        &req("d"),
+        &CacheControl::none().with_no_store(),
+        "d",
+    )
+    .await;
+    assert_eq!(s.store(), Some(StoreOutcome::NotRequested));
+}
+
+#[tokio::test]
+async fn a_too_large_response_says_not_stored() {
+    let cache = CacheBuilder::new(MemoryBackend::new(
+        MemoryConfig::default().with_max_item_bytes(200),
+    ))
+    .build();
+    let big = "x".repeat(500);
+    let (_, s) = call(&cache, &req("q"), &CacheControl::none(), &big).await;
+    assert_eq!(
+        s.store(),
+        Some(StoreOutcome::Failed(StoreFailure::TooLarge))
+    );
+    assert!(s.header_value("c").ends_with("detail=not-stored-too-large"));
+}
+
+#[tokio::test]
+async fn a_lookup_in_flight_during_a_delete_does_not_refill_l1() {
+    let backend = Arc::new(Faulty::default());
+    let cache = CacheBuilder::from_shared(backend.clone())
+        .l1(L1Config::new(
+            MemoryConfig::default(),
+            Duration::from_secs(60),
+        ))
+        .read_timeout(Duration::from_secs(2))
+        .build();
+    call(&cache, &req("q"), &CacheControl::none(), "old").await;
+    settle(&cache).await;
+    let engine = cache.engine().unwrap();
+    let key = cache
+        .prepare(
+            CallKind::Chat,
+            &req("q"),
+            &CacheControl::none(),
+            &RequestContext::default(),
+        )
+        .unwrap()
+        .key()
+        .unwrap()
+        .to_string();
+    // Drop the L1 copy so the next lookup reads the backend, slowly.
+    engine.l1().unwrap().delete_sync(&key);
+    backend.slow_get_ms.store(200, SeqCst);
+    let reader = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let p = cache
+                .prepare(
+                    CallKind::Chat,
+                    &req("q"),
+                    &CacheControl::none(),
+                    &RequestContext::default(),
+                )
+                .unwrap();
+            p.lookup().await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(cache.delete(std::slice::from_ref(&key)).await.unwrap(), 1);
+    let raced = reader.await.unwrap();
+    assert!(
+        matches!(raced, cache_core::Lookup::Hit(_)),
+        "it read before the delete"
+    );
+    backend.slow_get_ms.store(0, SeqCst);
+    assert!(
+        engine.l1().unwrap().get_sync(&key).is_none(),
+        "the deleted entry came back into L1"
+    );
+    let (v, s) = call(&cache, &req("q"), &CacheControl::none(), "new").await;
+    assert!(!s.is_hit(), "{s:?}");
+    assert_eq!(content(&v), "new");
+}
+
+#[tokio::test]
+async fn a_refresh_too_large_for_l1_removes_the_old_l1_copy() {
+    let backend = Arc::new(Faulty::default());
+    let cache = CacheBuilder::from_shared(backend.clone())
+        .l1(L1Config::new(
+            MemoryConfig::default().with_max_item_bytes(400),
+            Duration::from_secs(60),
+        ))
+        .build();
+    call(&cache, &req("q"), &CacheControl::none(), "small").await;
+    settle(&cache).await;
+    let big = "y".repeat(1000);
+    let (_, s) = call(
+        &cache,
+        &req("q"),
+        &CacheControl::none().with_no_cache(),
+        &big,
+    )
+    .await;
+    assert!(s.store().unwrap().is_stored());
+    let (v, s) = call(&cache, &req("q"), &CacheControl::none(), "unused").await;
+    assert!(
+        matches!(
+            s,
+            CacheStatus::Hit {
+                tier: Tier::Backend,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    assert_eq!(content(&v), big, "never the replaced answer from L1");
 }

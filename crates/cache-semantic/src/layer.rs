@@ -201,6 +201,7 @@ impl SemanticCache {
             model_group: req.model_group,
             namespace: req.namespace,
             partition: req.partition,
+            forwarded: req.forwarded,
         };
         let key = keys.standard_key(req.kind, &e.scope_request, &ctx)?;
         let mut h = blake3::Hasher::new();

@@ -62,8 +62,6 @@ pub const CORE_KEYS: &[&str] = &[
     "l1_ttl",
     "l1_max_items",
     "l1_max_bytes",
-    "key_extra_params",
-    "enable_caching_on_provider_specific_optional_params",
     "allow_client_cache_key",
     "caching_groups",
 ];
@@ -230,6 +228,15 @@ impl CacheConfig {
                 warnings.push(
                     "cache_params.default_redis_ttl is a LiteLLM proxy setting that crashes LiteLLM's host/port Redis (#17197); llm-cache reads it as default_in_redis_ttl".to_owned(),
                 );
+                continue;
+            }
+            if matches!(
+                key.as_str(),
+                "key_extra_params" | "enable_caching_on_provider_specific_optional_params"
+            ) {
+                warnings.push(format!(
+                    "cache_params.{key} has no effect: every request member sent upstream is keyed (key spec v2, docs/key-spec.md)"
+                ));
                 continue;
             }
             if LITELLM_IGNORED_KEYS.contains(&key.as_str()) {
@@ -436,10 +443,6 @@ impl CacheConfig {
             s.l1 = Some(l1);
         }
         let mut keys = KeyOptions {
-            extra_params: p.string_list("key_extra_params")?.unwrap_or_default(),
-            key_all_params: p
-                .bool("enable_caching_on_provider_specific_optional_params")?
-                .unwrap_or(false),
             allow_client_cache_key: p.bool("allow_client_cache_key")?.unwrap_or(false),
             ..Default::default()
         };
