@@ -9,7 +9,9 @@
 //! * contains `CUTSTREAM` → a stream that ends without `[DONE]` (must not be cached);
 //! * otherwise → `reply #<n> to: <prompt>` where n counts upstream calls.
 //!
-//! [`FakeUpstream::set_latency`] adds a delay to every answer.
+//! [`FakeUpstream::set_latency`] adds a delay to every answer; [`FakeUpstream::require_keys`]
+//! makes it answer 401 to a request without one of the given bearer keys (a real provider
+//! checking the caller's credential). Embedding items carry `fake_call`, the call that made them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -33,6 +35,7 @@ struct Inner {
     latency_ms: AtomicU64,
     bodies: Mutex<Vec<Value>>,
     auth: Mutex<Vec<Option<String>>>,
+    required_keys: Mutex<Vec<String>>,
 }
 
 /// A running fake upstream.
@@ -132,6 +135,11 @@ impl FakeUpstream {
         self.inner.auth.lock().unwrap().clone()
     }
 
+    /// Accepts only requests with `Authorization: Bearer <k>` for one of `keys` (empty: any).
+    pub fn require_keys(&self, keys: &[&str]) {
+        *self.inner.required_keys.lock().unwrap() = keys.iter().map(|k| (*k).to_owned()).collect();
+    }
+
     /// Adds latency to every answer.
     pub fn set_latency(&self, d: Duration) {
         self.inner.latency_ms.store(d.as_millis() as u64, SeqCst);
@@ -158,6 +166,20 @@ async fn record(
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned),
     );
+    let required = inner.required_keys.lock().unwrap().clone();
+    if !required.is_empty() {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| required.iter().any(|k| k == p)) {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})),
+            )
+                .into_response());
+        }
+    }
     let latency = inner.latency_ms.load(SeqCst);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -324,7 +346,7 @@ pub fn fake_vector(text: &str) -> Vec<f32> {
 
 async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     inner.embeddings.fetch_add(1, SeqCst);
-    let (req, _n) = match record(&inner, &headers, &body).await {
+    let (req, n) = match record(&inner, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -348,7 +370,7 @@ async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: B
             } else {
                 json!(v)
             };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+            json!({"object": "embedding", "index": i, "embedding": embedding, "fake_call": n})
         })
         .collect();
     let tokens: u64 = inputs

@@ -114,9 +114,10 @@ async fn json_key_order_and_number_forms_share_an_entry() {
     let proxy = Proxy::start(&config(&up, LOCAL, None)).await;
     let client = reqwest::Client::new();
     for body in [
-        r#"{"model":"gpt-test","temperature":1,"messages":[{"role":"user","content":"order"}]}"#,
+        r#"{"model":"gpt-test","temperature":1.0,"messages":[{"role":"user","content":"order"}]}"#,
         r#"{ "messages": [ { "content": "order", "role": "user" } ], "temperature": 1.0, "model": "gpt-test" }"#,
         r#"{"temperature":1e0,"model":"gpt-test","messages":[{"content":"order","role":"user"}],"stream":false}"#,
+        r#"{"temperature":1.0,"model":"gpt-test","seed":null,"messages":[{"content":"order","role":"user"}]}"#,
     ] {
         let r = client
             .post(proxy.url("/v1/chat/completions"))
@@ -133,6 +134,16 @@ async fn json_key_order_and_number_forms_share_an_entry() {
         1,
         "LiteLLM F1: order/format must not matter"
     );
+    // The integer 1 is another body on the wire (typed parsers tell it from 1.0): a miss.
+    let r = client
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-test","temperature":1,"messages":[{"role":"user","content":"order"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.chat_calls(), 2);
 }
 
 #[tokio::test]
@@ -483,16 +494,14 @@ async fn auth_with_master_key() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    for path in ["/cache/ping", "/metrics", "/v1/models", "/health/readiness"] {
+    for path in ["/cache/ping", "/metrics", "/v1/models"] {
         let r = client.get(proxy.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path}");
     }
-    let r = client
-        .get(proxy.url("/health/liveliness"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "liveliness is open");
+    for path in ["/health/liveliness", "/health/readiness"] {
+        let r = client.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} is open: it reveals only states");
+    }
     let r = client
         .post(proxy.url("/v1/chat/completions"))
         .bearer_auth("sk-master")

@@ -273,6 +273,13 @@ impl CacheEngine {
         self.breaker.state()
     }
 
+    /// State of the semantic layer's circuit breaker, when a semantic layer is configured.
+    pub fn semantic_breaker_state(&self) -> Option<BreakerState> {
+        self.semantic
+            .as_ref()
+            .map(|_| self.semantic_breaker.state())
+    }
+
     /// Number of keys with an upstream call in flight (single-flight leaders).
     pub fn in_flight(&self) -> usize {
         self.flights.in_flight()
@@ -662,6 +669,9 @@ pub struct RequestContext<'a> {
     /// Opt-in members this request forwards upstream (`metadata`): keyed (see
     /// [`crate::key::OPT_IN_FORWARDED_PARAMS`]).
     pub forwarded: &'a [&'a str],
+    /// The caller's own reason not to use the cache for this request (a provider whose answers
+    /// depend on who asks): the request bypasses the cache, neither read nor written.
+    pub bypass: Option<&'static str>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -876,7 +886,9 @@ impl Cache {
             return Ok(p);
         };
         let s = &engine.settings;
-        let bypass = if !s.supported_call_types.contains(&kind) {
+        let bypass = if let Some(reason) = ctx.bypass {
+            Some(reason)
+        } else if !s.supported_call_types.contains(&kind) {
             Some("call-type")
         } else if s.mode == CacheMode::DefaultOff && cc.use_cache != Some(true) {
             Some("default-off")

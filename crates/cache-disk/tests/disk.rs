@@ -65,7 +65,10 @@ async fn entries_survive_a_restart() {
             .unwrap();
         assert!(matches!(
             first.status,
-            CacheStatus::Miss { stored: true, .. }
+            CacheStatus::Miss {
+                store: cache_core::StoreOutcome::Stored,
+                ..
+            }
         ));
         cache.flush(Duration::from_secs(5)).await.unwrap();
         stats

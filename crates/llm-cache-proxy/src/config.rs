@@ -55,8 +55,19 @@ pub const OPENAI_COMPATIBLE_PROVIDERS: &[&str] = &[
     "litellm_proxy",
 ];
 
+/// Providers whose answers depend on the caller's identity (delegated credentials): never read
+/// from or written to the cache, as LiteLLM's `RESPONSE_CACHE_EXCLUDED_PROVIDERS` (plus GitHub
+/// Copilot, whose replies are per user).
+pub const UNCACHEABLE_PROVIDERS: &[&str] = &[
+    "databricks_agent",
+    "microsoft_365_copilot",
+    "github_copilot",
+];
+
 const LITELLM_PARAMS_KEYS: &[&str] = &[
     "model",
+    "cache",
+    "forward_metadata",
     "api_base",
     "base_url",
     "api_key",
@@ -116,6 +127,36 @@ pub struct Deployment {
     /// Timeout of streaming calls (time to first byte and between chunks is not bounded
     /// separately; the whole stream is).
     pub stream_timeout: Option<Duration>,
+    /// `provider/` prefix of the configured model, if any.
+    pub provider: Option<String>,
+    /// Whether answers of this deployment may be cached: `false` for `cache: false` in its
+    /// `litellm_params` and for [`UNCACHEABLE_PROVIDERS`].
+    pub cacheable: bool,
+    /// Forward the request's `metadata` member upstream (and key it); stripped otherwise.
+    pub forward_metadata: bool,
+}
+
+impl Deployment {
+    /// Why a request routed here must bypass the cache, if it must. `requested` is the
+    /// client's model (a wildcard deployment sends it upstream).
+    pub fn bypass_reason(&self, requested: &str) -> Option<&'static str> {
+        if !self.cacheable {
+            return Some("deployment");
+        }
+        let client_provider = requested.split_once('/').map(|(p, _)| p);
+        (self.model.is_none()
+            && client_provider.is_some_and(|p| UNCACHEABLE_PROVIDERS.contains(&p)))
+        .then_some("provider")
+    }
+
+    /// The opt-in request members this deployment forwards upstream.
+    pub fn forwarded(&self) -> &'static [&'static str] {
+        if self.forward_metadata {
+            &["metadata"]
+        } else {
+            &[]
+        }
+    }
 }
 
 impl std::fmt::Debug for Deployment {
@@ -125,6 +166,7 @@ impl std::fmt::Debug for Deployment {
             .field("api_base", &self.api_base)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("azure", &self.azure)
+            .field("cacheable", &self.cacheable)
             .finish()
     }
 }
@@ -165,6 +207,39 @@ impl Default for Settings {
     }
 }
 
+/// A static API key of a tenant (`general_settings.keys`, after LiteLLM's virtual keys).
+#[derive(Clone)]
+pub struct TenantKey {
+    /// The key callers present (`Authorization: Bearer ...` or `x-api-key`).
+    pub key: String,
+    /// The tenant (`tenant` or LiteLLM's `team_id`): the cache partition of its requests.
+    pub tenant: String,
+    /// Model groups it may use (`None`: all).
+    pub models: Option<Vec<String>>,
+    /// A label for logs (`key_alias`).
+    pub alias: Option<String>,
+}
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantKey")
+            .field("key", &"<redacted>")
+            .field("tenant", &self.tenant)
+            .field("models", &self.models)
+            .field("alias", &self.alias)
+            .finish()
+    }
+}
+
+impl TenantKey {
+    /// Whether this key may use `model` (a model group name or the client's model).
+    pub fn allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model || x == "*"))
+    }
+}
+
 /// The whole proxy configuration.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -172,8 +247,10 @@ pub struct ProxyConfig {
     pub models: Vec<ModelGroup>,
     /// The cache (`None`: caching off).
     pub cache: Option<CacheConfig>,
-    /// Master key (`None`: no auth).
+    /// Master key (`None`: no master key).
     pub master_key: Option<String>,
+    /// Tenants' static keys (`general_settings.keys`).
+    pub keys: Vec<TenantKey>,
     /// Proxy settings.
     pub settings: Settings,
     /// Warnings to log at startup.
@@ -311,6 +388,7 @@ impl ProxyConfig {
         }
 
         let mut master_key = None;
+        let mut keys = Vec::new();
         if let Some(gs) = root.get_mut("general_settings") {
             resolve_env_refs(gs, "general_settings")?;
             let gs = gs
@@ -318,8 +396,9 @@ impl ProxyConfig {
                 .ok_or_else(|| cfg_err("general_settings must be a mapping"))?;
             let p = Params::new(gs.clone(), "general_settings");
             master_key = p.string("master_key")?.filter(|k| !k.is_empty());
+            keys = parse_keys(gs.get("keys"))?;
             for key in gs.keys() {
-                if key != "master_key" {
+                if key != "master_key" && key != "keys" {
                     warnings.push(format!(
                         "general_settings.{key} is a LiteLLM setting llm-cache does not implement; ignored"
                     ));
@@ -331,6 +410,13 @@ impl ProxyConfig {
             && !k.is_empty()
         {
             master_key = Some(k);
+        }
+        if let Some(m) = &master_key
+            && keys.iter().any(|k| &k.key == m)
+        {
+            return Err(cfg_err(
+                "general_settings.keys: a tenant key equals the master key",
+            ));
         }
 
         let mut settings = Settings::default();
@@ -367,10 +453,16 @@ impl ProxyConfig {
             }
         }
 
+        if master_key.is_none() && keys.is_empty() && settings.partition_by_api_key {
+            warnings.push(
+                "llm_cache_settings.partition_by_api_key without a master key: pass-through deployments are partitioned by the caller's credential anyway".to_owned(),
+            );
+        }
         Ok(ProxyConfig {
             models,
             cache,
             master_key,
+            keys,
             settings,
             warnings,
         })
@@ -382,6 +474,59 @@ fn strip_prefix(e: &CacheError) -> String {
     s.strip_prefix("configuration error: ")
         .unwrap_or(&s)
         .to_owned()
+}
+
+const TENANT_KEY_FIELDS: &[&str] = &["key", "tenant", "team_id", "models", "key_alias"];
+
+fn parse_keys(list: Option<&Value>) -> Result<Vec<TenantKey>> {
+    let items = match list {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(cfg_err("general_settings.keys must be a list")),
+    };
+    let mut keys: Vec<TenantKey> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("general_settings.keys[{i}]");
+        let obj = item
+            .as_object()
+            .ok_or_else(|| cfg_err(format!("{path} must be a mapping")))?;
+        for field in obj.keys() {
+            if !TENANT_KEY_FIELDS.contains(&field.as_str()) {
+                let hint = suggest(field, TENANT_KEY_FIELDS.iter().copied())
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(cfg_err(format!("{path}.{field}: unknown field{hint}")));
+            }
+        }
+        let p = Params::new(obj.clone(), path.clone());
+        let key = p
+            .string("key")?
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| cfg_err(format!("{path}.key is required (a non-empty string)")))?;
+        let tenant = match (p.string("tenant")?, p.string("team_id")?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(cfg_err(format!(
+                    "{path}: `tenant` and `team_id` name different tenants"
+                )));
+            }
+            (Some(t), _) | (None, Some(t)) if !t.is_empty() => t,
+            _ => {
+                return Err(cfg_err(format!(
+                    "{path}.tenant is required (or LiteLLM's `team_id`)"
+                )));
+            }
+        };
+        if keys.iter().any(|k| k.key == key) {
+            return Err(cfg_err(format!("{path}.key: the same key is listed twice")));
+        }
+        keys.push(TenantKey {
+            key,
+            tenant,
+            models: p.string_list("models")?,
+            alias: p.string("key_alias")?,
+        });
+    }
+    Ok(keys)
 }
 
 fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<Vec<ModelGroup>> {
@@ -478,7 +623,14 @@ fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<
                 )));
             }
         };
+        let excluded = provider
+            .as_deref()
+            .is_some_and(|p| UNCACHEABLE_PROVIDERS.contains(&p));
+        let cache_on = p.bool("cache")?.unwrap_or(true);
         let deployment = Deployment {
+            cacheable: cache_on && !excluded,
+            forward_metadata: p.bool("forward_metadata")?.unwrap_or(false),
+            provider: provider.clone(),
             model: (bare != "*").then_some(bare),
             api_base,
             api_key: p.string("api_key")?.filter(|k| !k.is_empty()),

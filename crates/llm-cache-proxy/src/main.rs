@@ -220,7 +220,7 @@ async fn key(config: Option<&PathBuf>, kind: &str) -> Result<(), String> {
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| e.to_string())?;
     let request: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let cc = CacheControl::from_json(request.get("cache")).map_err(|e| e.to_string())?;
+    let cc = CacheControl::from_request(&request).map_err(|e| e.to_string())?;
     let cache = match &cfg.cache {
         Some(c) => llm_cache::CacheBuilder::new(llm_cache::MemoryBackend::default())
             .settings(c.settings().map_err(|e| e.to_string())?)
@@ -238,7 +238,7 @@ async fn key(config: Option<&PathBuf>, kind: &str) -> Result<(), String> {
         .map(|r| r.model_group(&model).to_owned());
     let ctx = RequestContext {
         model_group: group.as_deref(),
-        partition: None,
+        ..RequestContext::default()
     };
     let prepared = cache
         .prepare(kind, &request, &cc, &ctx)
@@ -251,8 +251,7 @@ async fn key(config: Option<&PathBuf>, kind: &str) -> Result<(), String> {
             &request,
             &llm_cache::core::KeyContext {
                 model_group: ctx.model_group,
-                namespace: None,
-                partition: None,
+                ..Default::default()
             },
         )
         .map_err(|e| e.to_string())?;

@@ -117,8 +117,14 @@ impl ProxyMetrics {
         counter(
             &mut out,
             "llm_cache_stores_total",
-            "Entries written.",
+            "Entries written (the backend accepted the write).",
             s.stores.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "llm_cache_store_failures_total",
+            "Writes the backend did not accept: breaker open, too large, error or timeout.",
+            s.store_failures.load(Relaxed),
         );
         counter(
             &mut out,

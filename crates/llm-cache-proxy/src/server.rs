@@ -4,18 +4,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures::StreamExt;
+use llm_cache::core::StoreOutcome;
 use llm_cache::core::{Lookup, Prepared};
 use llm_cache::{Cache, CacheControl, CacheStatus, CallError, CallKind, Entry, RequestContext};
 use serde_json::{Value, json};
 
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, TenantKey};
 use crate::fanout::{ChunkSink, Join, StreamFlights};
 use crate::metrics::{ProxyMetrics, status_label};
 use crate::sse::{self, Assembler, SseParser};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub upstream: Upstream,
     /// Master key.
     pub master_key: Option<String>,
+    /// Tenants' static keys.
+    pub keys: Vec<Arc<TenantKey>>,
     /// Metrics.
     pub metrics: Arc<ProxyMetrics>,
     /// Partition the cache by caller API key.
@@ -51,6 +54,12 @@ pub struct AppState {
 
 /// Builds the axum application.
 pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
+    let admin = axum::Router::new()
+        .route("/cache/ping", get(cache_ping))
+        .route("/cache/delete", post(cache_delete))
+        .route("/cache/flushall", post(cache_flushall))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn(admin_only));
     let api = axum::Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
@@ -60,15 +69,13 @@ pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
-        .route("/cache/ping", get(cache_ping))
-        .route("/cache/delete", post(cache_delete))
-        .route("/cache/flushall", post(cache_flushall))
-        .route("/health/readiness", get(readiness))
-        .route("/metrics", get(metrics))
+        .merge(admin)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    // Health probes need no key: they reveal only states (a Kubernetes probe can call them).
     axum::Router::new()
         .route("/health/liveliness", get(liveliness))
         .route("/health/liveness", get(liveliness))
+        .route("/health/readiness", get(readiness))
         .merge(api)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -95,6 +102,7 @@ pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, St
         router: Router::new(config.models.clone()),
         upstream,
         master_key: config.master_key.clone(),
+        keys: config.keys.iter().cloned().map(Arc::new).collect(),
         metrics,
         partition_by_api_key: config.settings.partition_by_api_key,
         stream_flights: Arc::default(),
@@ -173,35 +181,95 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(master) = &st.master_key {
-        let ok = presented_key(req.headers())
-            .is_some_and(|k| constant_time_eq(k.as_bytes(), master.as_bytes()));
-        if !ok {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "Authentication Error: a valid key is required (Authorization: Bearer <key> or x-api-key)",
-                "auth_error",
-                None,
-            );
-        }
+/// Who is calling, as established by [`auth`].
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No authentication is configured (no master key, no tenant keys).
+    Open,
+    /// The master key: the admin, and the default (unpartitioned) cache scope.
+    Master,
+    /// A tenant's static key: its own cache partition.
+    Tenant(Arc<TenantKey>),
+}
+
+impl AppState {
+    /// Whether the proxy authenticates callers (a master key or tenant keys).
+    pub fn auth_enabled(&self) -> bool {
+        self.master_key.is_some() || !self.keys.is_empty()
     }
+}
+
+async fn auth(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let caller = if st.auth_enabled() {
+        let presented = presented_key(req.headers()).unwrap_or("");
+        let master = st
+            .master_key
+            .as_ref()
+            .is_some_and(|m| constant_time_eq(presented.as_bytes(), m.as_bytes()));
+        // Compare against every key (no early exit: the time taken says nothing of which).
+        let tenant = st.keys.iter().fold(None, |found, k| {
+            if constant_time_eq(presented.as_bytes(), k.key.as_bytes()) {
+                Some(k.clone())
+            } else {
+                found
+            }
+        });
+        match (master, tenant) {
+            (true, _) => Caller::Master,
+            (false, Some(t)) => Caller::Tenant(t),
+            (false, None) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "Authentication Error: a valid key is required (Authorization: Bearer <key> or x-api-key)",
+                    "auth_error",
+                    None,
+                );
+            }
+        }
+    } else {
+        Caller::Open
+    };
+    req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// Admin endpoints: the master key when one is set; never a tenant key.
+async fn admin_only(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Caller>() {
+        Some(Caller::Master | Caller::Open) => next.run(req).await,
+        _ => error(
+            StatusCode::FORBIDDEN,
+            "admin endpoints need the master key (general_settings.master_key)",
+            "auth_error",
+            None,
+        ),
+    }
 }
 
 async fn liveliness() -> impl IntoResponse {
     axum::Json("I'm alive!")
 }
 
+/// Readiness: `healthy`, or `degraded` while a circuit breaker is not closed (requests are still
+/// answered, from upstream: the cache fails open, so the proxy stays in rotation).
 async fn readiness(State(st): State<Arc<AppState>>) -> Response {
-    let breaker = st
-        .cache
-        .engine()
-        .map(|e| format!("{:?}", e.breaker_state()).to_lowercase());
+    let engine = st.cache.engine();
+    let label = |b: llm_cache::core::BreakerState| format!("{b:?}").to_lowercase();
+    let breaker = engine.as_ref().map(|e| e.breaker_state());
+    let semantic = engine.as_ref().and_then(|e| e.semantic_breaker_state());
+    let closed = |b: Option<llm_cache::core::BreakerState>| {
+        b.is_none_or(|b| b == llm_cache::core::BreakerState::Closed)
+    };
+    let status = if closed(breaker) && closed(semantic) {
+        "healthy"
+    } else {
+        "degraded"
+    };
     axum::Json(json!({
-        "status": "healthy",
+        "status": status,
         "cache": st.cache_type,
-        "cache_breaker": breaker,
+        "cache_breaker": breaker.map(label),
+        "semantic_breaker": semantic.map(label),
         "llm_cache_version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
@@ -218,7 +286,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+async fn models(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
     if let Some(d) = st.router.wildcard() {
         let auth = forwarded_auth(&st, &headers);
         if let Ok(body) = st.upstream.get_models(d, auth).await {
@@ -228,14 +300,18 @@ async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response
     let data: Vec<Value> = st
         .router
         .names()
+        .filter(|n| match &caller {
+            Caller::Tenant(t) => t.allows(n),
+            _ => true,
+        })
         .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "llm-cache"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 fn forwarded_auth<'a>(st: &AppState, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
-    // The client's own key goes upstream only when it is not our master key.
-    if st.master_key.is_some() {
+    // The client's own key goes upstream only when it is not one of ours (master or tenant).
+    if st.auth_enabled() {
         None
     } else {
         headers.get(header::AUTHORIZATION)
@@ -357,7 +433,7 @@ struct Incoming {
 
 #[allow(clippy::result_large_err)]
 fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response> {
-    let mut request: Value = serde_json::from_slice(body).map_err(|e| {
+    let request: Value = serde_json::from_slice(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             format!("invalid JSON body: {e}"),
@@ -365,7 +441,7 @@ fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response
             None,
         )
     })?;
-    let Some(obj) = request.as_object_mut() else {
+    let Some(obj) = request.as_object() else {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "the request body must be a JSON object",
@@ -384,7 +460,23 @@ fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response
             ));
         }
     };
-    let body_cc = CacheControl::from_json(obj.get("cache")).map_err(|e| {
+    // Client-chosen upstream headers would change the answer without being in the key, and
+    // could smuggle credentials: refused (deployments set `extra_headers` in litellm_params).
+    if obj.get("extra_headers").is_some_and(|v| !v.is_null()) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "`extra_headers` is not accepted: llm-cache never forwards client-chosen headers upstream (set `extra_headers` on the deployment's litellm_params instead)",
+            "invalid_request_error",
+            Some("extra_headers"),
+        ));
+    }
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let body_cc = CacheControl::from_request(&request).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             e.to_string(),
@@ -413,12 +505,6 @@ fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response
             })?
         }
     };
-    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = obj
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
     Ok(Incoming {
         request,
         cc: body_cc.or(header_cc),
@@ -428,13 +514,33 @@ fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response
     })
 }
 
-/// Parses a cacheable request, routes its model and computes its tenant partition.
+/// A cacheable request, parsed and routed, with its cache scope.
+struct Accepted<'a> {
+    inc: Incoming,
+    route: crate::upstream::Route<'a>,
+    partition: Option<String>,
+    bypass: Option<&'static str>,
+}
+
+impl Accepted<'_> {
+    fn context(&self) -> RequestContext<'_> {
+        RequestContext {
+            model_group: Some(self.route.model_group(&self.inc.model)),
+            partition: self.partition.as_deref(),
+            forwarded: self.route.deployment.forwarded(),
+            bypass: self.bypass,
+        }
+    }
+}
+
+/// Parses a cacheable request, routes its model and computes its cache scope.
 #[allow(clippy::result_large_err)]
 fn accept<'a>(
     st: &'a AppState,
     headers: &HeaderMap,
+    caller: &Caller,
     body: &[u8],
-) -> Result<(Incoming, crate::upstream::Route<'a>, Option<String>), Response> {
+) -> Result<Accepted<'a>, Response> {
     let inc = parse_incoming(headers, body)?;
     let Some(route) = st.router.route(&inc.model) else {
         return Err(error(
@@ -447,14 +553,56 @@ fn accept<'a>(
             Some("model"),
         ));
     };
-    Ok((inc, route, partition(st, headers)))
+    if let Caller::Tenant(t) = caller
+        && !(t.allows(&route.group.name) || t.allows(&inc.model))
+    {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "Authentication Error: key not allowed to access model. This key can only access models={:?}. Tried to access {}",
+                t.models.as_deref().unwrap_or_default(),
+                inc.model
+            ),
+            "auth_error",
+            Some("model"),
+        ));
+    }
+    let partition = partition(st, headers, caller, route.deployment);
+    let bypass = route.deployment.bypass_reason(&inc.model);
+    Ok(Accepted {
+        inc,
+        route,
+        partition,
+        bypass,
+    })
 }
 
-fn partition(st: &AppState, headers: &HeaderMap) -> Option<String> {
+/// The cache partition of a request: requests in different partitions never share an entry.
+///
+/// * A tenant key: the tenant.
+/// * No authentication and a deployment without its own `api_key` (pass-through: the upstream
+///   checks the caller's credential): the credential forwarded upstream, hashed. A hit then
+///   only ever goes to a caller presenting the credential the upstream accepted for it.
+/// * `partition_by_api_key`: the presented key, hashed.
+fn partition(
+    st: &AppState,
+    headers: &HeaderMap,
+    caller: &Caller,
+    deployment: &crate::config::Deployment,
+) -> Option<String> {
+    let short = |bytes: &[u8]| llm_cache::core::key::hash_hex(bytes)[..32].to_owned();
+    match caller {
+        Caller::Tenant(t) => return Some(format!("tenant:{}", t.tenant)),
+        Caller::Open if deployment.api_key.is_none() => {
+            let credential = forwarded_auth(st, headers).map_or(&[][..], HeaderValue::as_bytes);
+            return Some(format!("credential:{}", short(credential)));
+        }
+        Caller::Open | Caller::Master => {}
+    }
     if !st.partition_by_api_key {
         return None;
     }
-    presented_key(headers).map(|k| llm_cache::core::key::hash_hex(k.as_bytes())[..32].to_owned())
+    presented_key(headers).map(|k| format!("key:{}", short(k.as_bytes())))
 }
 
 fn cache_headers(
@@ -522,16 +670,22 @@ fn not_cached(key: Option<&llm_cache::CacheKey>) -> Response {
         key,
         &CacheStatus::Miss {
             reason: llm_cache::core::MissReason::NotFound,
-            stored: false,
+            store: StoreOutcome::NotRequested,
         },
         None,
     );
     resp
 }
 
-async fn chat(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     completion_like(
         st,
+        caller,
         headers,
         body,
         CallKind::Chat,
@@ -541,9 +695,15 @@ async fn chat(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) 
     .await
 }
 
-async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     completion_like(
         st,
+        caller,
         headers,
         body,
         CallKind::TextCompletion,
@@ -555,21 +715,21 @@ async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: 
 
 async fn completion_like(
     st: Arc<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
     kind: CallKind,
     path: &'static str,
     endpoint: &'static str,
 ) -> Response {
-    let (inc, route, part) = match accept(&st, &headers, &body) {
+    let acc = match accept(&st, &headers, &caller, &body) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let ctx = RequestContext {
-        model_group: Some(route.model_group(&inc.model)),
-        partition: part.as_deref(),
-    };
-    let prepared = match st.cache.prepare(kind, &inc.request, &inc.cc, &ctx) {
+    let prepared = match st
+        .cache
+        .prepare(kind, &acc.inc.request, &acc.inc.cc, &acc.context())
+    {
         Ok(p) => p,
         Err(e) => {
             return error(
@@ -581,7 +741,8 @@ async fn completion_like(
         }
     };
     let auth = forwarded_auth(&st, &headers).cloned();
-    let deployment = route.deployment.clone();
+    let deployment = acc.route.deployment.clone();
+    let inc = acc.inc;
     // The upstream body is serialised only on a miss (a hit never pays for it).
     let request = inc.request;
 
@@ -689,9 +850,14 @@ async fn stream_flow(
     }
     let status = match prepared.bypass_reason() {
         Some(r) => CacheStatus::Bypass { reason: r },
+        // The stream is stored once it ends cleanly: after these headers are sent.
         None => CacheStatus::Miss {
             reason,
-            stored: false,
+            store: if prepared.writes() {
+                StoreOutcome::Pending
+            } else {
+                StoreOutcome::NotRequested
+            },
         },
     };
     let key = prepared.key().cloned();
@@ -701,8 +867,11 @@ async fn stream_flow(
     if let (Some(key), Some(engine), true) = (&key, &engine, prepared.reads())
         && engine.settings().coalesce
     {
+        // Followers get the shape they asked for: a stream with and one without the usage
+        // chunk are different flights.
+        let flight = format!("{}\nusage={include_usage}", key.as_str());
         for _ in 0..3 {
-            match st.stream_flights.join(key.as_str()) {
+            match st.stream_flights.join(&flight) {
                 Join::Lead(leader) => {
                     let sink = Box::new(StoreSink::new(prepared, text, st.metrics.clone()));
                     let body = upstream_body(request, &deployment);
@@ -854,30 +1023,36 @@ fn sse_response(body: Body) -> Response {
     resp
 }
 
-async fn embeddings(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (inc, route, part) = match accept(&st, &headers, &body) {
+async fn embeddings(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let acc = match accept(&st, &headers, &caller, &body) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let ctx = RequestContext {
-        model_group: Some(route.model_group(&inc.model)),
-        partition: part.as_deref(),
-    };
     let auth = forwarded_auth(&st, &headers).cloned();
-    let deployment = route.deployment.clone();
+    let deployment = acc.route.deployment.clone();
     let upstream = st.upstream.clone();
     let result = st
         .cache
-        .embeddings(&inc.request, &inc.cc, &ctx, |sub| async move {
-            upstream
-                .post_json(
-                    &deployment,
-                    "/embeddings",
-                    upstream_body(sub, &deployment),
-                    auth.as_ref(),
-                )
-                .await
-        })
+        .embeddings(
+            &acc.inc.request,
+            &acc.inc.cc,
+            &acc.context(),
+            |sub| async move {
+                upstream
+                    .post_json(
+                        &deployment,
+                        "/embeddings",
+                        upstream_body(sub, &deployment),
+                        auth.as_ref(),
+                    )
+                    .await
+            },
+        )
         .await;
     match result {
         Ok(out) => {

@@ -273,18 +273,18 @@ impl Upstream {
 }
 
 /// The request body sent upstream: the client's body with `model` set to the deployment's
-/// model (wildcards keep the client's) and llm-cache/LiteLLM-only fields removed.
+/// model (wildcards keep the client's), every stripped member removed (LiteLLM's and llm-cache's
+/// own fields, credentials, endpoints: [`llm_cache::core::key::is_stripped`]) except those the
+/// deployment opts in to forwarding, and top-level `null`s removed. Everything else is keyed:
+/// what reaches the upstream is exactly what the cache key covers (plus `stream`,
+/// `stream_options` and the model, keyed as its model group).
 pub fn upstream_body(mut request: Value, d: &Deployment) -> Vec<u8> {
     if let Some(obj) = request.as_object_mut() {
-        for k in [
-            "cache",
-            "caching",
-            "cache_key",
-            "num_retries",
-            "mock_response",
-        ] {
-            obj.remove(k);
-        }
+        let forwarded = d.forwarded();
+        obj.retain(|k, v| {
+            !v.is_null()
+                && (!llm_cache::core::key::is_stripped(k) || forwarded.contains(&k.as_str()))
+        });
         if let Some(m) = &d.model {
             obj.insert("model".to_owned(), Value::String(m.clone()));
         } else if let Some(Value::String(m)) = obj.get("model")
