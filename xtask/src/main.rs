@@ -5,6 +5,7 @@
 //! cargo xtask test [-- ARGS]        services up, then cargo test --workspace (strict: missing services fail)
 //! cargo xtask services up|down|status [SERVICE...]
 //! cargo xtask bench [core|proxy|...]  run benchmarks (see docs/benchmarks.md)
+//! cargo xtask trust [--pairs N] [--seed S]  the randomized "a hit is only the right answer" tests, longer
 //! ```
 //!
 //! Services run on 127.0.0.1, ports 17000-17999, state in `.test-services/` (see
@@ -402,10 +403,45 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// `cargo xtask trust [--pairs N] [--seed S]`: the randomized black-box tests of
+/// `tests/tests/trust.rs` with more pairs than CI's 1500 (default 20000) and a chosen seed.
+fn trust(args: &[String]) -> Result<(), String> {
+    let mut pairs = "20000".to_owned();
+    let mut seed = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--pairs" => pairs = it.next().ok_or("--pairs needs a number")?.clone(),
+            "--seed" => seed = Some(it.next().ok_or("--seed needs a number")?.clone()),
+            other => return Err(format!("unknown argument `{other}` (--pairs N, --seed S)")),
+        }
+    }
+    run(
+        "cargo build -p llm-cache-proxy",
+        cargo().args(["build", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
+    )?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "llm-cache-tests",
+        "--test",
+        "trust",
+        "--",
+        "--nocapture",
+        "randomized",
+    ])
+    .env("LLM_CACHE_TRUST_PAIRS", &pairs);
+    if let Some(s) = &seed {
+        cmd.env("LLM_CACHE_TRUST_SEED", s);
+    }
+    run(&format!("trust tests, {pairs} pairs"), &mut cmd)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <ci|test|services|bench> ...");
+        eprintln!("usage: cargo xtask <ci|test|services|bench|trust> ...");
         return ExitCode::from(2);
     };
     let result = match cmd.as_str() {
@@ -413,8 +449,9 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "services" => services(rest),
         "bench" => bench(rest),
+        "trust" => trust(rest),
         other => Err(format!(
-            "unknown command `{other}` (ci, test, services, bench)"
+            "unknown command `{other}` (ci, test, services, bench, trust)"
         )),
     };
     match result {

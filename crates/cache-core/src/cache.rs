@@ -713,6 +713,9 @@ pub struct Prepared {
     only_if_cached: bool,
     bypass: Option<&'static str>,
     semantic: Option<SemanticInput>,
+    /// Nanoseconds the lookup spent in the cache: the write acknowledgement gets what is left of
+    /// the read deadline, so a request never waits on the cache longer than one read deadline.
+    lookup_nanos: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -880,6 +883,7 @@ impl Cache {
             only_if_cached: cc.is_only_if_cached(),
             bypass: None,
             semantic: None,
+            lookup_nanos: AtomicU64::new(0),
         };
         let Some(engine) = engine else {
             p.bypass = Some("disabled");
@@ -1177,10 +1181,15 @@ impl CacheEngine {
         }
     }
 
-    /// Runs a write and waits for it at most the read deadline. A write that completes without
+    /// Runs a write and waits for it at most `budget` (what is left of the read deadline). A
+    /// write that completes without
     /// waiting (the in-memory backend) costs no timer; one still running after the deadline
     /// goes on in the background (tracked, so shutdown waits for it) and is reported pending.
-    pub(crate) async fn acknowledge(&self, mut write: StoreWrite) -> StoreOutcome {
+    pub(crate) async fn acknowledge(
+        &self,
+        mut write: StoreWrite,
+        budget: Duration,
+    ) -> StoreOutcome {
         let first = {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             write.as_mut().poll(&mut cx)
@@ -1188,7 +1197,11 @@ impl CacheEngine {
         if let std::task::Poll::Ready(outcome) = first {
             return outcome;
         }
-        match tokio::time::timeout(self.settings.read_timeout, &mut write).await {
+        if budget.is_zero() {
+            self.writes.spawn(write);
+            return StoreOutcome::Pending;
+        }
+        match tokio::time::timeout(budget, &mut write).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.writes.spawn(write);
@@ -1310,6 +1323,14 @@ impl Prepared {
 
     /// Looks the request up: L1, then the backend (deadline, breaker), then the semantic layer.
     pub async fn lookup(&self) -> Lookup {
+        let start = Instant::now();
+        let out = self.lookup_inner().await;
+        self.lookup_nanos
+            .store(start.elapsed().as_nanos() as u64, Relaxed);
+        out
+    }
+
+    async fn lookup_inner(&self) -> Lookup {
         let stats = &self.cache.shared.stats;
         if let Some(reason) = self.bypass {
             stats.bypasses.fetch_add(1, Relaxed);
@@ -1575,9 +1596,17 @@ impl Prepared {
     /// in the background ([`StoreOutcome::Pending`]).
     pub async fn store_confirmed(&self, body: Bytes) -> StoreOutcome {
         match (self.begin_store(body), &self.engine) {
-            (Some(write), Some(engine)) => engine.acknowledge(write).await,
+            (Some(write), Some(engine)) => engine.acknowledge(write, self.ack_budget(engine)).await,
             _ => StoreOutcome::NotRequested,
         }
+    }
+
+    /// What is left of the read deadline after the lookup.
+    fn ack_budget(&self, engine: &CacheEngine) -> Duration {
+        engine
+            .settings
+            .read_timeout
+            .saturating_sub(Duration::from_nanos(self.lookup_nanos.load(Relaxed)))
     }
 
     fn detach(&self, write: Option<StoreWrite>) -> bool {
@@ -1776,7 +1805,7 @@ impl Prepared {
                             write
                         });
                         let store = match write {
-                            Some(write) => engine.acknowledge(write).await,
+                            Some(write) => engine.acknowledge(write, self.ack_budget(engine)).await,
                             None => StoreOutcome::NotRequested,
                         };
                         return Ok(Cached {
@@ -1843,6 +1872,7 @@ impl Cache {
         engine: &Arc<CacheEngine>,
         entries: Vec<(String, Bytes)>,
         ttl: Option<Duration>,
+        budget: Duration,
     ) -> StoreOutcome {
         if entries.is_empty() {
             return StoreOutcome::NotRequested;
@@ -1865,7 +1895,7 @@ impl Cache {
                 .await;
             store_outcome(res, stats, n)
         });
-        engine.acknowledge(write).await
+        engine.acknowledge(write, budget).await
     }
 }
 

@@ -123,7 +123,8 @@ impl Cache {
         }
         let cached = found.iter().filter(|f| f.is_some()).count();
         let stats = self.stats();
-        stats.lookup_latency.observe(start.elapsed());
+        let lookup_time = start.elapsed();
+        stats.lookup_latency.observe(lookup_time);
 
         if cached == items.len() && !items.is_empty() {
             stats.hits_backend.fetch_add(1, Relaxed);
@@ -221,7 +222,8 @@ impl Cache {
                     (items[missing[j]].0.as_str().to_owned(), entry.encode())
                 })
                 .collect();
-            self.write_many(&engine, entries, ttl).await
+            let budget = engine.settings().read_timeout.saturating_sub(lookup_time);
+            self.write_many(&engine, entries, ttl, budget).await
         };
 
         if cached == 0 {
