@@ -45,6 +45,7 @@ pub mod key;
 pub mod memory;
 pub mod output;
 pub mod params;
+pub mod registry;
 pub mod semantic;
 pub mod stats;
 #[cfg(any(test, feature = "testing"))]
@@ -64,6 +65,7 @@ pub use envelope::{Entry, Usage};
 pub use error::{BoxError, CacheError, Result};
 pub use key::{CacheKey, CallKind, KeyBuilder, KeyContext, KeyOptions};
 pub use memory::{MemoryBackend, MemoryConfig};
+pub use registry::{BackendFactory, BuildContext, Registry, TypeProfile};
 pub use stats::{CacheEvent, CacheObserver, EventKind, Stats};
 
 /// Re-exported so backends and tests use the same versions as the core.

@@ -67,6 +67,22 @@ impl MemoryConfig {
         self.max_item_bytes = n;
         self
     }
+
+    /// From LiteLLM's names in `cache_params`: `max_size_in_memory` (items),
+    /// `max_size_per_item` (KiB), and llm-cache's `max_size_in_memory_bytes`.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] naming a key with a wrong type.
+    pub fn from_params(p: &crate::params::Params) -> Result<Self> {
+        let mut m = MemoryConfig::default();
+        if let Some(n) = p.u64("max_size_in_memory")? {
+            m = m.with_max_items(Some(n));
+        }
+        if let Some(kb) = p.u64("max_size_per_item")? {
+            m = m.with_max_item_bytes((kb as usize).saturating_mul(1024));
+        }
+        Ok(m.with_max_bytes(p.u64("max_size_in_memory_bytes")?))
+    }
 }
 
 #[derive(Clone)]

@@ -7,7 +7,8 @@
 //! * [`SemanticLayer`] is what the orchestration calls after an exact miss: it extracts the text,
 //!   embeds it, searches, applies the threshold and guards. `cache-semantic` provides it.
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -285,3 +286,74 @@ pub struct SemanticStats {
     /// Embedding calls that failed or timed out (each one a miss or a skipped store).
     pub embed_errors: u64,
 }
+
+/// An OpenAI-compatible embeddings endpoint: `POST {api_base}/embeddings`.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct EmbeddingEndpoint {
+    /// Base URL up to the version (`https://api.openai.com/v1`).
+    pub api_base: String,
+    /// API key (sent as a bearer token; also as `api-key` when `azure`).
+    pub api_key: Option<String>,
+    /// Model name sent upstream.
+    pub model: String,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Extra query parameters (Azure's `api-version`).
+    pub query: Vec<(String, String)>,
+    /// Azure OpenAI (`api-key` header).
+    pub azure: bool,
+}
+
+impl EmbeddingEndpoint {
+    /// An endpoint without key, headers or query parameters.
+    pub fn new(api_base: impl Into<String>, model: impl Into<String>) -> Self {
+        EmbeddingEndpoint {
+            api_base: api_base.into(),
+            api_key: None,
+            model: model.into(),
+            headers: Vec::new(),
+            query: Vec::new(),
+            azure: false,
+        }
+    }
+
+    /// Sets the API key.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds a query parameter.
+    pub fn with_query(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.query.push((name.into(), value.into()));
+        self
+    }
+
+    /// Marks an Azure OpenAI endpoint.
+    pub fn with_azure(mut self, azure: bool) -> Self {
+        self.azure = azure;
+        self
+    }
+}
+
+impl fmt::Debug for EmbeddingEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddingEndpoint")
+            .field("api_base", &self.api_base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("azure", &self.azure)
+            .finish()
+    }
+}
+
+/// Maps an embedding model name (as configured in `*_semantic_cache_embedding_model`) to an
+/// endpoint; `None` for names it does not know (then `cache_params` decide).
+pub type EmbeddingResolver = Arc<dyn Fn(&str) -> Option<EmbeddingEndpoint> + Send + Sync>;

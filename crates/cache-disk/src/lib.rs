@@ -44,6 +44,7 @@
 
 mod backend;
 mod config;
+pub mod factory;
 mod lock;
 mod record;
 mod store;
@@ -53,6 +54,7 @@ pub use config::{
     DEFAULT_DIR, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BYTES,
     DEFAULT_SWEEP_INTERVAL, DiskConfig, OnCorruption,
 };
+pub use factory::DiskFactory;
 pub use store::DiskStats;
 
 /// Name of the backend in logs, metrics and errors.

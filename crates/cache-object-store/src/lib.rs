@@ -34,6 +34,7 @@
 
 mod backend;
 mod error;
+pub mod factory;
 mod naming;
 mod settings;
 
@@ -45,6 +46,7 @@ mod gcs;
 mod s3;
 
 pub use backend::{CONTENT_TYPE, EXPIRES_AT_METADATA, ObjectStoreBackend};
+pub use factory::ObjectStoreFactory;
 pub use naming::ObjectNaming;
 pub use settings::{ClientSettings, DEFAULT_MAX_CONCURRENCY, Secret};
 

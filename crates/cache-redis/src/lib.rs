@@ -28,10 +28,12 @@
 
 mod backend;
 pub mod config;
+pub mod factory;
 mod keys;
 
 pub use backend::RedisBackend;
 #[cfg(feature = "tls")]
 pub use backend::tls_config;
 pub use config::{Node, RedisConfig, Topology};
+pub use factory::RedisFactory;
 pub use keys::{escape_glob, is_entry_key};

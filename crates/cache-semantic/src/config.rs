@@ -34,8 +34,8 @@ use crate::layer::SemanticConfig;
 use crate::text::EmbedMode;
 
 /// Resolves an embedding model name to an endpoint (the proxy's `model_list`). `None`: not a
-/// known name, use the parameters.
-pub type EmbeddingResolver = dyn Fn(&str) -> Option<HttpEmbedderConfig> + Send + Sync;
+/// known name, use the parameters. The one endpoint type is `cache-core`'s.
+pub use cache_core::semantic::EmbeddingResolver;
 
 /// Default deadline of an embedding call (and of the semantic lookup).
 pub const DEFAULT_EMBEDDING_TIMEOUT: Duration = Duration::from_secs(1);
@@ -170,7 +170,7 @@ pub fn embedder_with_env(
     let explicit_base = params.string("semantic_embedding_api_base")?;
     let explicit_key = params.string("semantic_embedding_api_key")?;
     let config = match (explicit_base, resolver.and_then(|r| r(&model))) {
-        (None, Some(resolved)) => resolved,
+        (None, Some(resolved)) => HttpEmbedderConfig::from_endpoint(resolved),
         (base, _) => {
             let base = base
                 .or_else(|| env("OPENAI_API_BASE"))
@@ -284,9 +284,12 @@ mod tests {
         assert_eq!(e.dimensions(), Some(256));
         assert!(!format!("{e:?}").contains("sk-x"));
         // The resolver wins over the OpenAI default, an explicit api base wins over the resolver.
-        let resolver: &EmbeddingResolver = &|name: &str| {
-            (name == "my-embed").then(|| HttpEmbedderConfig::new("http://127.0.0.1:9/v1", "e5"))
-        };
+        let resolver: EmbeddingResolver = std::sync::Arc::new(|name: &str| {
+            (name == "my-embed").then(|| {
+                cache_core::semantic::EmbeddingEndpoint::new("http://127.0.0.1:9/v1", "e5")
+            })
+        });
+        let resolver = &resolver;
         let e = embedder_with_env(&params(json!({"m": "my-embed"})), "m", Some(resolver), none)
             .unwrap();
         assert_eq!(e.model(), "e5");

@@ -52,6 +52,7 @@
 
 pub mod config;
 pub mod embed;
+pub mod factory;
 pub mod guard;
 mod layer;
 mod memory;
@@ -70,6 +71,11 @@ pub use cache_core::semantic::{
 };
 pub use config::EmbeddingResolver;
 pub use embed::{EncodingFormat, HttpEmbedder, HttpEmbedderConfig, LocalEmbedder};
+pub use factory::LocalSemanticFactory;
+#[cfg(feature = "qdrant-semantic")]
+pub use factory::QdrantSemanticFactory;
+#[cfg(feature = "redis-semantic")]
+pub use factory::RedisSemanticFactory;
 pub use guard::{GuardConfig, GuardReason};
 pub use layer::{SemanticCache, SemanticConfig};
 pub use memory::{MemorySemanticBackend, MemorySemanticConfig};

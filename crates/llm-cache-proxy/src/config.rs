@@ -21,8 +21,8 @@
 
 use std::time::Duration;
 
-use llm_cache::CacheConfig;
 use llm_cache::core::params::{Params, resolve_env_refs, suggest};
+use llm_cache::{CacheConfig, Registry};
 use llm_cache::{CacheError, Result};
 use serde_json::{Map, Value, json};
 
@@ -267,9 +267,17 @@ impl ProxyConfig {
     /// # Errors
     /// A read error, invalid YAML, or an invalid setting (the message names it).
     pub fn load(path: &std::path::Path) -> Result<Self> {
+        Self::load_in(path, &llm_cache::builtin_registry())
+    }
+
+    /// [`ProxyConfig::load`] with the backends of `registry` (a third party's included).
+    ///
+    /// # Errors
+    /// As [`ProxyConfig::load`].
+    pub fn load_in(path: &std::path::Path, registry: &Registry) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| cfg_err(format!("cannot read config {}: {e}", path.display())))?;
-        Self::from_yaml(&text)
+        Self::from_yaml_in(&text, registry)
             .map_err(|e| cfg_err(format!("{}: {}", path.display(), strip_prefix(&e))))
     }
 
@@ -278,8 +286,16 @@ impl ProxyConfig {
     /// # Errors
     /// Invalid YAML or an invalid setting.
     pub fn from_yaml(text: &str) -> Result<Self> {
+        Self::from_yaml_in(text, &llm_cache::builtin_registry())
+    }
+
+    /// [`ProxyConfig::from_yaml`] with the backends of `registry`.
+    ///
+    /// # Errors
+    /// As [`ProxyConfig::from_yaml`].
+    pub fn from_yaml_in(text: &str, registry: &Registry) -> Result<Self> {
         let value = llm_cache::config::parse_yaml(text)?;
-        Self::from_value(value)
+        Self::from_value_in(value, registry)
     }
 
     /// The embedded default: a disk cache in `./.llm_cache` (in-memory without the `disk`
@@ -288,6 +304,15 @@ impl ProxyConfig {
     /// # Errors
     /// Never in practice; kept fallible like the other constructors.
     pub fn embedded_default() -> Result<Self> {
+        Self::embedded_default_in(&llm_cache::builtin_registry())
+    }
+
+    /// [`ProxyConfig::embedded_default`] with the backends of `registry` (a disk cache when it
+    /// has `disk`).
+    ///
+    /// # Errors
+    /// Never in practice.
+    pub fn embedded_default_in(registry: &Registry) -> Result<Self> {
         let base = std::env::var("OPENAI_BASE_URL")
             .ok()
             .filter(|s| !s.is_empty())
@@ -298,22 +323,33 @@ impl ProxyConfig {
         {
             params["api_key"] = Value::String(key);
         }
-        let cache_type = if llm_cache::available_types().contains(&"disk") {
+        let cache_type = if registry.get("disk").is_some() {
             "disk"
         } else {
             "local"
         };
-        Self::from_value(json!({
-            "model_list": [{"model_name": "*", "litellm_params": params}],
-            "litellm_settings": {"cache": true, "cache_params": {"type": cache_type}},
-        }))
+        Self::from_value_in(
+            json!({
+                "model_list": [{"model_name": "*", "litellm_params": params}],
+                "litellm_settings": {"cache": true, "cache_params": {"type": cache_type}},
+            }),
+            registry,
+        )
     }
 
     /// From a parsed document.
     ///
     /// # Errors
     /// An invalid setting (the message names it).
-    pub fn from_value(mut value: Value) -> Result<Self> {
+    pub fn from_value(value: Value) -> Result<Self> {
+        Self::from_value_in(value, &llm_cache::builtin_registry())
+    }
+
+    /// [`ProxyConfig::from_value`] with the backends of `registry`.
+    ///
+    /// # Errors
+    /// As [`ProxyConfig::from_value`].
+    pub fn from_value_in(mut value: Value, registry: &Registry) -> Result<Self> {
         let root = value
             .as_object_mut()
             .ok_or_else(|| cfg_err("the config must be a mapping"))?;
@@ -371,9 +407,9 @@ impl ProxyConfig {
                 }
             }
             cache = match (enabled, params) {
-                (Some(true), Some(p)) => Some(CacheConfig::from_value(p)?),
+                (Some(true), Some(p)) => Some(CacheConfig::from_value_in(p, registry)?),
                 // LiteLLM: `cache: true` without cache_params = Redis from REDIS_* env vars.
-                (Some(true), None) => Some(CacheConfig::redis_from_env()),
+                (Some(true), None) => Some(CacheConfig::redis_from_env_in(registry)?),
                 (Some(false) | None, Some(_)) => {
                     warnings.push(
                         "litellm_settings.cache_params is set but `cache: true` is not: caching is off".to_owned(),
@@ -692,8 +728,18 @@ general_settings:
 
     #[test]
     fn cache_true_without_params_means_redis() {
-        let c = ProxyConfig::from_yaml("litellm_settings:\n  cache: true\n").unwrap();
-        assert_eq!(c.cache.unwrap().backend_type(), "redis");
+        let c = ProxyConfig::from_yaml("litellm_settings:\n  cache: true\n");
+        match std::env::var("REDIS_HOST") {
+            Ok(_) => assert_eq!(c.unwrap().cache.unwrap().backend_type(), "redis"),
+            // Without REDIS_* it is refused at load, naming what is missing.
+            Err(_) => {
+                let err = c.unwrap_err().to_string();
+                assert!(
+                    err.contains("REDIS_HOST") && err.contains("cache: true"),
+                    "{err}"
+                );
+            }
+        }
         let c = ProxyConfig::from_yaml("litellm_settings:\n  cache: false\n").unwrap();
         assert!(c.cache.is_none());
     }

@@ -81,6 +81,84 @@ pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
         .with_state(state)
 }
 
+/// The caching proxy as a library: built from a [`ProxyConfig`] (whose cache was configured
+/// against a backend registry, a third party's included), served on a listener until a shutdown
+/// signal, then pending cache writes are flushed.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), String> {
+/// let config = llm_cache_proxy::config::ProxyConfig::embedded_default().map_err(|e| e.to_string())?;
+/// let server = llm_cache_proxy::server::Server::new(config).await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await.map_err(|e| e.to_string())?;
+/// server.serve(listener, std::future::pending(), std::time::Instant::now()).await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    state: Arc<AppState>,
+    body_limit: usize,
+    shutdown_timeout: std::time::Duration,
+    models: usize,
+}
+
+impl Server {
+    /// Builds the cache and the upstream client of `config`.
+    ///
+    /// # Errors
+    /// A cache that cannot be built, or an HTTP client error.
+    pub async fn new(config: ProxyConfig) -> Result<Self, String> {
+        let state = state_from_config(&config).await?;
+        Ok(Server {
+            state,
+            body_limit: config.settings.max_request_body_bytes,
+            shutdown_timeout: config.settings.shutdown_timeout,
+            models: config.models.len(),
+        })
+    }
+
+    /// The shared state (cache, router, metrics).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The axum application, to embed in another server.
+    pub fn router(&self) -> axum::Router {
+        app(self.state.clone(), self.body_limit)
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets in-flight requests finish and
+    /// flushes pending cache writes (bounded by `shutdown_timeout`). `started` is when startup
+    /// began, for the ready log line.
+    ///
+    /// # Errors
+    /// A server error.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        started: std::time::Instant,
+    ) -> Result<(), String> {
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(
+            address = %local,
+            cache = self.state.cache_type.as_deref().unwrap_or("off"),
+            models = self.models,
+            auth = self.state.auth_enabled(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "llm-cache proxy ready"
+        );
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| format!("server error: {e}"))?;
+        tracing::info!("shutting down: flushing pending cache writes");
+        if let Err(e) = self.state.cache.flush(self.shutdown_timeout).await {
+            tracing::warn!(error = %e, "cache flush failed at shutdown");
+        }
+        Ok(())
+    }
+}
+
 /// Builds the state from a configuration.
 ///
 /// # Errors

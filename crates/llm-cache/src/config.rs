@@ -18,40 +18,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::params::{Params, resolve_env_refs, suggest};
+use cache_core::registry::{BackendFactory, BuildContext, Registry, TypeProfile};
 use cache_core::{
     BreakerConfig, Cache, CacheBuilder, CacheEngine, CacheError, CacheMode, CacheSettings,
     CallKind, KeyOptions, L1Config, MemoryBackend, MemoryConfig, Result, SharedBackend,
 };
 use serde_json::{Map, Value};
 
-/// Every `type` LiteLLM knows, plus `disk` (removed from LiteLLM in 1.109, kept here).
-pub const CACHE_TYPES: &[&str] = &[
-    "local",
-    "redis",
-    "disk",
-    "s3",
-    "gcs",
-    "azure-blob",
-    "redis-semantic",
-    "qdrant-semantic",
-    "local-semantic",
-];
+use crate::backends::{BUILTIN_TYPES, builtin_registry, feature_off};
 
-/// Keys of the cache itself (any backend).
+/// Keys of the cache itself, whatever the backend. Each backend's own keys come from its
+/// factory ([`BackendFactory::keys`]).
 pub const CORE_KEYS: &[&str] = &[
     "type",
     "mode",
     "namespace",
     "ttl",
-    "default_in_memory_ttl",
-    "default_in_redis_ttl",
     "supported_call_types",
     "max_messages",
-    // in-memory backend (LiteLLM names)
-    "max_size_in_memory",
-    "max_size_per_item",
     // llm-cache extensions
-    "max_size_in_memory_bytes",
     "cache_read_timeout",
     "cache_write_timeout",
     "circuit_breaker_failure_threshold",
@@ -66,123 +51,31 @@ pub const CORE_KEYS: &[&str] = &[
     "caching_groups",
 ];
 
-/// Keys of the Redis backends (LiteLLM names, §4.2).
-pub const REDIS_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "password",
-    "username",
-    "db",
-    "ssl",
-    "url",
-    "redis_url",
-    "redis_startup_nodes",
-    "startup_nodes",
-    "sentinel_nodes",
-    "service_name",
-    "sentinel_password",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "max_connections",
-    "ssl_ca_certs",
-];
-
-/// Keys of the disk backend.
-pub const DISK_KEYS: &[&str] = &[
-    "disk_cache_dir",
-    "disk_cache_max_bytes",
-    "disk_cache_flush_interval",
-    "disk_cache_sweep_interval",
-    "disk_cache_memory_bytes",
-    "disk_cache_on_corruption",
-];
-
-/// Keys of the object-store backends (LiteLLM names, §4.4–4.5).
-pub const OBJECT_STORE_KEYS: &[&str] = &[
-    "s3_bucket_name",
-    "s3_region_name",
-    "s3_endpoint_url",
-    "s3_aws_access_key_id",
-    "s3_aws_secret_access_key",
-    "s3_aws_session_token",
-    "s3_path",
-    "s3_use_ssl",
-    "s3_verify",
-    "gcs_bucket_name",
-    "gcs_path_service_account",
-    "gcs_path",
-    "azure_account_url",
-    "azure_blob_container",
-    "azure_account_key",
-    "azure_sas_token",
-    "azure_create_container",
-    "azure_blob_path",
-    "object_store_max_concurrency",
-    "object_store_max_retries",
-    "object_store_retry_timeout",
-    "object_store_request_timeout",
-    "object_store_connect_timeout",
-];
-
-/// Keys of the semantic backends (LiteLLM names, §4.6–4.9, plus llm-cache's).
-pub const SEMANTIC_KEYS: &[&str] = &[
-    "similarity_threshold",
-    "redis_semantic_cache_embedding_model",
-    "redis_semantic_cache_index_name",
-    "qdrant_api_base",
-    "qdrant_api_key",
-    "qdrant_collection_name",
-    "qdrant_quantization_config",
-    "qdrant_semantic_cache_embedding_model",
-    "qdrant_semantic_cache_vector_size",
-    "qdrant_grpc_url",
-    "qdrant_cleanup_interval",
-    "qdrant_timeout",
-    "semantic_cache_embedding_timeout",
-    "semantic_cache_embedding_max_input_tokens",
-    "semantic_cache_scope",
-    "semantic_embedding_api_base",
-    "semantic_embedding_api_key",
-    "semantic_embedding_dimensions",
-    "semantic_embed_all_messages",
-    "semantic_guard",
-    "semantic_shadow_mode",
-    // type: local-semantic (llm-cache's in-process semantic cache)
-    "semantic_cache_embedding_model",
-    "semantic_cache_max_entries",
-];
-
-/// LiteLLM keys llm-cache accepts but does not implement: a warning, not an error.
-pub const LITELLM_IGNORED_KEYS: &[&str] = &[
-    "redis_flush_size",
-    "gcp_service_account",
-    "gcp_ssl_ca_certs",
-    "s3_api_version",
-    "s3_config",
-    "valkey_semantic_cache_embedding_model",
-    "valkey_semantic_cache_index_name",
-    "health_check_interval",
-    "ssl_cert_reqs",
-    "retry_on_timeout",
-    "socket_keepalive",
-    "client_name",
-];
-
 /// A validated `cache_params` mapping.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     backend_type: String,
     params: Params,
     warnings: Vec<String>,
+    factory: Arc<dyn BackendFactory>,
 }
 
 impl CacheConfig {
-    /// From a `cache_params` mapping (values may be `os.environ/NAME`).
+    /// From a `cache_params` mapping (values may be `os.environ/NAME`), with the backends of
+    /// this build ([`crate::builtin_registry`]).
     ///
     /// # Errors
     /// [`CacheError::Config`] naming the key for an unknown key, a wrong type, an unknown
     /// `type`, or an unset environment variable.
     pub fn from_value(value: Value) -> Result<Self> {
+        Self::from_value_in(value, &builtin_registry())
+    }
+
+    /// [`CacheConfig::from_value`] with the backends of `registry` (a third party's included).
+    ///
+    /// # Errors
+    /// As [`CacheConfig::from_value`].
+    pub fn from_value_in(value: Value, registry: &Registry) -> Result<Self> {
         let mut value = match value {
             Value::Null => Value::Object(Map::new()),
             v @ Value::Object(_) => v,
@@ -198,40 +91,25 @@ impl CacheConfig {
         };
         let params = Params::new(map, "cache_params");
         let backend_type = params.string("type")?.unwrap_or_else(|| "local".to_owned());
-        if !CACHE_TYPES.contains(&backend_type.as_str()) {
-            let hint = if backend_type == "valkey-semantic" {
-                " (valkey-semantic is not implemented; use redis-semantic against a Redis with the search module)".to_owned()
-            } else {
-                suggest(&backend_type, CACHE_TYPES.iter().copied())
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default()
-            };
-            return Err(CacheError::Config(format!(
-                "cache_params.type: unsupported cache type `{backend_type}`{hint}; supported: {}",
-                CACHE_TYPES.join(", ")
-            )));
-        }
+        let factory = match registry.get(&backend_type) {
+            Some(f) => f.clone(),
+            None => return Err(unknown_type(&backend_type, registry)),
+        };
         let mut warnings = Vec::new();
-        let known: Vec<&str> = CORE_KEYS
-            .iter()
-            .chain(REDIS_KEYS)
-            .chain(DISK_KEYS)
-            .chain(OBJECT_STORE_KEYS)
-            .chain(SEMANTIC_KEYS)
-            .copied()
-            .collect();
+        let own = factory.keys(&backend_type);
+        let ignored = factory.ignored_keys(&backend_type);
         for key in params.map().keys() {
-            if known.contains(&key.as_str()) {
-                continue;
-            }
+            let key = key.as_str();
             if key == "default_redis_ttl" {
                 warnings.push(
                     "cache_params.default_redis_ttl is a LiteLLM proxy setting that crashes LiteLLM's host/port Redis (#17197); llm-cache reads it as default_in_redis_ttl".to_owned(),
                 );
+            }
+            if CORE_KEYS.contains(&key) || own.contains(&key) {
                 continue;
             }
             if matches!(
-                key.as_str(),
+                key,
                 "key_extra_params" | "enable_caching_on_provider_specific_optional_params"
             ) {
                 warnings.push(format!(
@@ -239,23 +117,41 @@ impl CacheConfig {
                 ));
                 continue;
             }
-            if LITELLM_IGNORED_KEYS.contains(&key.as_str()) {
+            if ignored.contains(&key) {
                 warnings.push(format!(
                     "cache_params.{key} is a LiteLLM setting llm-cache does not implement; ignored"
                 ));
                 continue;
             }
-            let hint = suggest(key, known.iter().copied())
+            if let Some(other) = registry
+                .types()
+                .into_iter()
+                .find(|t| registry.get(t).is_some_and(|f| f.keys(t).contains(&key)))
+            {
+                warnings.push(format!(
+                    "cache_params.{key} is a setting of `type: {other}`, not of `type: {backend_type}`; ignored"
+                ));
+                continue;
+            }
+            let known: Vec<&str> = CORE_KEYS
+                .iter()
+                .copied()
+                .chain(own.iter().copied())
+                .chain(registry.all_keys())
+                .collect();
+            let hint = suggest(key, known)
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
             return Err(CacheError::Config(format!(
                 "cache_params.{key}: unknown setting{hint}"
             )));
         }
+        factory.validate(&backend_type, &params)?;
         let config = CacheConfig {
             backend_type,
             params,
             warnings,
+            factory,
         };
         // Validate the core settings eagerly so a bad value fails at load time.
         config.settings()?;
@@ -299,14 +195,25 @@ impl CacheConfig {
     }
 
     /// LiteLLM's `cache: true` without `cache_params`: Redis configured from `REDIS_*`.
-    pub fn redis_from_env() -> Self {
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when this build has no Redis backend.
+    pub fn redis_from_env() -> Result<Self> {
+        Self::redis_from_env_in(&builtin_registry())
+    }
+
+    /// [`CacheConfig::redis_from_env`] with the backends of `registry`.
+    ///
+    /// # Errors
+    /// As [`CacheConfig::redis_from_env`].
+    pub fn redis_from_env_in(registry: &Registry) -> Result<Self> {
         let mut m = Map::new();
         m.insert("type".to_owned(), Value::String("redis".to_owned()));
-        CacheConfig {
-            backend_type: "redis".to_owned(),
-            params: Params::new(m, "cache_params"),
-            warnings: Vec::new(),
-        }
+        Self::from_value_in(Value::Object(m), registry).map_err(|e| {
+            CacheError::Config(format!(
+                "`cache: true` without cache_params means a Redis cache from REDIS_* (as LiteLLM): {e}"
+            ))
+        })
     }
 
     /// The `type`.
@@ -324,30 +231,31 @@ impl CacheConfig {
         &self.warnings
     }
 
-    fn is_redis_type(&self) -> bool {
-        matches!(self.backend_type.as_str(), "redis" | "redis-semantic")
+    /// The factory that builds this `type`.
+    pub fn factory(&self) -> &Arc<dyn BackendFactory> {
+        &self.factory
     }
 
-    /// The default TTL for this type (LiteLLM precedence: `default_in_memory_ttl` for local,
-    /// `default_in_redis_ttl` for Redis types, else `ttl`; local falls back to 600 s).
+    /// The defaults of this `type`.
+    pub fn profile(&self) -> TypeProfile {
+        self.factory.profile(&self.backend_type)
+    }
+
+    /// The default TTL for this type (LiteLLM precedence: the type's own key first, e.g.
+    /// `default_in_memory_ttl` for local and `default_in_redis_ttl` for Redis types, then
+    /// `ttl`, then the type's default: 600 s for local).
     ///
     /// # Errors
     /// A wrong type.
     pub fn default_ttl(&self) -> Result<Option<Duration>> {
         let p = &self.params;
-        let specific = match self.backend_type.as_str() {
-            "local" | "local-semantic" => p.seconds("default_in_memory_ttl")?,
-            _ if self.is_redis_type() => match p.seconds("default_in_redis_ttl")? {
-                Some(t) => Some(t),
-                None => p.seconds("default_redis_ttl")?,
-            },
-            _ => None,
-        };
-        let ttl = specific.or(p.seconds("ttl")?);
-        Ok(match (self.backend_type.as_str(), ttl) {
-            ("local" | "local-semantic", None) => Some(cache_core::memory::DEFAULT_MEMORY_TTL),
-            (_, ttl) => ttl,
-        })
+        let profile = self.profile();
+        for key in profile.ttl_keys {
+            if let Some(t) = p.seconds(key)? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(p.seconds("ttl")?.or(profile.default_ttl))
     }
 
     /// Bounds of the in-memory backend (`max_size_in_memory` items, `max_size_per_item` KB,
@@ -356,16 +264,7 @@ impl CacheConfig {
     /// # Errors
     /// A wrong type.
     pub fn memory_config(&self) -> Result<MemoryConfig> {
-        let p = &self.params;
-        let mut m = MemoryConfig::default();
-        if let Some(n) = p.u64("max_size_in_memory")? {
-            m = m.with_max_items(Some(n));
-        }
-        if let Some(kb) = p.u64("max_size_per_item")? {
-            m = m.with_max_item_bytes((kb as usize).saturating_mul(1024));
-        }
-        m = m.with_max_bytes(p.u64("max_size_in_memory_bytes")?);
-        Ok(m)
+        MemoryConfig::from_params(&self.params)
     }
 
     /// The core settings, with llm-cache's per-type defaults.
@@ -403,13 +302,10 @@ impl CacheConfig {
         s.max_messages = p.u64("max_messages")?.map(|n| n as usize);
         s.namespace = p.string("namespace")?.filter(|n| !n.is_empty());
         s.default_ttl = self.default_ttl()?;
-        let slow = matches!(
-            self.backend_type.as_str(),
-            "s3" | "gcs" | "azure-blob" | "redis-semantic" | "qdrant-semantic"
-        );
+        let profile = self.profile();
         s.read_timeout = p
             .seconds("cache_read_timeout")?
-            .unwrap_or(Duration::from_millis(if slow { 1000 } else { 50 }));
+            .unwrap_or(profile.read_timeout);
         if let Some(t) = p.seconds("cache_write_timeout")? {
             s.write_timeout = t;
         }
@@ -431,7 +327,7 @@ impl CacheConfig {
         if let Some(t) = p.seconds("coalesce_timeout")? {
             s.coalesce_timeout = t;
         }
-        if p.bool("l1_cache")?.unwrap_or(false) && self.backend_type != "local" {
+        if p.bool("l1_cache")?.unwrap_or(false) && !profile.in_memory {
             let mut l1 = L1Config::default();
             if let Some(t) = p.seconds("l1_ttl")? {
                 l1.ttl = t;
@@ -471,9 +367,11 @@ impl CacheConfig {
     /// Builds the backend for `type`.
     ///
     /// # Errors
-    /// A configuration error, or a backend whose cargo feature is not compiled in.
+    /// A configuration or connection error.
     pub async fn build_backend(&self) -> Result<SharedBackend> {
-        crate::backends::build(self).await
+        self.factory
+            .build(&self.backend_type, &self.params, &BuildContext::default())
+            .await
     }
 
     /// Builds an engine (for [`Cache::update`]).
@@ -481,12 +379,27 @@ impl CacheConfig {
     /// # Errors
     /// As [`CacheConfig::build_backend`].
     pub async fn build_engine(&self) -> Result<Arc<CacheEngine>> {
+        self.build_engine_with(&BuildContext::default()).await
+    }
+
+    /// [`CacheConfig::build_engine`] with a build context (an embedding-model resolver).
+    ///
+    /// # Errors
+    /// As [`CacheConfig::build_backend`].
+    pub async fn build_engine_with(&self, ctx: &BuildContext) -> Result<Arc<CacheEngine>> {
         for w in &self.warnings {
             tracing::warn!("{w}");
         }
-        let backend = self.build_backend().await?;
+        let backend = self
+            .factory
+            .build(&self.backend_type, &self.params, ctx)
+            .await?;
         let mut builder = CacheBuilder::from_shared(backend).settings(self.settings()?);
-        if let Some(layer) = crate::backends::build_semantic(self).await? {
+        if let Some(layer) = self
+            .factory
+            .build_semantic(&self.backend_type, &self.params, ctx)
+            .await?
+        {
             builder = builder.semantic(layer);
         }
         Ok(builder.build_engine())
@@ -497,7 +410,15 @@ impl CacheConfig {
     /// # Errors
     /// As [`CacheConfig::build_backend`].
     pub async fn build(&self) -> Result<Cache> {
-        Ok(Cache::new(Some(self.build_engine().await?)))
+        self.build_with(&BuildContext::default()).await
+    }
+
+    /// [`CacheConfig::build`] with a build context (an embedding-model resolver).
+    ///
+    /// # Errors
+    /// As [`CacheConfig::build_backend`].
+    pub async fn build_with(&self, ctx: &BuildContext) -> Result<Cache> {
+        Ok(Cache::new(Some(self.build_engine_with(ctx).await?)))
     }
 
     /// The in-memory backend for `type: local`.
@@ -507,6 +428,29 @@ impl CacheConfig {
     pub fn memory_backend(&self) -> Result<MemoryBackend> {
         Ok(MemoryBackend::new(self.memory_config()?))
     }
+}
+
+fn unknown_type(backend_type: &str, registry: &Registry) -> CacheError {
+    if BUILTIN_TYPES.iter().any(|(t, _)| *t == backend_type) {
+        return feature_off(backend_type);
+    }
+    let mut known = registry.types();
+    for (t, _) in BUILTIN_TYPES {
+        if !known.contains(t) {
+            known.push(t);
+        }
+    }
+    let hint = if backend_type == "valkey-semantic" {
+        " (valkey-semantic is not implemented; use redis-semantic against a Redis with the search module)".to_owned()
+    } else {
+        suggest(backend_type, known.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default()
+    };
+    CacheError::Config(format!(
+        "cache_params.type: unsupported cache type `{backend_type}`{hint}; this build has: {}",
+        registry.types().join(", ")
+    ))
 }
 
 /// Parses YAML into a JSON value (no YAML-only types survive: tags, anchors resolved).
@@ -578,9 +522,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("did you mean `redis`"), "{err}");
-        let c =
-            CacheConfig::from_yaml("type: redis\nredis_flush_size: 10\ndefault_redis_ttl: 30\n")
-                .unwrap();
+        let c = CacheConfig::from_yaml(
+            "type: redis\nhost: localhost\nredis_flush_size: 10\ndefault_redis_ttl: 30\n",
+        )
+        .unwrap();
         assert_eq!(c.warnings().len(), 2);
         assert_eq!(
             c.settings().unwrap().default_ttl,

@@ -37,7 +37,7 @@ mod backends;
 pub mod config;
 mod embedding;
 
-pub use backends::{available_types, feature_of};
+pub use backends::{BUILTIN_TYPES, available_types, builtin_registry, feature_of};
 pub use config::CacheConfig;
 pub use embedding::{EmbeddingEndpoint, EmbeddingResolver};
 
@@ -62,6 +62,8 @@ pub use cache_object_store::{self as object_stores, ObjectStoreBackend};
 ))]
 pub use cache_semantic::{self as semantic, SemanticCache, SemanticConfig};
 
+#[doc(inline)]
+pub use cache_core::registry::{BackendFactory, BuildContext, Registry, TypeProfile};
 #[doc(inline)]
 pub use cache_core::{
     self as core, Bytes, Cache, CacheBackend, CacheBuilder, CacheControl, CacheEngine, CacheError,

@@ -64,9 +64,10 @@ async fn type_disk_builds_a_persistent_cache() {
 
 #[tokio::test]
 async fn bad_disk_settings_name_the_key() {
-    let config =
-        CacheConfig::from_yaml("type: disk\ndisk_cache_on_corruption: sometimes\n").unwrap();
-    let err = config.build_backend().await.unwrap_err().to_string();
+    // Validated when the config is loaded, before anything is opened.
+    let err = CacheConfig::from_yaml("type: disk\ndisk_cache_on_corruption: sometimes\n")
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("cache_params.disk_cache_on_corruption"),
         "{err}"

@@ -58,10 +58,7 @@ async fn local_semantic_serves_similar_requests_in_process() {
             .is_hit()
     );
     let err = CacheConfig::from_yaml("type: local-semantic\n")
-        .expect("config")
-        .build()
-        .await
-        .expect_err("threshold required")
+        .expect_err("threshold required at load")
         .to_string();
     assert!(err.contains("cache_params.similarity_threshold"), "{err}");
 }

@@ -67,22 +67,14 @@ async fn wait_ready(cache: &llm_cache::Cache) {
 #[tokio::test]
 async fn similarity_threshold_is_required() {
     assert!(llm_cache::available_types().contains(&"redis-semantic"));
-    let config = CacheConfig::from_yaml(&format!(
-        "type: redis-semantic\nhost: 127.0.0.1\nport: {STACK}\n"
-    ))
-    .expect("config");
-    let err = config.build().await.expect_err("no threshold").to_string();
-    assert!(err.contains("cache_params.similarity_threshold"), "{err}");
-    let config = CacheConfig::from_yaml(&format!(
-        "type: redis-semantic\nhost: 127.0.0.1\nport: {STACK}\nsimilarity_threshold: 80\n"
-    ))
-    .expect("config");
-    let err = config
-        .build()
-        .await
-        .expect_err("80 is no cosine")
-        .to_string();
-    assert!(err.contains("cache_params.similarity_threshold"), "{err}");
+    // Refused when the config is loaded, before any connection.
+    for yaml in [
+        format!("type: redis-semantic\nhost: 127.0.0.1\nport: {STACK}\n"),
+        format!("type: redis-semantic\nhost: 127.0.0.1\nport: {STACK}\nsimilarity_threshold: 80\n"),
+    ] {
+        let err = CacheConfig::from_yaml(&yaml).expect_err(&yaml).to_string();
+        assert!(err.contains("cache_params.similarity_threshold"), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use cache_core::semantic::Embedder;
+use cache_core::semantic::{Embedder, EmbeddingEndpoint};
 use cache_core::{CacheError, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,12 +39,9 @@ impl EncodingFormat {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct HttpEmbedderConfig {
-    /// Base URL up to the version (`https://api.openai.com/v1`); `/embeddings` is appended.
-    pub api_base: String,
-    /// Bearer token (also sent as `api-key` for Azure-style endpoints when `azure` is set).
-    pub api_key: Option<String>,
-    /// Model name sent upstream.
-    pub model: String,
+    /// Where to send the requests, as whom (the one endpoint type: `cache-core`'s, also what a
+    /// proxy's model list resolves a model name to).
+    pub endpoint: EmbeddingEndpoint,
     /// `dimensions` request parameter (models that support shortening), and the expected size.
     pub dimensions: Option<usize>,
     /// Texts per request.
@@ -53,28 +50,16 @@ pub struct HttpEmbedderConfig {
     pub timeout: Duration,
     /// Requested response encoding (both are accepted whatever was requested).
     pub encoding: EncodingFormat,
-    /// Extra headers.
-    pub headers: Vec<(String, String)>,
-    /// Extra query parameters (Azure's `api-version`).
-    pub query: Vec<(String, String)>,
-    /// Send the key as `api-key` too (Azure OpenAI).
-    pub azure: bool,
 }
 
 impl fmt::Debug for HttpEmbedderConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEmbedderConfig")
-            .field("api_base", &self.api_base)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("model", &self.model)
+            .field("endpoint", &self.endpoint)
             .field("dimensions", &self.dimensions)
             .field("batch_size", &self.batch_size)
             .field("timeout", &self.timeout)
             .field("encoding", &self.encoding)
-            .field(
-                "headers",
-                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
             .finish()
     }
 }
@@ -82,23 +67,26 @@ impl fmt::Debug for HttpEmbedderConfig {
 impl HttpEmbedderConfig {
     /// Defaults: no key, base64 responses, batches of 64, a 2 s timeout.
     pub fn new(api_base: impl Into<String>, model: impl Into<String>) -> Self {
+        Self::from_endpoint(EmbeddingEndpoint::new(api_base, model))
+    }
+
+    /// A client configuration for an endpoint (e.g. one a model list resolved), with the
+    /// defaults of [`HttpEmbedderConfig::new`].
+    pub fn from_endpoint(mut endpoint: EmbeddingEndpoint) -> Self {
+        endpoint.api_base = endpoint.api_base.trim_end_matches('/').to_owned();
+        endpoint.api_key = endpoint.api_key.filter(|k| !k.is_empty());
         HttpEmbedderConfig {
-            api_base: api_base.into().trim_end_matches('/').to_owned(),
-            api_key: None,
-            model: model.into(),
+            endpoint,
             dimensions: None,
             batch_size: 64,
             timeout: Duration::from_secs(2),
             encoding: EncodingFormat::default(),
-            headers: Vec::new(),
-            query: Vec::new(),
-            azure: false,
         }
     }
 
     /// Sets the API key.
     pub fn with_api_key(mut self, key: Option<String>) -> Self {
-        self.api_key = key.filter(|k| !k.is_empty());
+        self.endpoint.api_key = key.filter(|k| !k.is_empty());
         self
     }
 
@@ -128,19 +116,19 @@ impl HttpEmbedderConfig {
 
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.endpoint = self.endpoint.with_header(name, value);
         self
     }
 
     /// Adds a query parameter.
     pub fn with_query(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.query.push((name.into(), value.into()));
+        self.endpoint = self.endpoint.with_query(name, value);
         self
     }
 
     /// Marks an Azure OpenAI endpoint (the key goes in `api-key` too).
     pub fn with_azure(mut self, azure: bool) -> Self {
-        self.azure = azure;
+        self.endpoint.azure = azure;
         self
     }
 }
@@ -184,13 +172,13 @@ impl HttpEmbedder {
     /// # Errors
     /// [`CacheError::Config`] for an API base that is not an http(s) URL, or a TLS setup error.
     pub fn new(config: HttpEmbedderConfig) -> Result<Self> {
-        let base = &config.api_base;
+        let base = &config.endpoint.api_base;
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(CacheError::Config(format!(
                 "embedding api_base `{base}` must be an http:// or https:// URL"
             )));
         }
-        if config.model.is_empty() {
+        if config.endpoint.model.is_empty() {
             return Err(CacheError::Config(
                 "embedding model name must not be empty".to_owned(),
             ));
@@ -201,10 +189,10 @@ impl HttpEmbedder {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| CacheError::Config(format!("embedding HTTP client: {e}")))?;
-        let mut url = reqwest::Url::parse(&format!("{}/embeddings", config.api_base))
+        let mut url = reqwest::Url::parse(&format!("{}/embeddings", config.endpoint.api_base))
             .map_err(|e| CacheError::Config(format!("embedding api_base `{base}`: {e}")))?;
-        if !config.query.is_empty() {
-            url.query_pairs_mut().extend_pairs(&config.query);
+        if !config.endpoint.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&config.endpoint.query);
         }
         Ok(HttpEmbedder {
             client,
@@ -221,7 +209,7 @@ impl HttpEmbedder {
 
     async fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let mut body = json!({
-            "model": self.config.model,
+            "model": self.config.endpoint.model,
             "input": texts,
             "encoding_format": self.config.encoding.as_str(),
         });
@@ -233,13 +221,13 @@ impl HttpEmbedder {
             .post(self.url.clone())
             .timeout(self.config.timeout)
             .header("content-type", "application/json");
-        if let Some(key) = &self.config.api_key {
+        if let Some(key) = &self.config.endpoint.api_key {
             req = req.bearer_auth(key);
-            if self.config.azure {
+            if self.config.endpoint.azure {
                 req = req.header("api-key", key);
             }
         }
-        for (k, v) in &self.config.headers {
+        for (k, v) in &self.config.endpoint.headers {
             req = req.header(k, v);
         }
         let body =
@@ -319,7 +307,7 @@ impl HttpEmbedder {
                     format!(
                         "{}: model `{}` returned {} dimensions, expected {expected}",
                         self.url,
-                        self.config.model,
+                        self.config.endpoint.model,
                         first.len()
                     ),
                 ));
@@ -386,7 +374,7 @@ fn type_name(v: &Value) -> &'static str {
 #[async_trait]
 impl Embedder for HttpEmbedder {
     fn model(&self) -> &str {
-        &self.config.model
+        &self.config.endpoint.model
     }
 
     fn dimensions(&self) -> Option<usize> {
@@ -439,7 +427,7 @@ mod tests {
         assert!(HttpEmbedder::new(HttpEmbedderConfig::new("http://x", "")).is_err());
         let c = HttpEmbedderConfig::new("http://127.0.0.1:1/v1/", "m")
             .with_api_key(Some("sk-secret".into()));
-        assert_eq!(c.api_base, "http://127.0.0.1:1/v1");
+        assert_eq!(c.endpoint.api_base, "http://127.0.0.1:1/v1");
         let e = HttpEmbedder::new(c).unwrap();
         assert!(!format!("{e:?}").contains("sk-secret"));
     }
