@@ -9,22 +9,29 @@ use std::time::{Duration, Instant};
 
 pub use fake_upstream::FakeUpstream;
 
-/// The `llm-cache` binary: `LLM_CACHE_BIN`, else `llm-cache` next to the test executable's
-/// target directory (`cargo xtask test` builds it first; so does `cargo build -p llm-cache-proxy`).
+/// The `llm-cache` binary: `LLM_CACHE_BIN`, else [`binary`]`("llm-cache")`.
 pub fn proxy_binary() -> PathBuf {
     if let Ok(p) = std::env::var("LLM_CACHE_BIN") {
         return PathBuf::from(p);
     }
+    binary("llm-cache")
+}
+
+/// A binary of the workspace next to the test executable (`target/<profile>/<name>`). Cargo
+/// builds a package's binaries before its integration tests, so a test in the package of
+/// `name` always finds it (`llm-cache`'s tests live in `llm-cache-proxy`, `hashmap-proxy`'s in
+/// its example crate).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/llm-cache
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>");
-    let bin = profile_dir.join("llm-cache");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
-        "{} does not exist: build it with `cargo build -p llm-cache-proxy` (cargo xtask test does), or set LLM_CACHE_BIN",
+        "{} does not exist: tests that run it belong in the package that builds it",
         bin.display()
     );
     bin
@@ -59,19 +66,25 @@ impl Proxy {
 
     /// As [`Proxy::start`], with extra environment variables.
     pub async fn start_with(config: &str, env: &[(&str, &str)]) -> Proxy {
-        Self::spawn(Some(config), env).await
+        Self::spawn(proxy_binary(), Some(config), env).await
     }
 
     /// Starts the proxy without `--config` (the embedded default), in a temp working directory.
     pub async fn start_default(env: &[(&str, &str)]) -> Proxy {
-        Self::spawn(None, env).await
+        Self::spawn(proxy_binary(), None, env).await
     }
 
-    async fn spawn(config: Option<&str>, env: &[(&str, &str)]) -> Proxy {
+    /// As [`Proxy::start`], with another binary that has llm-cache's command line (a third
+    /// party's proxy).
+    pub async fn start_binary(bin: PathBuf, config: &str) -> Proxy {
+        Self::spawn(bin, Some(config), &[]).await
+    }
+
+    async fn spawn(bin: PathBuf, config: Option<&str>, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let start = Instant::now();
-        let mut cmd = Command::new(proxy_binary());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve");
         if let Some(config) = config {
             let path = dir.path().join("config.yaml");

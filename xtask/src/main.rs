@@ -143,11 +143,6 @@ fn services(args: &[String]) -> Result<(), String> {
 
 fn test(extra: &[String]) -> Result<(), String> {
     services(&["up".to_owned()])?;
-    // The black-box tests in `tests/` start the real binary.
-    run(
-        "cargo build -p llm-cache-proxy",
-        cargo().args(["build", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
-    )?;
     run(
         "cargo test --workspace --all-targets",
         cargo()
@@ -404,7 +399,7 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
 }
 
 /// `cargo xtask trust [--pairs N] [--seed S]`: the randomized black-box tests of
-/// `tests/tests/trust.rs` with more pairs than CI's 1500 (default 20000) and a chosen seed.
+/// `crates/llm-cache-proxy/tests/trust.rs` with more pairs than CI's 1500 (default 20000) and a chosen seed.
 fn trust(args: &[String]) -> Result<(), String> {
     let mut pairs = "20000".to_owned();
     let mut seed = None;
@@ -416,15 +411,11 @@ fn trust(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown argument `{other}` (--pairs N, --seed S)")),
         }
     }
-    run(
-        "cargo build -p llm-cache-proxy",
-        cargo().args(["build", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
-    )?;
     let mut cmd = cargo();
     cmd.args([
         "test",
         "-p",
-        "llm-cache-tests",
+        "llm-cache-proxy",
         "--test",
         "trust",
         "--",
