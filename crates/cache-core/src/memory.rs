@@ -217,6 +217,8 @@ impl MemoryBackend {
     pub fn clear_sync(&self, namespace: Option<&str>) -> u64 {
         match namespace {
             None => {
+                // The count is approximate until pending maintenance runs.
+                self.cache.run_pending_tasks();
                 let n = self.cache.entry_count();
                 self.cache.invalidate_all();
                 self.cache.run_pending_tasks();

@@ -10,10 +10,16 @@
 //! cache_core::cache_conformance!(backend = async { my_backend::MyBackend::new() });
 //! ```
 //!
-//! The macro expands to one `#[test]` per check (named after it), each with its own Tokio
-//! runtime. For a backend that needs a service, return `Option<B>` and use
-//! `optional_backend = ...`: `None` skips the checks with a message, unless
-//! `LLM_CACHE_TEST_STRICT=1` (set by CI), where [`service_unavailable`] fails the test instead.
+//! The macro expands to one `#[test]` per check of [`CHECKS`] (named after it), each with its own
+//! Tokio runtime. For a backend that needs a service, return `Option<B>` and use
+//! `optional_backend = ...`, and name the service: `service = "redis"` marks every check
+//! `#[ignore]` with a reason, so a plain `cargo test` lists them as ignored instead of passing
+//! them silently; `cargo test -- --include-ignored` (what `cargo xtask test` runs, with the
+//! services up) runs them, and a service that is not reachable then fails them
+//! ([`service_unavailable`]).
+//!
+//! A check that needs a capability the backend does not claim ([`CHECKS`] says which) prints
+//! `skipped (capability X not claimed)` where the test runner shows it, and passes.
 //!
 //! Checks take a [`SharedBackend`] (`Arc<dyn CacheBackend>`), so they can also build a
 //! [`Cache`] over it and check the orchestration end to end.
@@ -32,24 +38,124 @@ use crate::cache::{Cache, CacheBuilder, CacheStatus};
 use crate::directives::CacheControl;
 use crate::key::CallKind;
 
-/// Names of every check, in the order [`run_all`] runs them.
-pub const CHECKS: &[&str] = &[
-    "round_trip",
-    "binary_safe",
-    "overwrite",
-    "overwrite_replaces_ttl",
-    "ttl_expiry",
-    "no_ttl_persists",
-    "delete",
-    "namespaces_are_isolated",
-    "clear_namespace",
-    "batch",
-    "large_value",
-    "concurrent_writers",
-    "ping",
-    "cache_round_trip",
-    "corrupt_entry_is_a_miss",
-];
+/// The one list of checks, `[name (capability it needs, if any)]`, in the order [`run_all`]
+/// runs them. [`CHECKS`], [`run_all`] and [`cache_conformance!`](crate::cache_conformance) all
+/// expand it, so a check is added in exactly one place.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_checks {
+    ($callback:ident ! { $($args:tt)* }) => {
+        $crate::$callback! { $($args)*
+            [round_trip] [binary_safe] [overwrite] [overwrite_replaces_ttl (native_ttl)]
+            [ttl_expiry] [no_ttl_persists] [delete (delete)] [namespaces_are_isolated]
+            [clear_namespace (clear)] [clear_all (clear)] [batch] [large_value]
+            [concurrent_writers] [ping] [cache_round_trip] [corrupt_entry_is_a_miss]
+        }
+    };
+    (local $callback:ident ! { $($args:tt)* }) => {
+        $callback! { $($args)*
+            [round_trip] [binary_safe] [overwrite] [overwrite_replaces_ttl (native_ttl)]
+            [ttl_expiry] [no_ttl_persists] [delete (delete)] [namespaces_are_isolated]
+            [clear_namespace (clear)] [clear_all (clear)] [batch] [large_value]
+            [concurrent_writers] [ping] [cache_round_trip] [corrupt_entry_is_a_miss]
+        }
+    };
+}
+
+/// One conformance check: its name and the capability it needs, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    /// The check's name (also its function and its test's name).
+    pub name: &'static str,
+    /// The [`crate::Capabilities`] field it needs (`native_ttl`, `delete`, `clear`).
+    pub needs: Option<&'static str>,
+}
+
+macro_rules! define_checks {
+    ($([$name:ident $(($cap:ident))?])*) => {
+        /// Every check, in order.
+        pub const CHECKS: &[Check] = &[$(Check {
+            name: stringify!($name),
+            needs: define_checks!(@cap $($cap)?),
+        }),*];
+
+        /// Runs every check in order (capability-gated ones only when claimed).
+        pub async fn run_all(b: &SharedBackend) {
+            $(
+                if claims(b, stringify!($name), define_checks!(@cap $($cap)?)) {
+                    $name(b).await;
+                }
+            )*
+        }
+    };
+    (@cap) => { None };
+    (@cap $cap:ident) => { Some(stringify!($cap)) };
+}
+
+__conformance_checks!(local define_checks! {});
+
+/// Whether `b` claims `capability`; when it does not, says so where the test runner shows it
+/// (written to the process's stderr, which the harness does not capture) and returns false.
+pub fn claims(b: &SharedBackend, check: &str, capability: Option<&str>) -> bool {
+    let Some(cap) = capability else {
+        return true;
+    };
+    let c = b.capabilities();
+    let claimed = match cap {
+        "native_ttl" => c.native_ttl,
+        "delete" => c.delete,
+        "clear" => c.clear,
+        "shared" => c.shared,
+        "persistent" => c.persistent,
+        other => panic!("unknown capability `{other}` in the conformance list"),
+    };
+    if !claimed {
+        announce(&format!(
+            "conformance check {check}: skipped (capability {cap} not claimed by {})",
+            b.name()
+        ));
+    }
+    claimed
+}
+
+/// Writes a line to the process's stderr directly: the test harness captures `eprintln!` of
+/// passing tests, not this, so skips stay visible.
+pub fn announce(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Checks that must not run alongside others in the same process: `clear_all` clears every
+/// entry the backend owns (on a shared service, other checks' entries too).
+static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The guard a check holds while it runs: exclusive for `clear_all`, shared for the others.
+#[doc(hidden)]
+pub enum CheckGuard {
+    /// Any other check.
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    /// `clear_all`.
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+impl std::fmt::Debug for CheckGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckGuard::Shared(_) => "CheckGuard::Shared",
+            CheckGuard::Exclusive(_) => "CheckGuard::Exclusive",
+        })
+    }
+}
+
+/// Takes the guard of `check` (used by the macro).
+#[doc(hidden)]
+pub fn guard(check: &str) -> CheckGuard {
+    if check == "clear_all" {
+        CheckGuard::Exclusive(EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        CheckGuard::Shared(EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// A Tokio runtime for one check (used by the macro).
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -60,23 +166,14 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Whether missing services must fail tests (`LLM_CACHE_TEST_STRICT=1`, set by CI).
-pub fn strict() -> bool {
-    std::env::var("LLM_CACHE_TEST_STRICT").is_ok_and(|v| v == "1" || v == "true")
-}
-
-/// Reports an unreachable service: panics in strict mode, else prints a loud skip message and
-/// returns `None` (so `let Some(x) = service_unavailable(...) else { return }` reads well).
+/// Reports an unreachable service a test needs: the test fails, saying how to start it. (Tests
+/// that need a service are `#[ignore]`d with a reason, so a plain `cargo test` lists them as
+/// ignored; one that runs, with `--include-ignored`, asked for the service.) Returns `Option`
+/// so `let Some(x) = ... else { return }` call sites read as before.
 pub fn service_unavailable<T>(what: &str, why: &str) -> Option<T> {
-    if strict() {
-        panic!(
-            "{what} is not reachable ({why}) and LLM_CACHE_TEST_STRICT=1: start it with `cargo xtask services up`"
-        );
-    }
-    eprintln!(
-        "SKIPPED: {what} is not reachable ({why}); start it with `cargo xtask services up` (CI sets LLM_CACHE_TEST_STRICT=1 and fails instead)"
+    panic!(
+        "{what} is not reachable ({why}): start it with `cargo xtask services up` (or run `cargo xtask test`)"
     );
-    None
 }
 
 /// A namespace unique to this process, check and call.
@@ -190,13 +287,6 @@ pub async fn overwrite(b: &SharedBackend) {
 /// A second `set` replaces the TTL too (LiteLLM F7): a short TTL followed by a long one
 /// survives past the short one. Native-TTL backends only.
 pub async fn overwrite_replaces_ttl(b: &SharedBackend) {
-    if !b.capabilities().native_ttl {
-        eprintln!(
-            "overwrite_replaces_ttl: {} has no native TTL; skipped",
-            b.name()
-        );
-        return;
-    }
     let ns = unique_namespace("overwrite_ttl");
     let key = k(&ns, "a");
     b.set(
@@ -281,10 +371,6 @@ pub async fn no_ttl_persists(b: &SharedBackend) {
 
 /// `delete` removes a key; deleting a missing key is not an error.
 pub async fn delete(b: &SharedBackend) {
-    if !b.capabilities().delete {
-        eprintln!("delete: {} cannot delete; skipped", b.name());
-        return;
-    }
     let ns = unique_namespace("delete");
     let key = k(&ns, "a");
     b.set(
@@ -338,10 +424,6 @@ pub async fn namespaces_are_isolated(b: &SharedBackend) {
 /// `clear(Some(ns))` removes exactly the keys under `ns:` (including nested namespaces) and
 /// nothing else, not even keys whose namespace merely starts with the same letters.
 pub async fn clear_namespace(b: &SharedBackend) {
-    if !b.capabilities().clear {
-        eprintln!("clear_namespace: {} cannot clear; skipped", b.name());
-        return;
-    }
     let ns = unique_namespace("clear");
     let other = unique_namespace("clear_other");
     let lookalike = format!("{ns}x");
@@ -369,6 +451,38 @@ pub async fn clear_namespace(b: &SharedBackend) {
     }
     cleanup(b, &other).await;
     cleanup(b, &lookalike).await;
+}
+
+/// `clear(None)` removes every entry the backend owns: a no-op `clear(None)` fails here. Entries
+/// are written with keys of the shape the cache writes (`namespace:<64 hex>` and a bare
+/// `<64 hex>`), since a shared backend may clear only keys of its own shape. Runs alone in its
+/// process ([`guard`]).
+pub async fn clear_all(b: &SharedBackend) {
+    let ns = unique_namespace("clear_all");
+    let hash = |i: u32| crate::key::hash_hex(format!("{ns}-{i}").as_bytes());
+    let keys = [
+        k(&ns, &hash(1)),
+        k(&ns, &format!("nested:{}", hash(2))),
+        hash(3),
+    ];
+    for key in &keys {
+        b.set(key, Bytes::from_static(b"v"), Some(Duration::from_secs(60)))
+            .await
+            .expect("set");
+    }
+    let removed = b.clear(None).await.expect("clear(None)");
+    for key in &keys {
+        assert_eq!(
+            b.get(key).await.expect("get"),
+            None,
+            "clear(None) left {key} in place"
+        );
+    }
+    assert!(
+        removed >= keys.len() as u64,
+        "clear(None) says it removed {removed} entries, fewer than the {} written",
+        keys.len()
+    );
 }
 
 /// `set_many` then `get_many` (with missing keys in between) keeps order.
@@ -558,25 +672,6 @@ pub async fn corrupt_entry_is_a_miss(b: &SharedBackend) {
     cleanup(b, &ns).await;
 }
 
-/// Runs every check in order.
-pub async fn run_all(b: &SharedBackend) {
-    round_trip(b).await;
-    binary_safe(b).await;
-    overwrite(b).await;
-    overwrite_replaces_ttl(b).await;
-    ttl_expiry(b).await;
-    no_ttl_persists(b).await;
-    delete(b).await;
-    namespaces_are_isolated(b).await;
-    clear_namespace(b).await;
-    batch(b).await;
-    large_value(b).await;
-    concurrent_writers(b).await;
-    ping(b).await;
-    cache_round_trip(b).await;
-    corrupt_entry_is_a_miss(b).await;
-}
-
 fn cache_over(b: &SharedBackend, ns: &str) -> Cache {
     CacheBuilder::from_shared(b.clone())
         .namespace(ns)
@@ -608,40 +703,52 @@ async fn fetch_once(cache: &Cache, req: &Value, cc: &CacheControl, text: &str) -
         .status
 }
 
-/// Expands to one `#[test]` per conformance check.
+/// Expands to one `#[test]` per conformance check ([`CHECKS`]).
 ///
 /// * `cache_conformance!(backend = <future resolving to a backend>);`
 /// * `cache_conformance!(optional_backend = <future resolving to Option<backend>>);`
-///   (`None` skips, or fails under `LLM_CACHE_TEST_STRICT=1` if the factory used
-///   [`service_unavailable`]).
+///   (the factory returns `None` after [`service_unavailable`], which fails the test).
+/// * `cache_conformance!(service = "redis", optional_backend = ...);`: as above, with every
+///   check `#[ignore]`d for a plain `cargo test` (the reason names the service); `cargo test --
+///   --include-ignored` runs them.
 ///
 /// The future is evaluated once per check, so each check gets a fresh client.
 #[macro_export]
 macro_rules! cache_conformance {
     (backend = $factory:expr) => {
-        $crate::cache_conformance!(@checks (async { ::core::option::Option::Some($factory.await) }));
+        $crate::__conformance_checks!(cache_conformance! {
+            @each (any(), "") (async { ::core::option::Option::Some($factory.await) })
+        });
     };
     (optional_backend = $factory:expr) => {
-        $crate::cache_conformance!(@checks ($factory));
+        $crate::__conformance_checks!(cache_conformance! { @each (any(), "") ($factory) });
     };
-    (@checks ($factory:expr)) => {
-        $crate::cache_conformance!(@each ($factory)
-            round_trip binary_safe overwrite overwrite_replaces_ttl ttl_expiry no_ttl_persists
-            delete namespaces_are_isolated clear_namespace batch large_value concurrent_writers
-            ping cache_round_trip corrupt_entry_is_a_miss);
+    (service = $service:literal, optional_backend = $factory:expr) => {
+        $crate::__conformance_checks!(cache_conformance! {
+            @each (all(), concat!("needs the ", $service, " test service: `cargo xtask services up ", $service, "`, then `cargo test -- --include-ignored` (cargo xtask test does both)"))
+            ($factory)
+        });
     };
-    (@each ($factory:expr) $($check:ident)+) => {
+    (@each ($ignored:meta, $reason:expr) ($factory:expr) $([$check:ident $(($cap:ident))?])+) => {
         $(
             #[test]
+            #[cfg_attr($ignored, ignore = $reason)]
             fn $check() {
+                let _guard = $crate::testing::guard(stringify!($check));
                 $crate::testing::runtime().block_on(async {
                     let ::core::option::Option::Some(backend) = $factory.await else {
                         return;
                     };
                     let backend: $crate::SharedBackend = ::std::sync::Arc::new(backend);
-                    $crate::testing::$check(&backend).await;
+                    let needs: ::core::option::Option<&str> =
+                        $crate::cache_conformance!(@cap $($cap)?);
+                    if $crate::testing::claims(&backend, stringify!($check), needs) {
+                        $crate::testing::$check(&backend).await;
+                    }
                 });
             }
         )+
     };
+    (@cap) => { ::core::option::Option::None };
+    (@cap $cap:ident) => { ::core::option::Option::Some(stringify!($cap)) };
 }
