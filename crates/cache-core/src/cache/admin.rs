@@ -1,0 +1,151 @@
+//! Admin operations: delete, clear, ping, flush.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Cache, PingReport};
+use crate::backend::CacheBackend;
+use crate::envelope::Entry;
+use crate::error::{CacheError, Result};
+use crate::key::{CacheKey, CallKind};
+
+impl Cache {
+    /// Deletes entries by full key from every tier (the proxy's `/cache/delete`).
+    ///
+    /// A key without the configured namespace is also tried with it (`k` → `ns:k`), as LiteLLM
+    /// does. Returns how many keys existed (as far as the backend knows).
+    ///
+    /// # Errors
+    /// The backend's error (admin calls report failures instead of hiding them).
+    pub async fn delete(&self, keys: &[String]) -> Result<u64> {
+        let Some(engine) = self.engine() else {
+            return Err(CacheError::Config("the cache is disabled".to_owned()));
+        };
+        if !engine.backend.capabilities().delete {
+            return Err(CacheError::unsupported(engine.backend.name(), "delete"));
+        }
+        let mut targets: Vec<String> = Vec::with_capacity(keys.len() * 2);
+        for k in keys {
+            targets.push(k.clone());
+            if let Some(ns) = &engine.settings.namespace
+                && !k.starts_with(&format!("{ns}:"))
+            {
+                targets.push(format!("{ns}:{k}"));
+            }
+        }
+        let mut deleted = 0;
+        for k in &targets {
+            engine.l1_invalidate(k);
+            let existed = engine
+                .admin(engine.backend.delete(k), "delete", &self.shared.stats)
+                .await;
+            // Again after the backend delete: a lookup that read the entry in between must not
+            // leave it in L1.
+            engine.l1_invalidate(k);
+            deleted += u64::from(existed?);
+        }
+        Ok(deleted)
+    }
+
+    /// Removes every entry of a namespace from every tier (default: the configured namespace;
+    /// with none configured, every entry the backend owns). The proxy's `/cache/flushall`.
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub async fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        let Some(engine) = self.engine() else {
+            return Err(CacheError::Config("the cache is disabled".to_owned()));
+        };
+        let ns = namespace.or(engine.settings.namespace.as_deref());
+        engine.l1_clear(ns);
+        let n = engine
+            .admin(engine.backend.clear(ns), "clear", &self.shared.stats)
+            .await;
+        engine.l1_clear(ns);
+        let n = n?;
+        if let Some(sem) = &engine.semantic {
+            engine
+                .admin(sem.clear(ns), "clear", &self.shared.stats)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Checks the backend: a ping plus a test write and read (LiteLLM's `/cache/ping` writes a
+    /// test entry too).
+    ///
+    /// # Errors
+    /// The backend's error when the ping fails.
+    pub async fn ping(&self) -> Result<PingReport> {
+        let Some(engine) = self.engine() else {
+            return Err(CacheError::Config("the cache is disabled".to_owned()));
+        };
+        let stats = &self.shared.stats;
+        let health = engine.admin(engine.backend.ping(), "ping", stats).await?;
+        let key = CacheKey::new(
+            engine.settings.namespace.as_deref(),
+            "llm-cache-health-check",
+        );
+        let probe = Entry::new(
+            CallKind::Chat,
+            Bytes::from_static(b"{\"ping\":true}"),
+            None,
+            Some(Duration::from_secs(60)),
+        )
+        .encode();
+        let set_ok = match engine
+            .admin(
+                engine
+                    .backend
+                    .set(key.as_str(), probe.clone(), Some(Duration::from_secs(60))),
+                "set",
+                stats,
+            )
+            .await
+        {
+            Ok(()) => matches!(
+                engine.admin(engine.backend.get(key.as_str()), "get", stats).await,
+                Ok(Some(v)) if v == probe
+            ),
+            Err(_) => false,
+        };
+        let semantic = match &engine.semantic {
+            None => None,
+            Some(s) => Some(
+                engine
+                    .admin(s.ping(), "ping", stats)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+        };
+        Ok(PingReport {
+            health,
+            set_ok,
+            breaker: engine.breaker.state(),
+            semantic,
+        })
+    }
+
+    /// Waits (bounded) for background writes, then flushes the backend. Call on shutdown.
+    ///
+    /// # Errors
+    /// The backend's flush error.
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let Some(engine) = self.engine() else {
+            return Ok(());
+        };
+        engine.writes.close();
+        let drained = tokio::time::timeout(timeout, engine.writes.wait()).await;
+        engine.writes.reopen();
+        if drained.is_err() {
+            tracing::warn!(
+                pending = engine.writes.len(),
+                "cache flush: background writes still pending after {timeout:?}"
+            );
+        }
+        engine
+            .admin(engine.backend.flush(), "flush", &self.shared.stats)
+            .await
+    }
+}

@@ -1,0 +1,333 @@
+//! One configured cache: backend, L1 tier with its invalidation generations, breakers,
+//! deadlines, background writes.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::task::TaskTracker;
+
+use super::{CacheSettings, StoreFailure, StoreOutcome};
+use crate::backend::{CacheBackend, SharedBackend};
+use crate::breaker::{Breaker, BreakerState};
+use crate::directives::{CacheControl, encode_namespace};
+use crate::error::{CacheError, Result};
+use crate::flight::Flights;
+use crate::key::KeyBuilder;
+use crate::memory::MemoryBackend;
+use crate::semantic::SemanticLayer;
+use crate::stats::Stats;
+
+/// One configured cache: backend, tiers, breaker, settings. Swapped atomically by
+/// [`Cache::update`]; requests in flight keep the engine they started with.
+pub struct CacheEngine {
+    pub(super) settings: CacheSettings,
+    pub(super) keys: KeyBuilder,
+    pub(super) backend: SharedBackend,
+    pub(super) l1: Option<MemoryBackend>,
+    pub(super) breaker: Breaker,
+    pub(super) semantic: Option<Arc<dyn SemanticLayer>>,
+    pub(super) semantic_breaker: Breaker,
+    pub(super) flights: Flights,
+    pub(super) writes: TaskTracker,
+    /// Invalidation generations of the L1 tier, sharded by key: a delete, clear or store bumps
+    /// its shard, so a lookup that read the backend before it cannot put the old entry back.
+    pub(super) l1_generations: Box<[AtomicU64]>,
+}
+
+pub(super) const L1_GENERATION_SHARDS: usize = 64;
+
+impl fmt::Debug for CacheEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheEngine")
+            .field("backend", &self.backend.name())
+            .field("l1", &self.l1.is_some())
+            .field(
+                "semantic",
+                &self.semantic.as_ref().map(|s| s.name().to_owned()),
+            )
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl CacheEngine {
+    /// The settings.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// The main backend.
+    pub fn backend(&self) -> &SharedBackend {
+        &self.backend
+    }
+
+    /// State of the backend's circuit breaker.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// State of the semantic layer's circuit breaker, when a semantic layer is configured.
+    pub fn semantic_breaker_state(&self) -> Option<BreakerState> {
+        self.semantic
+            .as_ref()
+            .map(|_| self.semantic_breaker.state())
+    }
+
+    /// Number of keys with an upstream call in flight (single-flight leaders).
+    pub fn in_flight(&self) -> usize {
+        self.flights.in_flight()
+    }
+
+    /// The key builder.
+    pub fn keys(&self) -> &KeyBuilder {
+        &self.keys
+    }
+
+    /// The L1 tier, if any.
+    pub fn l1(&self) -> Option<&MemoryBackend> {
+        self.l1.as_ref()
+    }
+
+    pub(super) fn l1_shard(&self, key: &str) -> &AtomicU64 {
+        // FNV-1a: cheap, and keys are already hashes or caller-chosen strings.
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.l1_generations[(h as usize) % L1_GENERATION_SHARDS]
+    }
+
+    /// The L1 generation of `key`, read before a backend lookup whose result may fill L1.
+    pub(super) fn l1_generation(&self, key: &str) -> u64 {
+        self.l1_shard(key).load(SeqCst)
+    }
+
+    /// Removes `key` from L1 and bumps its generation (delete, refresh).
+    pub(super) fn l1_invalidate(&self, key: &str) {
+        if let Some(l1) = &self.l1 {
+            self.l1_shard(key).fetch_add(1, SeqCst);
+            l1.delete_sync(key);
+        }
+    }
+
+    /// Clears L1 (all of it, or one namespace) and bumps every generation.
+    pub(super) fn l1_clear(&self, namespace: Option<&str>) {
+        if let Some(l1) = &self.l1 {
+            for g in self.l1_generations.iter() {
+                g.fetch_add(1, SeqCst);
+            }
+            l1.clear_sync(namespace);
+        }
+    }
+
+    /// Fills L1 with an entry read from the backend, unless `key` was invalidated since the
+    /// read began (`seen` is the generation then). The check runs again after the write: a
+    /// delete that raced with it removes what was just put.
+    pub(super) fn l1_fill(&self, key: &str, raw: &Bytes, ttl: Option<Duration>, seen: u64) {
+        if self.l1.is_none() || self.l1_generation(key) != seen {
+            return;
+        }
+        self.l1_write(key, raw, ttl);
+        if self.l1_generation(key) != seen
+            && let Some(l1) = &self.l1
+        {
+            l1.delete_sync(key);
+        }
+    }
+
+    /// Writes a new entry (a store or a refresh) to L1: bumps the generation first, so a lookup
+    /// in flight cannot overwrite it with the old entry.
+    pub(super) fn l1_store(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
+        if self.l1.is_some() {
+            self.l1_shard(key).fetch_add(1, SeqCst);
+            self.l1_write(key, raw, ttl);
+        }
+    }
+
+    /// Writes to the L1 tier for at most its TTL, and never past `ttl` (the entry's own
+    /// remaining lifetime): L1 never outlives the backend entry. An entry L1 refuses (too
+    /// large) removes the old copy, so L1 never keeps serving what was replaced.
+    pub(super) fn l1_write(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
+        if let (Some(l1), Some(cfg)) = (&self.l1, &self.settings.l1) {
+            let ttl = ttl.map_or(cfg.ttl, |t| t.min(cfg.ttl));
+            if l1.set_sync(key, raw.clone(), Some(ttl)).is_err() {
+                l1.delete_sync(key);
+            }
+        }
+    }
+
+    /// The namespace of a request: a per-request namespace (encoded into one opaque segment)
+    /// nested under the configured one, else the configured one.
+    pub fn resolve_namespace<'a>(&'a self, cc: &'a CacheControl) -> Option<Cow<'a, str>> {
+        let configured = self.settings.namespace.as_deref().filter(|n| !n.is_empty());
+        match (
+            cc.namespace.as_deref().filter(|n| !n.is_empty()),
+            configured,
+        ) {
+            (Some(req), Some(cfg)) => Some(Cow::Owned(format!("{cfg}:{}", encode_namespace(req)))),
+            (Some(req), None) => Some(encode_namespace(req)),
+            (None, cfg) => cfg.map(Cow::Borrowed),
+        }
+    }
+
+    /// The semantic layer, if any.
+    pub fn semantic(&self) -> Option<&Arc<dyn SemanticLayer>> {
+        self.semantic.as_ref()
+    }
+}
+
+impl CacheEngine {
+    pub(super) async fn admin<T>(
+        &self,
+        fut: impl Future<Output = Result<T>>,
+        op: &'static str,
+        stats: &Stats,
+    ) -> Result<T> {
+        let res = match tokio::time::timeout(self.settings.admin_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout {
+                backend: self.backend.name().to_owned(),
+                operation: op,
+                after: self.settings.admin_timeout,
+            }),
+        };
+        if let Err(e) = &res {
+            stats.record_error(self.backend.name(), op, e.kind_label());
+            tracing::warn!(backend = self.backend.name(), op, error = %e, "cache admin operation failed");
+        }
+        res
+    }
+
+    /// Starts a write-behind: the write is polled once in place and spawned (tracked, so
+    /// shutdown waits for it) only if it is still pending. A write that completes without
+    /// waiting (the in-memory backend) then costs no task: spawning one delayed the response to
+    /// a miss by ~130 µs at p50 on a two-worker runtime (docs/benchmarks.md, proxy miss path).
+    /// Only for writes without heavy synchronous work (an embedding model must not run here).
+    pub(crate) fn write_behind(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let mut fut = Box::pin(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // A panicking backend must not fail the request (a spawned task contained it before).
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)))
+        {
+            Ok(std::task::Poll::Ready(())) => {}
+            Ok(std::task::Poll::Pending) => {
+                self.writes.spawn(fut);
+            }
+            Err(_) => {
+                tracing::error!(
+                    backend = self.backend.name(),
+                    "cache backend panicked in a write; the write is dropped"
+                );
+            }
+        }
+    }
+
+    /// Runs a write and waits for it at most `budget` (what is left of the read deadline). A
+    /// write that completes without
+    /// waiting (the in-memory backend) costs no timer; one still running after the deadline
+    /// goes on in the background (tracked, so shutdown waits for it) and is reported pending.
+    pub(crate) async fn acknowledge(
+        &self,
+        mut write: StoreWrite,
+        budget: Duration,
+    ) -> StoreOutcome {
+        let first = {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            write.as_mut().poll(&mut cx)
+        };
+        if let std::task::Poll::Ready(outcome) = first {
+            return outcome;
+        }
+        if budget.is_zero() {
+            self.writes.spawn(write);
+            return StoreOutcome::Pending;
+        }
+        match tokio::time::timeout(budget, &mut write).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.writes.spawn(write);
+                StoreOutcome::Pending
+            }
+        }
+    }
+
+    /// Runs a backend call with the breaker and a deadline. `Err(None)` = skipped (breaker open).
+    pub(crate) async fn guarded<T>(
+        &self,
+        fut: impl Future<Output = Result<T>>,
+        op: &'static str,
+        timeout: Duration,
+        stats: &Stats,
+    ) -> std::result::Result<T, Option<CacheError>> {
+        // The permit is released if this future is dropped mid-call (see `Permit`).
+        let Some(permit) = self.breaker.try_acquire() else {
+            stats.breaker_rejections.fetch_add(1, Relaxed);
+            return Err(None);
+        };
+        let res = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout {
+                backend: self.backend.name().to_owned(),
+                operation: op,
+                after: timeout,
+            }),
+        };
+        match res {
+            Ok(v) => {
+                permit.success();
+                Ok(v)
+            }
+            Err(e) => {
+                if e.is_transient() {
+                    permit.failure();
+                } else {
+                    permit.success();
+                }
+                stats.record_error(self.backend.name(), op, e.kind_label());
+                tracing::warn!(backend = self.backend.name(), op, error = %e, "cache backend call failed; treated as a miss");
+                Err(Some(e))
+            }
+        }
+    }
+}
+
+/// A backend write in progress: resolves to what became of it. Panics inside are contained.
+pub(crate) type StoreWrite = Pin<Box<dyn Future<Output = StoreOutcome> + Send>>;
+
+pub(super) fn contain_panics(
+    write: impl Future<Output = StoreOutcome> + Send + 'static,
+) -> StoreWrite {
+    use futures::FutureExt as _;
+    Box::pin(std::panic::AssertUnwindSafe(write).catch_unwind().map(|r| {
+        r.unwrap_or_else(|_| {
+            tracing::error!("cache backend panicked in a write; the write is dropped");
+            StoreOutcome::Failed(StoreFailure::Error)
+        })
+    }))
+}
+
+/// Counts a finished write of `entries` entries and says what became of it.
+pub(super) fn store_outcome(
+    res: std::result::Result<(), Option<CacheError>>,
+    stats: &Stats,
+    entries: u64,
+) -> StoreOutcome {
+    let outcome = match res {
+        Ok(()) => {
+            stats.stores.fetch_add(entries, Relaxed);
+            return StoreOutcome::Stored;
+        }
+        Err(None) => StoreFailure::BreakerOpen,
+        Err(Some(CacheError::ValueTooLarge { .. })) => StoreFailure::TooLarge,
+        Err(Some(CacheError::Timeout { .. })) => StoreFailure::Timeout,
+        Err(Some(_)) => StoreFailure::Error,
+    };
+    stats.store_failures.fetch_add(1, Relaxed);
+    StoreOutcome::Failed(outcome)
+}

@@ -1,0 +1,918 @@
+//! The request path, top to bottom: [`Cache::prepare`] applies the gates and directives and
+//! computes the key; [`Prepared::lookup`] tries L1, the backend and the semantic layer;
+//! [`Prepared::get_or_fetch`] serves a hit or calls upstream once (single-flight) and stores
+//! the answer.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::engine::{contain_panics, store_outcome};
+use super::{
+    Cache, CacheEngine, CacheMode, CacheStatus, Cached, CallError, Hit, Lookup, MissReason,
+    StoreOutcome, StoreWrite, Tier,
+};
+use crate::backend::CacheBackend;
+use crate::directives::CacheControl;
+use crate::envelope::{Entry, Usage, now_ms};
+use crate::error::{CacheError, Result};
+use crate::flight::{Flights, Join, Waited};
+use crate::key::{CacheKey, CallKind, KeyBuilder, KeyContext, OPT_IN_FORWARDED_PARAMS};
+use crate::memory::MemoryBackend;
+use crate::output::has_output;
+use crate::semantic::{SemanticLayer, SemanticRequest};
+use crate::stats::{CacheEvent, EventKind};
+
+/// Per-request context besides the body and directives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContext<'a> {
+    /// Model group (the proxy's `model_name`); keyed instead of `model`.
+    pub model_group: Option<&'a str>,
+    /// Tenant partition: requests with different partitions never share entries.
+    pub partition: Option<&'a str>,
+    /// Opt-in members this request forwards upstream (`metadata`): keyed (see
+    /// [`crate::key::OPT_IN_FORWARDED_PARAMS`]).
+    pub forwarded: &'a [&'a str],
+    /// The caller's own reason not to use the cache for this request (a provider whose answers
+    /// depend on who asks): the request bypasses the cache, neither read nor written.
+    pub bypass: Option<&'static str>,
+}
+
+impl<'a> RequestContext<'a> {
+    /// The key context for `namespace`.
+    pub(crate) fn key_context(&self, namespace: Option<&'a str>) -> KeyContext<'a> {
+        KeyContext {
+            model_group: self.model_group,
+            namespace,
+            partition: self.partition,
+            forwarded: self.forwarded,
+        }
+    }
+}
+
+/// A request prepared for the cache: gates applied, key computed.
+pub struct Prepared {
+    cache: Cache,
+    engine: Option<Arc<CacheEngine>>,
+    kind: CallKind,
+    key: Option<CacheKey>,
+    read: bool,
+    write: bool,
+    ttl: Option<Duration>,
+    max_age: Option<Duration>,
+    only_if_cached: bool,
+    bypass: Option<&'static str>,
+    semantic: Option<SemanticInput>,
+    /// Nanoseconds the lookup spent in the cache: the write acknowledgement gets what is left of
+    /// the read deadline, so a request never waits on the cache longer than one read deadline.
+    lookup_nanos: AtomicU64,
+}
+
+#[derive(Clone)]
+struct SemanticInput {
+    request: Arc<Value>,
+    model_group: Option<String>,
+    namespace: Option<String>,
+    partition: Option<String>,
+    forwarded: Vec<&'static str>,
+    min_similarity: Option<f32>,
+}
+
+impl SemanticInput {
+    fn as_request<'a>(&'a self, kind: CallKind, keys: &'a KeyBuilder) -> SemanticRequest<'a> {
+        SemanticRequest::new(
+            kind,
+            &self.request,
+            self.model_group.as_deref(),
+            self.namespace.as_deref(),
+            self.min_similarity,
+        )
+        .with_partition(self.partition.as_deref())
+        .with_forwarded(&self.forwarded)
+        .with_keys(keys)
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("kind", &self.kind)
+            .field("key", &self.key)
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .field("ttl", &self.ttl)
+            .field("max_age", &self.max_age)
+            .field("bypass", &self.bypass)
+            .finish()
+    }
+}
+
+fn message_count(request: &Value) -> usize {
+    if let Some(m) = request.get("messages").and_then(Value::as_array) {
+        return m.len();
+    }
+    match request.get("input") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter(|i| i.is_object() && i.get("type").and_then(Value::as_str) != Some("file"))
+            .count(),
+        _ => 0,
+    }
+}
+
+impl Cache {
+    /// Applies the gates and directives to a request and computes its key.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when the request is not a JSON object or a client `cache_key` is
+    /// allowed but malformed.
+    pub fn prepare(
+        &self,
+        kind: CallKind,
+        request: &Value,
+        cc: &CacheControl,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Prepared> {
+        let engine = self.shared.engine.load_full();
+        let mut p = Prepared {
+            cache: self.clone(),
+            engine: None,
+            kind,
+            key: None,
+            read: false,
+            write: false,
+            ttl: None,
+            max_age: None,
+            only_if_cached: cc.is_only_if_cached(),
+            bypass: None,
+            semantic: None,
+            lookup_nanos: AtomicU64::new(0),
+        };
+        let Some(engine) = engine else {
+            p.bypass = Some("disabled");
+            return Ok(p);
+        };
+        let s = &engine.settings;
+        let bypass = if let Some(reason) = ctx.bypass {
+            Some(reason)
+        } else if !s.supported_call_types.contains(&kind) {
+            Some("call-type")
+        } else if s.mode == CacheMode::DefaultOff && cc.use_cache != Some(true) {
+            Some("default-off")
+        } else if s
+            .max_messages
+            .is_some_and(|max| message_count(request) > max)
+        {
+            Some("max-messages")
+        } else {
+            None
+        };
+        let namespace = engine.resolve_namespace(cc);
+        let namespace = namespace.as_deref();
+        p.key = Some(
+            engine
+                .keys
+                .key(kind, request, &ctx.key_context(namespace))?,
+        );
+        if let Some(reason) = bypass {
+            p.bypass = Some(reason);
+            p.engine = Some(engine);
+            return Ok(p);
+        }
+        p.read = !cc.skips_lookup();
+        p.write = !cc.skips_store();
+        p.ttl = cc.ttl.or(s.default_ttl);
+        p.max_age = cc.max_age;
+        if engine.semantic.is_some()
+            && matches!(
+                kind,
+                CallKind::Chat | CallKind::TextCompletion | CallKind::Responses
+            )
+        {
+            p.semantic = Some(SemanticInput {
+                request: Arc::new(request.clone()),
+                model_group: ctx.model_group.map(str::to_owned),
+                namespace: namespace.map(str::to_owned),
+                partition: ctx.partition.map(str::to_owned),
+                forwarded: OPT_IN_FORWARDED_PARAMS
+                    .iter()
+                    .copied()
+                    .filter(|p| ctx.forwarded.contains(p))
+                    .collect(),
+                min_similarity: cc.similarity_threshold,
+            });
+        }
+        p.engine = Some(engine);
+        Ok(p)
+    }
+
+    /// The typed API: look the request up, or call `fetch` and store its result.
+    ///
+    /// Works with any serde request/response types (async-openai, hand-written structs,
+    /// `serde_json::Value`).
+    ///
+    /// ```
+    /// # use cache_core::{Cache, CacheControl, CallKind};
+    /// # use serde_json::{json, Value};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = Cache::in_memory();
+    /// let request = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    /// let call = || async {
+    ///     Ok::<Value, std::io::Error>(json!({"choices": [{"message": {"content": "hello"}}]}))
+    /// };
+    /// let first = cache.get_or_fetch(CallKind::Chat, &request, &CacheControl::none(), call).await.unwrap();
+    /// assert!(!first.status.is_hit());
+    /// cache.flush(std::time::Duration::from_secs(1)).await.unwrap();
+    /// let second = cache.get_or_fetch(CallKind::Chat, &request, &CacheControl::none(), call).await.unwrap();
+    /// assert!(second.status.is_hit());
+    /// assert_eq!(first.value, second.value);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`CallError::Upstream`] when `fetch` fails, [`CallError::NotCached`] for an
+    /// `only-if-cached` miss, [`CallError::Invalid`] for unusable cache input.
+    pub async fn get_or_fetch<Req, Resp, F, Fut, E>(
+        &self,
+        kind: CallKind,
+        request: &Req,
+        cc: &CacheControl,
+        fetch: F,
+    ) -> std::result::Result<Cached<Resp>, CallError<E>>
+    where
+        Req: Serialize + ?Sized,
+        Resp: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Resp, E>>,
+    {
+        let value = serde_json::to_value(request)
+            .map_err(|e| CallError::Invalid(CacheError::Serialization(e.to_string())))?;
+        let prepared = self
+            .prepare(kind, &value, cc, &RequestContext::default())
+            .map_err(CallError::Invalid)?;
+        prepared
+            .run(
+                fetch,
+                |r: &Resp| serde_json::to_vec(r).ok().map(Bytes::from),
+                |b: &Bytes| serde_json::from_slice(b).ok(),
+            )
+            .await
+    }
+}
+
+/// Checks a decoded entry against the request. `Err` is the miss reason.
+fn validate(
+    raw: &Bytes,
+    kind: CallKind,
+    max_age: Option<Duration>,
+    now: u64,
+) -> std::result::Result<(Entry, Duration), MissReason> {
+    let entry = Entry::decode(raw).map_err(|e| {
+        tracing::debug!(error = %e, "unusable cache entry");
+        MissReason::Unusable
+    })?;
+    if entry.kind != kind {
+        return Err(MissReason::Unusable);
+    }
+    if entry.is_expired(now) {
+        return Err(MissReason::NotFound);
+    }
+    let age = entry.age(now);
+    if let Some(max) = max_age
+        && (max.is_zero() || age > max)
+    {
+        return Err(MissReason::Stale);
+    }
+    Ok((entry, age))
+}
+
+impl Prepared {
+    /// The key (also for bypassed requests, for the `x-litellm-cache-key` header).
+    pub fn key(&self) -> Option<&CacheKey> {
+        self.key.as_ref()
+    }
+
+    /// The call kind.
+    pub fn kind(&self) -> CallKind {
+        self.kind
+    }
+
+    /// Why the cache does not apply, if it does not.
+    pub fn bypass_reason(&self) -> Option<&'static str> {
+        self.bypass
+    }
+
+    /// Whether the lookup runs.
+    pub fn reads(&self) -> bool {
+        self.bypass.is_none() && self.read
+    }
+
+    /// Whether the result may be stored.
+    pub fn writes(&self) -> bool {
+        self.bypass.is_none() && self.write
+    }
+
+    /// Whether a miss must not go upstream.
+    pub fn only_if_cached(&self) -> bool {
+        self.only_if_cached
+    }
+
+    /// The TTL the entry will be written with.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The cache this request was prepared by.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub(crate) fn engine(&self) -> Option<&Arc<CacheEngine>> {
+        self.engine.as_ref()
+    }
+
+    /// Looks the request up: L1, then the backend (deadline, breaker), then the semantic layer.
+    pub async fn lookup(&self) -> Lookup {
+        let start = Instant::now();
+        let out = self.lookup_inner().await;
+        self.lookup_nanos
+            .store(start.elapsed().as_nanos() as u64, Relaxed);
+        out
+    }
+
+    async fn lookup_inner(&self) -> Lookup {
+        let stats = &self.cache.shared.stats;
+        if let Some(reason) = self.bypass {
+            stats.bypasses.fetch_add(1, Relaxed);
+            self.cache.emit(|| CacheEvent {
+                kind: EventKind::Bypass,
+                key: None,
+                backend: "cache",
+                latency: Duration::ZERO,
+                age: None,
+                similarity: None,
+                bytes: 0,
+                detail: Some(reason),
+            });
+            return Lookup::Bypass(reason);
+        }
+        let (Some(engine), Some(key)) = (&self.engine, &self.key) else {
+            return Lookup::Bypass("disabled");
+        };
+        if !self.read {
+            stats.misses.fetch_add(1, Relaxed);
+            return Lookup::Miss(MissReason::NoCache);
+        }
+        let start = Instant::now();
+        let now = now_ms();
+        let mut reason = MissReason::NotFound;
+
+        if let Some(l1) = &engine.l1
+            && let Some(raw) = l1.get_sync(key.as_str())
+        {
+            match validate(&raw, self.kind, self.max_age, now) {
+                Ok((entry, age)) => {
+                    return self.hit(engine, key, entry, age, Tier::L1, None, start);
+                }
+                Err(r) => reason = r,
+            }
+        }
+
+        let backend_name = engine.backend.name();
+        let generation = engine.l1_generation(key.as_str());
+        match engine
+            .guarded(
+                engine.backend.get(key.as_str()),
+                "get",
+                engine.settings.read_timeout,
+                stats,
+            )
+            .await
+        {
+            Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
+                Ok((entry, age)) => {
+                    engine.l1_fill(key.as_str(), &raw, entry.remaining_ttl(now), generation);
+                    return self.hit(engine, key, entry, age, Tier::Backend, None, start);
+                }
+                Err(r) => {
+                    if r == MissReason::Unusable {
+                        stats.corrupt.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            backend = backend_name,
+                            key = key.as_str(),
+                            "unusable cache entry treated as a miss"
+                        );
+                    } else if r == MissReason::NotFound && !engine.backend.capabilities().native_ttl
+                    {
+                        self.delete_in_background(engine, key);
+                    }
+                    reason = r;
+                }
+            },
+            Ok(None) => {}
+            Err(None) => reason = MissReason::BreakerOpen,
+            Err(Some(e)) => {
+                reason = MissReason::Error;
+                let msg = e.to_string();
+                self.cache.emit_with(|emit| {
+                    emit(&CacheEvent {
+                        kind: EventKind::Error,
+                        key: Some(key.as_str()),
+                        backend: backend_name,
+                        latency: start.elapsed(),
+                        age: None,
+                        similarity: None,
+                        bytes: 0,
+                        detail: Some(&msg),
+                    })
+                });
+            }
+        }
+
+        if let (Some(sem), Some(input)) = (&engine.semantic, &self.semantic)
+            && reason != MissReason::Stale
+            && let Some((entry, age, similarity)) =
+                self.semantic_lookup(engine, sem, input, now).await
+        {
+            return self.hit(
+                engine,
+                key,
+                entry,
+                age,
+                Tier::Semantic,
+                Some(similarity),
+                start,
+            );
+        }
+
+        let latency = start.elapsed();
+        stats.misses.fetch_add(1, Relaxed);
+        stats.lookup_latency.observe(latency);
+        tracing::debug!(
+            key = key.as_str(),
+            reason = reason.as_str(),
+            ?latency,
+            "cache miss"
+        );
+        self.cache.emit_with(|emit| {
+            emit(&CacheEvent {
+                kind: EventKind::Miss,
+                key: Some(key.as_str()),
+                backend: backend_name,
+                latency,
+                age: None,
+                similarity: None,
+                bytes: 0,
+                detail: Some(reason.as_str()),
+            })
+        });
+        Lookup::Miss(reason)
+    }
+
+    async fn semantic_lookup(
+        &self,
+        engine: &CacheEngine,
+        sem: &Arc<dyn SemanticLayer>,
+        input: &SemanticInput,
+        now: u64,
+    ) -> Option<(Entry, Duration, f32)> {
+        let stats = &self.cache.shared.stats;
+        let Some(permit) = engine.semantic_breaker.try_acquire() else {
+            stats.breaker_rejections.fetch_add(1, Relaxed);
+            return None;
+        };
+        let req = input.as_request(self.kind, &engine.keys);
+        let res = tokio::time::timeout(engine.settings.semantic_timeout, sem.lookup(&req)).await;
+        let res = match res {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout {
+                backend: sem.name().to_owned(),
+                operation: "semantic_lookup",
+                after: engine.settings.semantic_timeout,
+            }),
+        };
+        match res {
+            Ok(Some(hit)) => {
+                permit.success();
+                match validate(&hit.value, self.kind, self.max_age, now) {
+                    Ok((entry, age)) => Some((entry, age, hit.similarity)),
+                    Err(_) => None,
+                }
+            }
+            Ok(None) => {
+                permit.success();
+                None
+            }
+            Err(e) => {
+                // Every outcome is reported: a non-transient error says the backend answered.
+                if e.is_transient() {
+                    permit.failure();
+                } else {
+                    permit.success();
+                }
+                stats.record_error(sem.name(), "semantic_lookup", e.kind_label());
+                tracing::warn!(backend = sem.name(), error = %e, "semantic lookup failed; treated as a miss");
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hit(
+        &self,
+        engine: &CacheEngine,
+        key: &CacheKey,
+        entry: Entry,
+        age: Duration,
+        tier: Tier,
+        similarity: Option<f32>,
+        start: Instant,
+    ) -> Lookup {
+        let stats = &self.cache.shared.stats;
+        let latency = start.elapsed();
+        match tier {
+            Tier::L1 => stats.hits_l1.fetch_add(1, Relaxed),
+            Tier::Backend => stats.hits_backend.fetch_add(1, Relaxed),
+            Tier::Semantic => stats.hits_semantic.fetch_add(1, Relaxed),
+        };
+        stats.lookup_latency.observe(latency);
+        stats
+            .bytes_served
+            .fetch_add(entry.body.len() as u64, Relaxed);
+        if let Some(u) = &entry.usage {
+            stats
+                .prompt_tokens_saved
+                .fetch_add(u.prompt_tokens, Relaxed);
+            stats
+                .completion_tokens_saved
+                .fetch_add(u.completion_tokens, Relaxed);
+        }
+        let backend = match tier {
+            Tier::L1 => MemoryBackend::NAME,
+            Tier::Backend => engine.backend.name(),
+            Tier::Semantic => engine.semantic.as_ref().map_or("semantic", |s| s.name()),
+        };
+        tracing::debug!(key = key.as_str(), backend, ?age, ?latency, "cache hit");
+        self.cache.emit_with(|emit| {
+            emit(&CacheEvent {
+                kind: EventKind::Hit,
+                key: Some(key.as_str()),
+                backend,
+                latency,
+                age: Some(age),
+                similarity,
+                bytes: entry.body.len(),
+                detail: None,
+            })
+        });
+        Lookup::Hit(Hit {
+            entry,
+            age,
+            tier,
+            similarity,
+        })
+    }
+
+    fn delete_in_background(&self, engine: &Arc<CacheEngine>, key: &CacheKey) {
+        let engine = engine.clone();
+        let key = key.as_str().to_owned();
+        let cache = self.cache.clone();
+        engine.clone().write_behind(async move {
+            let _ = engine
+                .guarded(
+                    engine.backend.delete(&key),
+                    "delete",
+                    engine.settings.write_timeout,
+                    cache.stats(),
+                )
+                .await;
+        });
+    }
+
+    /// Stores a response body (JSON) in the background, without waiting for the backend.
+    /// Returns whether a write was started: not for bypassed/`no-store` requests, non-JSON
+    /// bodies, or responses without output.
+    pub fn store(&self, body: Bytes) -> bool {
+        self.detach(self.begin_store(body))
+    }
+
+    /// [`Prepared::store`] for a body the caller has already parsed.
+    pub fn store_parsed(&self, body: Bytes, parsed: &Value) -> bool {
+        self.detach(self.begin_store_parsed(body, parsed))
+    }
+
+    /// Stores a response body and waits, at most the read deadline, for the backend to accept
+    /// the write: what `Cache-Status` reports as `stored`. A write still running then goes on
+    /// in the background ([`StoreOutcome::Pending`]).
+    pub async fn store_confirmed(&self, body: Bytes) -> StoreOutcome {
+        match (self.begin_store(body), &self.engine) {
+            (Some(write), Some(engine)) => engine.acknowledge(write, self.ack_budget(engine)).await,
+            _ => StoreOutcome::NotRequested,
+        }
+    }
+
+    /// What is left of the read deadline after the lookup.
+    fn ack_budget(&self, engine: &CacheEngine) -> Duration {
+        engine
+            .settings
+            .read_timeout
+            .saturating_sub(Duration::from_nanos(self.lookup_nanos.load(Relaxed)))
+    }
+
+    fn detach(&self, write: Option<StoreWrite>) -> bool {
+        match (write, &self.engine) {
+            (Some(write), Some(engine)) => {
+                engine.write_behind(async move {
+                    write.await;
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn begin_store(&self, body: Bytes) -> Option<StoreWrite> {
+        if !self.writes() {
+            return None;
+        }
+        let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
+            tracing::debug!("response is not JSON; not stored");
+            return None;
+        };
+        self.begin_store_parsed(body, &parsed)
+    }
+
+    fn begin_store_parsed(&self, body: Bytes, parsed: &Value) -> Option<StoreWrite> {
+        if !self.writes() || !has_output(self.kind, parsed) {
+            return None;
+        }
+        let usage = Usage::from_response(parsed);
+        self.begin_store_entry(Entry::new(self.kind, body, usage, self.ttl))
+    }
+
+    /// Puts the entry in L1 at once and returns the backend write, not yet started. The
+    /// semantic store (which may run an embedding model) follows in its own background task,
+    /// outside what the write's acknowledgement waits for.
+    fn begin_store_entry(&self, entry: Entry) -> Option<StoreWrite> {
+        let (Some(engine), Some(key)) = (&self.engine, &self.key) else {
+            return None;
+        };
+        let raw = entry.encode();
+        engine.l1_store(key.as_str(), &raw, self.ttl);
+        let generation = engine.l1_generation(key.as_str());
+        let ttl = self.ttl;
+        let key_s = key.as_str().to_owned();
+        let cache = self.cache.clone();
+        let eng = engine.clone();
+        let semantic = self.semantic.clone();
+        let kind = self.kind;
+        let bytes = raw.len();
+        let write = async move {
+            let start = Instant::now();
+            let stats = cache.stats();
+            let res = eng
+                .guarded(
+                    eng.backend.set(&key_s, raw.clone(), ttl),
+                    "set",
+                    eng.settings.write_timeout,
+                    stats,
+                )
+                .await;
+            let outcome = store_outcome(res, stats, 1);
+            if outcome.is_stored() {
+                cache.emit_with(|emit| {
+                    emit(&CacheEvent {
+                        kind: EventKind::Store,
+                        key: Some(&key_s),
+                        backend: eng.backend.name(),
+                        latency: start.elapsed(),
+                        age: None,
+                        similarity: None,
+                        bytes,
+                        detail: None,
+                    })
+                });
+            }
+            // A lookup that read the old entry while this write was in flight may have put it
+            // in L1: put the new one back, unless a delete or clear came since.
+            if eng.l1_generation(&key_s) == generation {
+                eng.l1_store(&key_s, &raw, ttl);
+            } else {
+                eng.l1_invalidate(&key_s);
+            }
+            if let (Some(_), Some(input)) = (&eng.semantic, semantic) {
+                let eng2 = eng.clone();
+                eng.writes.spawn(async move {
+                    let Some(sem) = eng2.semantic.as_ref() else {
+                        return;
+                    };
+                    let req = input.as_request(kind, &eng2.keys);
+                    let res = tokio::time::timeout(
+                        eng2.settings.write_timeout,
+                        sem.store(&req, raw, ttl),
+                    )
+                    .await;
+                    let stats = cache.stats();
+                    match res {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            stats.record_error(sem.name(), "semantic_store", e.kind_label());
+                            tracing::warn!(backend = sem.name(), error = %e, "semantic store failed");
+                        }
+                        Err(_) => {
+                            stats.record_error(sem.name(), "semantic_store", "timeout");
+                            tracing::warn!(backend = sem.name(), "semantic store timed out");
+                        }
+                    }
+                });
+            }
+            outcome
+        };
+        Some(contain_panics(write))
+    }
+
+    /// Lookup, then on a miss a single-flight upstream call whose result is stored.
+    ///
+    /// `fetch` returns the response body (JSON bytes) or the caller's error; errors are never
+    /// cached and never handed to other waiting requests.
+    ///
+    /// # Errors
+    /// [`CallError::Upstream`] from `fetch`; [`CallError::NotCached`] for an `only-if-cached` miss.
+    pub async fn get_or_fetch<F, Fut, E>(
+        &self,
+        fetch: F,
+    ) -> std::result::Result<Cached<Bytes>, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Bytes, E>>,
+    {
+        self.run(
+            fetch,
+            |b: &Bytes| Some(b.clone()),
+            |b: &Bytes| Some(b.clone()),
+        )
+        .await
+    }
+
+    /// The shared request flow over any response type.
+    async fn run<T, F, Fut, E>(
+        &self,
+        fetch: F,
+        encode: impl Fn(&T) -> Option<Bytes>,
+        decode: impl Fn(&Bytes) -> Option<T>,
+    ) -> std::result::Result<Cached<T>, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
+        let stats = &self.cache.shared.stats;
+        let reason = match self.lookup().await {
+            Lookup::Hit(hit) => match decode(&hit.entry.body) {
+                Some(value) => {
+                    return Ok(Cached {
+                        value,
+                        status: CacheStatus::Hit {
+                            tier: hit.tier,
+                            age: hit.age,
+                            similarity: hit.similarity,
+                        },
+                        key: self.key.clone(),
+                        entry: Some(hit.entry),
+                    });
+                }
+                None => {
+                    stats.corrupt.fetch_add(1, Relaxed);
+                    Some(MissReason::Unusable)
+                }
+            },
+            Lookup::Miss(r) => Some(r),
+            Lookup::Bypass(_) => None,
+        };
+        if self.only_if_cached {
+            return Err(CallError::NotCached);
+        }
+        let status = |store: StoreOutcome| match (reason, self.bypass) {
+            (Some(reason), _) => CacheStatus::Miss { reason, store },
+            (None, reason) => CacheStatus::Bypass {
+                reason: reason.unwrap_or("disabled"),
+            },
+        };
+        let mut fetch = Some(fetch);
+
+        if let (Some(engine), Some(key), true) = (&self.engine, &self.key, self.reads())
+            && engine.settings.coalesce
+        {
+            for _ in 0..3 {
+                match engine.flights.join(key.as_str()) {
+                    Join::Lead(leader) => {
+                        let f = fetch.take().expect("fetch is called once");
+                        let value = f().await.map_err(CallError::Upstream)?;
+                        // L1 gets the entry before the followers are woken; the leader then
+                        // waits (bounded) for the backend to accept the write.
+                        let write = encode(&value).and_then(|body| {
+                            let write = self.begin_store(body.clone());
+                            leader.publish(body);
+                            write
+                        });
+                        let store = match write {
+                            Some(write) => engine.acknowledge(write, self.ack_budget(engine)).await,
+                            None => StoreOutcome::NotRequested,
+                        };
+                        return Ok(Cached {
+                            value,
+                            status: status(store),
+                            key: self.key.clone(),
+                            entry: None,
+                        });
+                    }
+                    Join::Follow(rx) => {
+                        match Flights::wait(rx, engine.settings.coalesce_timeout).await {
+                            Waited::Done(body) => {
+                                if let Some(value) = decode(&body) {
+                                    stats.coalesced.fetch_add(1, Relaxed);
+                                    self.cache.emit_with(|emit| {
+                                        emit(&CacheEvent {
+                                            kind: EventKind::Coalesced,
+                                            key: Some(key.as_str()),
+                                            backend: "upstream",
+                                            latency: Duration::ZERO,
+                                            age: None,
+                                            similarity: None,
+                                            bytes: body.len(),
+                                            detail: None,
+                                        })
+                                    });
+                                    return Ok(Cached {
+                                        value,
+                                        status: CacheStatus::Coalesced,
+                                        key: self.key.clone(),
+                                        entry: None,
+                                    });
+                                }
+                                break;
+                            }
+                            Waited::Retry => continue,
+                            Waited::TimedOut => break,
+                        }
+                    }
+                }
+            }
+        }
+
+        let f = fetch.take().expect("fetch is called once");
+        let value = f().await.map_err(CallError::Upstream)?;
+        let store = match encode(&value) {
+            Some(body) => self.store_confirmed(body).await,
+            None => StoreOutcome::NotRequested,
+        };
+        Ok(Cached {
+            value,
+            status: status(store),
+            key: self.key.clone(),
+            entry: None,
+        })
+    }
+}
+
+impl Cache {
+    /// Writes encoded entries to L1 and to the backend, waiting (bounded) for the backend to
+    /// accept them.
+    pub(crate) async fn write_many(
+        &self,
+        engine: &Arc<CacheEngine>,
+        entries: Vec<(String, Bytes)>,
+        ttl: Option<Duration>,
+        budget: Duration,
+    ) -> StoreOutcome {
+        if entries.is_empty() {
+            return StoreOutcome::NotRequested;
+        }
+        for (k, v) in &entries {
+            engine.l1_store(k, v, ttl);
+        }
+        let eng = engine.clone();
+        let cache = self.clone();
+        let write = contain_panics(async move {
+            let n = entries.len() as u64;
+            let stats = cache.stats();
+            let res = eng
+                .guarded(
+                    eng.backend.set_many(entries, ttl),
+                    "set_many",
+                    eng.settings.write_timeout,
+                    stats,
+                )
+                .await;
+            store_outcome(res, stats, n)
+        });
+        engine.acknowledge(write, budget).await
+    }
+}
