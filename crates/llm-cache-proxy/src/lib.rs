@@ -24,13 +24,17 @@
 //! * [`server`]: the axum application (endpoints, auth, cache headers) and [`server::Server`].
 //! * [`upstream`]: routing and calls to OpenAI-compatible upstreams.
 //! * [`sse`]: stream parsing, assembly for storage, and replay of stored responses.
+//! * `stream`: the streaming request flow (replay, forward, fan-out, store).
 //! * [`fanout`]: one in-flight upstream stream shared by identical streaming requests.
 //! * [`metrics`]: Prometheus metrics.
 
+mod admin;
+mod auth;
 pub mod cli;
 pub mod config;
 pub mod fanout;
 pub mod metrics;
 pub mod server;
 pub mod sse;
+mod stream;
 pub mod upstream;

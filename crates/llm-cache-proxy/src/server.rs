@@ -1,25 +1,24 @@
-//! The HTTP server: OpenAI-compatible endpoints with caching, admin and health endpoints.
+//! The HTTP server: the route table, request acceptance and the cached JSON endpoints. Auth and
+//! partitions are in `auth`, health and admin endpoints in `admin`, streaming in `stream`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Extension, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use futures::StreamExt;
 use llm_cache::core::StoreOutcome;
-use llm_cache::core::{Lookup, Prepared};
 use llm_cache::{Cache, CacheControl, CacheStatus, CallError, CallKind, Entry, RequestContext};
 use serde_json::{Value, json};
 
+use crate::admin::{cache_delete, cache_flushall, cache_ping, liveliness, metrics, readiness};
+pub use crate::auth::Caller;
+use crate::auth::{admin_only, auth, forwarded_auth, partition};
 use crate::config::{ProxyConfig, TenantKey};
-use crate::fanout::{ChunkSink, Join, StreamFlights};
+use crate::fanout::StreamFlights;
 use crate::metrics::{ProxyMetrics, status_label};
-use crate::sse::{self, Assembler, SseParser};
 use crate::upstream::{Router, Upstream, UpstreamError, upstream_body};
 
 /// The cache identifier in `Cache-Status`.
@@ -54,21 +53,26 @@ pub struct AppState {
 
 /// Builds the axum application.
 pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
+    // The LLM endpoints, each served at `/v1{path}` and at `{path}` (as OpenAI clients and
+    // LiteLLM's proxy accept both).
+    let llm: [(&str, axum::routing::MethodRouter<Arc<AppState>>); 4] = [
+        ("/chat/completions", post(chat)),
+        ("/completions", post(completions)),
+        ("/embeddings", post(embeddings)),
+        ("/models", get(models)),
+    ];
     let admin = axum::Router::new()
         .route("/cache/ping", get(cache_ping))
         .route("/cache/delete", post(cache_delete))
         .route("/cache/flushall", post(cache_flushall))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn(admin_only));
-    let api = axum::Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/embeddings", post(embeddings))
-        .route("/v1/models", get(models))
-        .route("/models", get(models))
+    let api = llm
+        .into_iter()
+        .fold(axum::Router::new(), |r, (path, handler)| {
+            r.route(&format!("/v1{path}"), handler.clone())
+                .route(path, handler)
+        })
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     // Health probes need no key: they reveal only states (a Kubernetes probe can call them).
@@ -235,135 +239,6 @@ pub fn error(
     (status, axum::Json(body)).into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        return Some(
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v)
-                .trim(),
-        );
-    }
-    headers
-        .get("x-api-key")
-        .or_else(|| headers.get("api-key"))
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-/// Who is calling, as established by [`auth`].
-#[derive(Debug, Clone)]
-pub enum Caller {
-    /// No authentication is configured (no master key, no tenant keys).
-    Open,
-    /// The master key: the admin, and the default (unpartitioned) cache scope.
-    Master,
-    /// A tenant's static key: its own cache partition.
-    Tenant(Arc<TenantKey>),
-}
-
-impl AppState {
-    /// Whether the proxy authenticates callers (a master key or tenant keys).
-    pub fn auth_enabled(&self) -> bool {
-        self.master_key.is_some() || !self.keys.is_empty()
-    }
-}
-
-async fn auth(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let caller = if st.auth_enabled() {
-        let presented = presented_key(req.headers()).unwrap_or("");
-        let master = st
-            .master_key
-            .as_ref()
-            .is_some_and(|m| constant_time_eq(presented.as_bytes(), m.as_bytes()));
-        // Compare against every key (no early exit: the time taken says nothing of which).
-        let tenant = st.keys.iter().fold(None, |found, k| {
-            if constant_time_eq(presented.as_bytes(), k.key.as_bytes()) {
-                Some(k.clone())
-            } else {
-                found
-            }
-        });
-        match (master, tenant) {
-            (true, _) => Caller::Master,
-            (false, Some(t)) => Caller::Tenant(t),
-            (false, None) => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "Authentication Error: a valid key is required (Authorization: Bearer <key> or x-api-key)",
-                    "auth_error",
-                    None,
-                );
-            }
-        }
-    } else {
-        Caller::Open
-    };
-    req.extensions_mut().insert(caller);
-    next.run(req).await
-}
-
-/// Admin endpoints: the master key when one is set; never a tenant key.
-async fn admin_only(req: Request, next: Next) -> Response {
-    match req.extensions().get::<Caller>() {
-        Some(Caller::Master | Caller::Open) => next.run(req).await,
-        _ => error(
-            StatusCode::FORBIDDEN,
-            "admin endpoints need the master key (general_settings.master_key)",
-            "auth_error",
-            None,
-        ),
-    }
-}
-
-async fn liveliness() -> impl IntoResponse {
-    axum::Json("I'm alive!")
-}
-
-/// Readiness: `healthy`, or `degraded` while a circuit breaker is not closed (requests are still
-/// answered, from upstream: the cache fails open, so the proxy stays in rotation).
-async fn readiness(State(st): State<Arc<AppState>>) -> Response {
-    let engine = st.cache.engine();
-    let label = |b: llm_cache::core::BreakerState| format!("{b:?}").to_lowercase();
-    let breaker = engine.as_ref().map(|e| e.breaker_state());
-    let semantic = engine.as_ref().and_then(|e| e.semantic_breaker_state());
-    let closed = |b: Option<llm_cache::core::BreakerState>| {
-        b.is_none_or(|b| b == llm_cache::core::BreakerState::Closed)
-    };
-    let status = if closed(breaker) && closed(semantic) {
-        "healthy"
-    } else {
-        "degraded"
-    };
-    axum::Json(json!({
-        "status": status,
-        "cache": st.cache_type,
-        "cache_breaker": breaker.map(label),
-        "semantic_breaker": semantic.map(label),
-        "llm_cache_version": env!("CARGO_PKG_VERSION"),
-    }))
-    .into_response()
-}
-
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        st.metrics.render(&st.cache),
-    )
-        .into_response()
-}
-
 async fn models(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -385,119 +260,6 @@ async fn models(
         .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "llm-cache"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
-}
-
-fn forwarded_auth<'a>(st: &AppState, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
-    // The client's own key goes upstream only when it is not one of ours (master or tenant).
-    if st.auth_enabled() {
-        None
-    } else {
-        headers.get(header::AUTHORIZATION)
-    }
-}
-
-async fn cache_ping(State(st): State<Arc<AppState>>) -> Response {
-    let Some(cache_type) = &st.cache_type else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Cache not initialized. litellm.cache is None",
-            "cache_ping_error",
-            Some("cache_ping"),
-        );
-    };
-    match st.cache.ping().await {
-        Ok(report) => {
-            let healthy = report.set_ok && report.semantic.as_ref().is_none_or(|s| s.is_ok());
-            let body = json!({
-                "status": if healthy { "healthy" } else { "unhealthy" },
-                "cache_type": cache_type,
-                "ping_response": true,
-                "set_cache_response": if report.set_ok { "success" } else { "failed" },
-                "latency_ms": report.health.latency.as_secs_f64() * 1000.0,
-                "breaker": format!("{:?}", report.breaker).to_lowercase(),
-                "health_check_cache_params": report.health.details,
-                "semantic": report.semantic.map(|s| match s {
-                    Ok(h) => json!({"status": "healthy", "details": h.details}),
-                    Err(e) => json!({"status": "unhealthy", "error": e}),
-                }),
-            });
-            let status = if healthy {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (status, axum::Json(body)).into_response()
-        }
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("Service Unhealthy ({e})"),
-            "cache_ping_error",
-            Some("cache_ping"),
-        ),
-    }
-}
-
-async fn cache_delete(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let v: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid JSON body: {e}"),
-                "invalid_request_error",
-                None,
-            );
-        }
-    };
-    let keys: Option<Vec<String>> = v
-        .get("keys")
-        .and_then(Value::as_array)
-        .and_then(|a| a.iter().map(|k| k.as_str().map(str::to_owned)).collect());
-    let Some(keys) = keys else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "`keys` must be a list of cache keys (strings)",
-            "invalid_request_error",
-            Some("keys"),
-        );
-    };
-    if st.cache_type.is_none() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Cache not initialized",
-            "cache_delete_error",
-            None,
-        );
-    }
-    match st.cache.delete(&keys).await {
-        Ok(n) => axum::Json(json!({"status": "success", "deleted": n})).into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Cache Delete Failed({e})"),
-            "cache_delete_error",
-            None,
-        ),
-    }
-}
-
-async fn cache_flushall(State(st): State<Arc<AppState>>) -> Response {
-    if st.cache_type.is_none() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unhealthy (cache not initialized)",
-            "cache_flushall_error",
-            None,
-        );
-    }
-    match st.cache.clear(None).await {
-        Ok(n) => axum::Json(json!({"status": "success", "deleted": n})).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("Service Unhealthy ({e})"),
-            "cache_flushall_error",
-            None,
-        ),
-    }
 }
 
 /// What every cacheable endpoint extracts from a request.
@@ -655,35 +417,7 @@ fn accept<'a>(
     })
 }
 
-/// The cache partition of a request: requests in different partitions never share an entry.
-///
-/// * A tenant key: the tenant.
-/// * No authentication and a deployment without its own `api_key` (pass-through: the upstream
-///   checks the caller's credential): the credential forwarded upstream, hashed. A hit then
-///   only ever goes to a caller presenting the credential the upstream accepted for it.
-/// * `partition_by_api_key`: the presented key, hashed.
-fn partition(
-    st: &AppState,
-    headers: &HeaderMap,
-    caller: &Caller,
-    deployment: &crate::config::Deployment,
-) -> Option<String> {
-    let short = |bytes: &[u8]| llm_cache::core::key::hash_hex(bytes)[..32].to_owned();
-    match caller {
-        Caller::Tenant(t) => return Some(format!("tenant:{}", t.tenant)),
-        Caller::Open if deployment.api_key.is_none() => {
-            let credential = forwarded_auth(st, headers).map_or(&[][..], HeaderValue::as_bytes);
-            return Some(format!("credential:{}", short(credential)));
-        }
-        Caller::Open | Caller::Master => {}
-    }
-    if !st.partition_by_api_key {
-        return None;
-    }
-    presented_key(headers).map(|k| format!("key:{}", short(k.as_bytes())))
-}
-
-fn cache_headers(
+pub(crate) fn cache_headers(
     resp: &mut Response,
     key: Option<&llm_cache::CacheKey>,
     status: &CacheStatus,
@@ -712,7 +446,7 @@ fn cache_headers(
     let _ = entry;
 }
 
-fn upstream_error(e: UpstreamError) -> Response {
+pub(crate) fn upstream_error(e: UpstreamError) -> Response {
     match e {
         UpstreamError::Status {
             status,
@@ -736,7 +470,7 @@ fn upstream_error(e: UpstreamError) -> Response {
     }
 }
 
-fn not_cached(key: Option<&llm_cache::CacheKey>) -> Response {
+pub(crate) fn not_cached(key: Option<&llm_cache::CacheKey>) -> Response {
     let mut resp = error(
         StatusCode::GATEWAY_TIMEOUT,
         "only-if-cached: no cached response for this request",
@@ -825,7 +559,7 @@ async fn completion_like(
     let request = inc.request;
 
     if inc.stream {
-        return stream_flow(
+        return crate::stream::stream_flow(
             st,
             prepared,
             kind,
@@ -883,222 +617,6 @@ async fn completion_like(
             None,
         ),
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn stream_flow(
-    st: Arc<AppState>,
-    prepared: Prepared,
-    kind: CallKind,
-    path: &'static str,
-    endpoint: &'static str,
-    deployment: crate::config::Deployment,
-    request: Value,
-    auth: Option<HeaderValue>,
-    include_usage: bool,
-) -> Response {
-    let text = kind == CallKind::TextCompletion;
-    let reason = match prepared.lookup().await {
-        Lookup::Hit(hit) => match serde_json::from_slice::<Value>(&hit.entry.body) {
-            Ok(stored) => {
-                let body = if text {
-                    sse::replay_text(&stored, include_usage)
-                } else {
-                    sse::replay_chat(&stored, include_usage)
-                };
-                st.metrics.stream_replays.fetch_add(1, Relaxed);
-                st.metrics.request(endpoint, "hit");
-                let status = CacheStatus::Hit {
-                    tier: hit.tier,
-                    age: hit.age,
-                    similarity: hit.similarity,
-                };
-                let mut resp = sse_response(Body::from(body));
-                cache_headers(&mut resp, prepared.key(), &status, Some(&hit.entry));
-                return resp;
-            }
-            Err(_) => llm_cache::core::MissReason::Unusable,
-        },
-        Lookup::Miss(r) => r,
-        Lookup::Bypass(_) => llm_cache::core::MissReason::NotFound,
-    };
-    if prepared.only_if_cached() {
-        st.metrics.request(endpoint, "only_if_cached_miss");
-        return not_cached(prepared.key());
-    }
-    let status = match prepared.bypass_reason() {
-        Some(r) => CacheStatus::Bypass { reason: r },
-        // The stream is stored once it ends cleanly: after these headers are sent.
-        None => CacheStatus::Miss {
-            reason,
-            store: if prepared.writes() {
-                StoreOutcome::Pending
-            } else {
-                StoreOutcome::NotRequested
-            },
-        },
-    };
-    let key = prepared.key().cloned();
-    let engine = prepared.cache().engine();
-
-    // Fan-out: identical streaming misses share one upstream stream (crate::fanout).
-    if let (Some(key), Some(engine), true) = (&key, &engine, prepared.reads())
-        && engine.settings().coalesce
-    {
-        // Followers get the shape they asked for: a stream with and one without the usage
-        // chunk are different flights.
-        let flight = format!("{}\nusage={include_usage}", key.as_str());
-        for _ in 0..3 {
-            match st.stream_flights.join(&flight) {
-                Join::Lead(leader) => {
-                    let sink = Box::new(StoreSink::new(prepared, text, st.metrics.clone()));
-                    let body = upstream_body(request, &deployment);
-                    let st2 = st.clone();
-                    let open = async move {
-                        st2.upstream
-                            .post_stream(&deployment, path, body, auth.as_ref())
-                            .await
-                            .map(|r| r.bytes_stream().boxed())
-                    };
-                    return match leader.start(open, sink).await {
-                        Ok(sub) => forwarded_stream(
-                            &st,
-                            endpoint,
-                            Some(key),
-                            &status,
-                            Body::from_stream(sub.into_stream()),
-                        ),
-                        Err(e) => {
-                            st.metrics.request(endpoint, "upstream_error");
-                            upstream_error(e)
-                        }
-                    };
-                }
-                Join::Follow(mut sub) => {
-                    if sub.wait_started(engine.settings().coalesce_timeout).await {
-                        prepared.cache().stats().coalesced.fetch_add(1, Relaxed);
-                        let status = CacheStatus::Coalesced;
-                        return forwarded_stream(
-                            &st,
-                            endpoint,
-                            Some(key),
-                            &status,
-                            Body::from_stream(sub.into_stream()),
-                        );
-                    }
-                    // The leader's upstream refused, or the wait timed out: try again.
-                }
-            }
-        }
-    }
-
-    let resp = match st
-        .upstream
-        .post_stream(
-            &deployment,
-            path,
-            upstream_body(request, &deployment),
-            auth.as_ref(),
-        )
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            st.metrics.request(endpoint, "upstream_error");
-            return upstream_error(e);
-        }
-    };
-    let sink = StoreSink::new(prepared, text, st.metrics.clone());
-    let stream = futures::stream::unfold(
-        Some((resp.bytes_stream().boxed(), sink)),
-        |state| async move {
-            let (mut upstream, mut sink) = state?;
-            match upstream.next().await {
-                Some(Ok(chunk)) => {
-                    sink.chunk(&chunk);
-                    Some((Ok::<Bytes, std::io::Error>(chunk), Some((upstream, sink))))
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "upstream stream failed; not cached");
-                    Some((Err(std::io::Error::other(e)), None))
-                }
-                None => {
-                    sink.finish();
-                    None
-                }
-            }
-        },
-    );
-    forwarded_stream(
-        &st,
-        endpoint,
-        key.as_ref(),
-        &status,
-        Body::from_stream(stream),
-    )
-}
-
-/// The SSE response of a stream forwarded from the upstream (counted, with cache headers).
-fn forwarded_stream(
-    st: &AppState,
-    endpoint: &'static str,
-    key: Option<&llm_cache::CacheKey>,
-    status: &CacheStatus,
-    body: Body,
-) -> Response {
-    st.metrics.request(endpoint, status_label(status));
-    let mut out = sse_response(body);
-    cache_headers(&mut out, key, status, None);
-    out
-}
-
-/// Assembles a forwarded stream and stores it when it ends cleanly.
-struct StoreSink {
-    parser: SseParser,
-    assembler: Option<Assembler>,
-    prepared: Prepared,
-    metrics: Arc<ProxyMetrics>,
-}
-
-impl StoreSink {
-    fn new(prepared: Prepared, text: bool, metrics: Arc<ProxyMetrics>) -> Self {
-        StoreSink {
-            parser: SseParser::default(),
-            assembler: prepared.writes().then(|| Assembler::new(text)),
-            prepared,
-            metrics,
-        }
-    }
-}
-
-impl ChunkSink for StoreSink {
-    fn chunk(&mut self, chunk: &Bytes) {
-        if let Some(a) = self.assembler.as_mut() {
-            for event in self.parser.feed(chunk) {
-                a.push(&event);
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(full) = self.assembler.take().and_then(Assembler::finish) {
-            let bytes = Bytes::from(serde_json::to_vec(&full).expect("JSON values serialize"));
-            if self.prepared.store_parsed(bytes, &full) {
-                self.metrics.streams_stored.fetch_add(1, Relaxed);
-            }
-        }
-    }
-}
-
-fn sse_response(body: Body) -> Response {
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
 }
 
 async fn embeddings(

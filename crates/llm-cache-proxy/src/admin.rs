@@ -1,0 +1,156 @@
+//! Health, metrics and the cache admin endpoints (`/cache/ping`, `/cache/delete`,
+//! `/cache/flushall`).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::server::{AppState, error};
+
+pub(crate) async fn liveliness() -> impl IntoResponse {
+    axum::Json("I'm alive!")
+}
+
+/// Readiness: `healthy`, or `degraded` while a circuit breaker is not closed (requests are still
+/// answered, from upstream: the cache fails open, so the proxy stays in rotation).
+pub(crate) async fn readiness(State(st): State<Arc<AppState>>) -> Response {
+    let engine = st.cache.engine();
+    let label = |b: llm_cache::core::BreakerState| format!("{b:?}").to_lowercase();
+    let breaker = engine.as_ref().map(|e| e.breaker_state());
+    let semantic = engine.as_ref().and_then(|e| e.semantic_breaker_state());
+    let closed = |b: Option<llm_cache::core::BreakerState>| {
+        b.is_none_or(|b| b == llm_cache::core::BreakerState::Closed)
+    };
+    let status = if closed(breaker) && closed(semantic) {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    axum::Json(json!({
+        "status": status,
+        "cache": st.cache_type,
+        "cache_breaker": breaker.map(label),
+        "semantic_breaker": semantic.map(label),
+        "llm_cache_version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(&st.cache),
+    )
+        .into_response()
+}
+
+pub(crate) async fn cache_ping(State(st): State<Arc<AppState>>) -> Response {
+    let Some(cache_type) = &st.cache_type else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cache not initialized. litellm.cache is None",
+            "cache_ping_error",
+            Some("cache_ping"),
+        );
+    };
+    match st.cache.ping().await {
+        Ok(report) => {
+            let healthy = report.set_ok && report.semantic.as_ref().is_none_or(|s| s.is_ok());
+            let body = json!({
+                "status": if healthy { "healthy" } else { "unhealthy" },
+                "cache_type": cache_type,
+                "ping_response": true,
+                "set_cache_response": if report.set_ok { "success" } else { "failed" },
+                "latency_ms": report.health.latency.as_secs_f64() * 1000.0,
+                "breaker": format!("{:?}", report.breaker).to_lowercase(),
+                "health_check_cache_params": report.health.details,
+                "semantic": report.semantic.map(|s| match s {
+                    Ok(h) => json!({"status": "healthy", "details": h.details}),
+                    Err(e) => json!({"status": "unhealthy", "error": e}),
+                }),
+            });
+            let status = if healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(body)).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Service Unhealthy ({e})"),
+            "cache_ping_error",
+            Some("cache_ping"),
+        ),
+    }
+}
+
+pub(crate) async fn cache_delete(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON body: {e}"),
+                "invalid_request_error",
+                None,
+            );
+        }
+    };
+    let keys: Option<Vec<String>> = v
+        .get("keys")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(|k| k.as_str().map(str::to_owned)).collect());
+    let Some(keys) = keys else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`keys` must be a list of cache keys (strings)",
+            "invalid_request_error",
+            Some("keys"),
+        );
+    };
+    if st.cache_type.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cache not initialized",
+            "cache_delete_error",
+            None,
+        );
+    }
+    match st.cache.delete(&keys).await {
+        Ok(n) => axum::Json(json!({"status": "success", "deleted": n})).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Cache Delete Failed({e})"),
+            "cache_delete_error",
+            None,
+        ),
+    }
+}
+
+pub(crate) async fn cache_flushall(State(st): State<Arc<AppState>>) -> Response {
+    if st.cache_type.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unhealthy (cache not initialized)",
+            "cache_flushall_error",
+            None,
+        );
+    }
+    match st.cache.clear(None).await {
+        Ok(n) => axum::Json(json!({"status": "success", "deleted": n})).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Service Unhealthy ({e})"),
+            "cache_flushall_error",
+            None,
+        ),
+    }
+}
