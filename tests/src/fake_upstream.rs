@@ -83,6 +83,7 @@ fn prompt_of(body: &Value) -> String {
 impl FakeUpstream {
     /// Starts on a free loopback port, in the current Tokio runtime.
     pub async fn start() -> Self {
+        crate::install_crypto_provider();
         let inner = Arc::new(Inner::default());
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(chat))

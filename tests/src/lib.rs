@@ -37,6 +37,13 @@ pub fn binary(name: &str) -> PathBuf {
     bin
 }
 
+/// Installs ring as the process's rustls crypto provider: in llm-cache's workspace reqwest is
+/// built without one (ring is the one provider of every build), so a test must install it
+/// before it builds a client. [`FakeUpstream::start`] and [`Proxy::start`] do.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -81,6 +88,7 @@ impl Proxy {
     }
 
     async fn spawn(bin: PathBuf, config: Option<&str>, env: &[(&str, &str)]) -> Proxy {
+        install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let start = Instant::now();

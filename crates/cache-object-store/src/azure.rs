@@ -202,6 +202,7 @@ impl AzureConfig {
     /// # Errors
     /// A configuration `object_store` rejects.
     pub async fn connect(&self) -> Result<ObjectStoreBackend> {
+        crate::install_crypto_provider();
         let account = self.account()?;
         let store = self
             .builder()?

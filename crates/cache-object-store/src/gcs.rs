@@ -101,6 +101,7 @@ impl GcsConfig {
     /// # Errors
     /// An unreadable service-account file, or a configuration `object_store` rejects.
     pub fn connect(&self) -> Result<ObjectStoreBackend> {
+        crate::install_crypto_provider();
         if let Some(path) = &self.service_account_path
             && let Err(e) = std::fs::metadata(path)
         {

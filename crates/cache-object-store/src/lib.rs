@@ -63,6 +63,13 @@ pub use object_store;
 use cache_core::params::Params;
 use cache_core::{CacheError, Result};
 
+/// Installs ring as the process's rustls crypto provider unless one is installed: object_store's
+/// HTTP client (reqwest) is built without a provider of its own, and ring is the one provider of
+/// llm-cache's builds.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The `type`s this build supports.
 pub const TYPES: &[&str] = &[
     #[cfg(feature = "s3")]

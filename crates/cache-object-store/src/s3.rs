@@ -219,6 +219,7 @@ impl S3Config {
     /// # Errors
     /// A configuration `object_store` rejects.
     pub fn connect(&self) -> Result<ObjectStoreBackend> {
+        crate::install_crypto_provider();
         let store = self.builder()?.build().map_err(|e| build_error("s3", e))?;
         let naming = ObjectNaming::new(self.prefix.as_deref())
             .map_err(|m| CacheError::Config(format!("cache_params.s3_path: {m}")))?;

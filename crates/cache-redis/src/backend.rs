@@ -159,43 +159,7 @@ impl RedisBackend {
     /// [`CacheError::Config`] for an unusable configuration (a malformed URL, TLS without the
     /// `tls` feature).
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        let (fred_config, kind) = fred_config(&config)?;
-        let perf = PerformanceConfig {
-            default_command_timeout: config.command_timeout,
-            ..Default::default()
-        };
-        let connection = ConnectionConfig {
-            connection_timeout: config.connect_timeout,
-            internal_command_timeout: config.command_timeout.max(Duration::from_secs(1)),
-            // Commands are not retried after a connection loss: the cache already counts the
-            // miss, and a retry would only land after the caller's deadline.
-            max_command_attempts: 1,
-            tcp: TcpConfig {
-                nodelay: Some(true),
-                ..Default::default()
-            },
-            unresponsive: UnresponsiveConfig {
-                // A server that stops answering (a paused VM, a dropped route) is noticed and
-                // the connection replaced, instead of waiting for TCP to give up.
-                max_timeout: Some(config.command_timeout.max(Duration::from_millis(500)) * 2),
-                interval: Duration::from_millis(250),
-            },
-            ..Default::default()
-        };
-        let policy = ReconnectPolicy::new_exponential(
-            0, // forever
-            millis(config.reconnect_min_delay).max(1),
-            millis(config.reconnect_max_delay).max(1),
-            2,
-        );
-        let pool = Pool::new(
-            fred_config,
-            Some(perf),
-            Some(connection),
-            Some(policy),
-            config.pool_size.max(1),
-        )
-        .map_err(|e| CacheError::Config(format!("cache_params: redis client: {e}")))?;
+        let (pool, kind) = build_pool(&config, config.pool_size.max(1))?;
         let summary = config.topology.describe();
         let mut tasks = pool.connect_pool();
         if let Some(first) = pool.clients().first() {
@@ -370,11 +334,65 @@ fn log_connection_events(
     })
 }
 
+/// A fred connection pool of `size` clients for `config`, not yet connected: the one connection
+/// setup of every fred-based backend (this crate's, and `cache-semantic`'s Redis vector index).
+///
+/// Every command has the configured deadline and is never retried after a connection loss (the
+/// cache already counts the miss; a retry would land after the caller's deadline); an
+/// unresponsive server is noticed and the connection replaced; reconnection backs off
+/// exponentially between the configured delays, forever; the first connection goes through the
+/// same policy, so a Redis that is down at startup means a degraded start, not a failure
+/// (LiteLLM #3400). Connect with [`Pool::connect_pool`].
+///
+/// # Errors
+/// [`CacheError::Config`] for an unusable configuration (a malformed URL, TLS without the `tls`
+/// feature).
+pub fn connection_pool(config: &RedisConfig, size: usize) -> Result<Pool> {
+    build_pool(config, size).map(|(pool, _)| pool)
+}
+
+fn build_pool(config: &RedisConfig, size: usize) -> Result<(Pool, Kind)> {
+    let (fred_config, kind) = fred_config(config)?;
+    let perf = PerformanceConfig {
+        default_command_timeout: config.command_timeout,
+        ..Default::default()
+    };
+    let connection = ConnectionConfig {
+        connection_timeout: config.connect_timeout,
+        internal_command_timeout: config.command_timeout.max(Duration::from_secs(1)),
+        max_command_attempts: 1,
+        tcp: TcpConfig {
+            nodelay: Some(true),
+            ..Default::default()
+        },
+        unresponsive: UnresponsiveConfig {
+            max_timeout: Some(config.command_timeout.max(Duration::from_millis(500)) * 2),
+            interval: Duration::from_millis(250),
+        },
+        ..Default::default()
+    };
+    let policy = ReconnectPolicy::new_exponential(
+        0, // forever
+        millis(config.reconnect_min_delay).max(1),
+        millis(config.reconnect_max_delay).max(1),
+        2,
+    );
+    let pool = Pool::new(
+        fred_config,
+        Some(perf),
+        Some(connection),
+        Some(policy),
+        size.max(1),
+    )
+    .map_err(|e| CacheError::Config(format!("cache_params: redis client: {e}")))?;
+    Ok((pool, kind))
+}
+
 /// Translates our configuration into fred's.
 fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
     // fred builds a default rustls config for `rediss://` URLs from the process-level crypto
-    // provider; with both ring and aws-lc-rs compiled in (object_store brings aws-lc-rs) rustls
-    // cannot pick one and panics. Install ring unless the program already chose a provider.
+    // provider: ring, the one provider of llm-cache's builds (a program that compiled in a
+    // second one elsewhere would otherwise leave rustls unable to pick).
     #[cfg(feature = "tls")]
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -449,9 +467,9 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
     Ok((config, kind))
 }
 
-/// rustls with the ring provider chosen explicitly (so another crate enabling aws-lc-rs cannot
-/// make the default provider ambiguous) and the system's trusted roots, or the CAs of
-/// `ssl_ca_certs`.
+/// rustls with the ring provider chosen explicitly (the one provider of llm-cache's builds:
+/// another crate enabling a second one cannot make the default ambiguous) and the system's
+/// trusted roots, or the CAs of `ssl_ca_certs`.
 ///
 /// Public so other fred-based crates (the semantic Redis backend) build TLS the same way.
 ///

@@ -31,9 +31,9 @@ pub mod config;
 pub mod factory;
 mod keys;
 
-pub use backend::RedisBackend;
 #[cfg(feature = "tls")]
 pub use backend::tls_config;
+pub use backend::{RedisBackend, connection_pool};
 pub use config::{Node, RedisConfig, Topology};
 pub use factory::RedisFactory;
 pub use keys::{escape_glob, is_entry_key};

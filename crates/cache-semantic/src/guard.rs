@@ -538,34 +538,8 @@ fn one_word_swapped(a: &[String], b: &[String]) -> bool {
     }
     let (x, y) = (only_a[0], only_b[0]);
     let allowed = (x.chars().count().max(y.chars().count()) / 4).max(1);
-    edit_distance(x, y) > allowed
-}
-
-/// Damerau-Levenshtein (optimal string alignment) distance.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let (n, m) = (a.len(), b.len());
-    let mut d = vec![vec![0usize; m + 1]; n + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=n {
-        for j in 1..=m {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = v;
-        }
-    }
-    d[n][m]
+    // Damerau-Levenshtein (optimal string alignment) distance.
+    strsim::osa_distance(x, y) > allowed
 }
 
 #[cfg(test)]

@@ -33,10 +33,7 @@ use cache_core::semantic::{SemanticBackend, SemanticMatch, SemanticRecord};
 use cache_core::{CacheError, Health, Result};
 use cache_redis::{RedisConfig, Topology};
 use fred::clients::WithOptions;
-use fred::prelude::{
-    Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, Options,
-    PerformanceConfig, Pool, ReconnectPolicy, Server, ServerConfig, TcpConfig,
-};
+use fred::prelude::{Client, ClientLike, Error as FredError, ErrorKind, Options, Pool};
 use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
 use tokio::sync::Mutex;
 
@@ -297,35 +294,16 @@ impl RedisSemanticBackend {
         validate_index_name(&config.index_name)
             .map_err(|m| CacheError::Config(format!("redis_semantic_cache_index_name: {m}")))?;
         let c = &config.redis;
-        let fred_config = fred_config(c)?;
-        let perf = PerformanceConfig {
-            default_command_timeout: c.command_timeout,
-            ..Default::default()
+        // RediSearch needs its coordinator to search across shards: no Cluster here.
+        let cluster = match &c.topology {
+            Topology::Cluster(_) => true,
+            Topology::Url(url) => url.starts_with("redis-cluster://"),
+            _ => false,
         };
-        let connection = ConnectionConfig {
-            connection_timeout: c.connect_timeout,
-            internal_command_timeout: c.command_timeout.max(Duration::from_secs(1)),
-            max_command_attempts: 1,
-            tcp: TcpConfig {
-                nodelay: Some(true),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let policy = ReconnectPolicy::new_exponential(
-            0,
-            millis(c.reconnect_min_delay).max(1),
-            millis(c.reconnect_max_delay).max(1),
-            2,
-        );
-        let pool = Pool::new(
-            fred_config,
-            Some(perf),
-            Some(connection),
-            Some(policy),
-            c.pool_size.clamp(1, 4),
-        )
-        .map_err(|e| CacheError::Config(format!("cache_params: redis client: {e}")))?;
+        if cluster {
+            return Err(cluster_unsupported());
+        }
+        let pool = cache_redis::connection_pool(c, c.pool_size.clamp(1, 4))?;
         let tasks = pool.connect_pool();
         let backend = RedisSemanticBackend {
             pool,
@@ -508,60 +486,6 @@ impl RedisSemanticBackend {
         }
         Ok(n)
     }
-}
-
-fn millis(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
-
-fn fred_config(c: &RedisConfig) -> Result<Config> {
-    let server = |n: &cache_redis::Node| Server::new(n.host.as_str(), n.port);
-    let mut config = match &c.topology {
-        Topology::Url(url) => {
-            if url.starts_with("redis-cluster://") {
-                return Err(cluster_unsupported());
-            }
-            let mut config = Config::from_url(url).map_err(|e| {
-                CacheError::Config(format!(
-                    "cache_params.url: cannot use {} ({:?})",
-                    cache_redis::config::redact_url(url),
-                    e.kind()
-                ))
-            })?;
-            if config.tls.is_some() {
-                config.tls = Some(cache_redis::tls_config(c.tls_ca_certs.as_deref())?);
-            }
-            config
-        }
-        Topology::Standalone(n) => Config {
-            server: ServerConfig::Centralized { server: server(n) },
-            username: c.username.clone(),
-            password: c.password.clone(),
-            database: c.db,
-            ..Default::default()
-        },
-        Topology::Sentinel {
-            nodes,
-            service_name,
-        } => Config {
-            server: ServerConfig::Sentinel {
-                hosts: nodes.iter().map(server).collect(),
-                service_name: service_name.clone(),
-                username: None,
-                password: c.sentinel_password.clone(),
-            },
-            username: c.username.clone(),
-            password: c.password.clone(),
-            database: c.db,
-            ..Default::default()
-        },
-        _ => return Err(cluster_unsupported()),
-    };
-    if c.tls && !matches!(c.topology, Topology::Url(_)) {
-        config.tls = Some(cache_redis::tls_config(c.tls_ca_certs.as_deref())?);
-    }
-    config.fail_fast = false;
-    Ok(config)
 }
 
 fn cluster_unsupported() -> CacheError {

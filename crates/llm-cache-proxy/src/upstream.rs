@@ -113,6 +113,8 @@ impl Upstream {
     /// # Errors
     /// TLS initialisation failures.
     pub fn new(settings: Arc<Settings>, metrics: Arc<ProxyMetrics>) -> Result<Self, String> {
+        // ring is the one TLS crypto provider of llm-cache's builds (reqwest has none built in).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(settings.upstream_connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))

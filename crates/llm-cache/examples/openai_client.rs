@@ -44,6 +44,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "Say hello.".into());
+    // ring: the one TLS crypto provider of llm-cache's builds (reqwest is built without one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
 
     // 1. A cache, from LiteLLM-style cache_params (in-memory here; `type: redis`, `disk`, ...

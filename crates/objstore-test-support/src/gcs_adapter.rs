@@ -104,6 +104,8 @@ impl GcsXmlUploadAdapter {
 
 async fn serve(listener: std::net::TcpListener, upstream: String) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    // reqwest is built without a TLS crypto provider in llm-cache's workspace: ring is the one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()

@@ -266,6 +266,7 @@ impl Emulator {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()

@@ -183,6 +183,8 @@ impl HttpEmbedder {
                 "embedding model name must not be empty".to_owned(),
             ));
         }
+        // ring is the one TLS crypto provider of llm-cache's builds (reqwest has none built in).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(90))
