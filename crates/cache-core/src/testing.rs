@@ -737,7 +737,10 @@ macro_rules! cache_conformance {
                 let _guard = $crate::testing::guard(stringify!($check));
                 $crate::testing::runtime().block_on(async {
                     let ::core::option::Option::Some(backend) = $factory.await else {
-                        return;
+                        ::core::panic!(
+                            "the backend factory of conformance check `{}` returned None: a check that runs needs its backend (mark checks that need a service with `service = \"...\"`)",
+                            stringify!($check)
+                        );
                     };
                     let backend: $crate::SharedBackend = ::std::sync::Arc::new(backend);
                     let needs: ::core::option::Option<&str> =

@@ -2,4 +2,4 @@
 
 mod support;
 
-cache_core::cache_conformance!(optional_backend = support::azure());
+cache_core::cache_conformance!(service = "azurite", optional_backend = support::azure());

@@ -2,4 +2,4 @@
 
 mod support;
 
-cache_core::cache_conformance!(optional_backend = support::gcs());
+cache_core::cache_conformance!(service = "fake-gcs", optional_backend = support::gcs());

@@ -2,4 +2,4 @@
 
 mod support;
 
-cache_core::cache_conformance!(optional_backend = support::s3());
+cache_core::cache_conformance!(service = "moto", optional_backend = support::s3());

@@ -159,16 +159,19 @@ async fn run(kind: EmulatorKind) {
 }
 
 #[test]
+#[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn s3_emulator_fails_mid_run() {
     cache_core::testing::runtime().block_on(run(EmulatorKind::Moto));
 }
 
 #[test]
+#[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn gcs_emulator_fails_mid_run() {
     cache_core::testing::runtime().block_on(run(EmulatorKind::FakeGcs));
 }
 
 #[test]
+#[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn azure_emulator_fails_mid_run() {
     cache_core::testing::runtime().block_on(run(EmulatorKind::Azurite));
 }

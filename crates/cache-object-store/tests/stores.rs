@@ -268,21 +268,25 @@ mod s3 {
     use super::*;
 
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn layout() {
         let Some(b) = support::s3().await else { return };
         object_layout_and_attributes(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn expiry() {
         let Some(b) = support::s3().await else { return };
         expired_objects_are_misses_and_deleted(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn odd_keys() {
         let Some(b) = support::s3().await else { return };
         odd_keys_are_distinct_objects(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn clear_all() {
         let (Some(a), Some(b)) = (
             support::s3_with_prefix(&support::unique_prefix("mine")).await,
@@ -293,16 +297,19 @@ mod s3 {
         clear_all_stays_under_the_prefix(a, b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn ping() {
         let Some(b) = support::s3().await else { return };
         ping_writes_and_cleans_up(b, "bucket").await;
     }
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn delete() {
         let Some(b) = support::s3().await else { return };
         delete_reports_existence(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn embeddings() {
         let Some(b) = support::s3().await else { return };
         embeddings_are_cached_per_input(b).await;
@@ -317,6 +324,7 @@ mod s3 {
         unreachable_store_is_transient_and_quick(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn missing_bucket_is_a_permanent_error() {
         let Some(_) = support::s3().await else { return };
         let mut p = support::s3_params(&objstore_test_support::s3_endpoint(), "x");
@@ -338,6 +346,7 @@ mod gcs {
     use super::*;
 
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn layout() {
         let Some(b) = support::gcs().await else {
             return;
@@ -345,6 +354,7 @@ mod gcs {
         object_layout_and_attributes(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn expiry() {
         let Some(b) = support::gcs().await else {
             return;
@@ -352,6 +362,7 @@ mod gcs {
         expired_objects_are_misses_and_deleted(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn odd_keys() {
         let Some(b) = support::gcs().await else {
             return;
@@ -359,6 +370,7 @@ mod gcs {
         odd_keys_are_distinct_objects(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn clear_all() {
         let (Some(a), Some(b)) = (
             support::gcs_with_prefix(&support::unique_prefix("mine")).await,
@@ -369,6 +381,7 @@ mod gcs {
         clear_all_stays_under_the_prefix(a, b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn ping() {
         let Some(b) = support::gcs().await else {
             return;
@@ -376,6 +389,7 @@ mod gcs {
         ping_writes_and_cleans_up(b, "bucket").await;
     }
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn delete() {
         let Some(b) = support::gcs().await else {
             return;
@@ -383,6 +397,7 @@ mod gcs {
         delete_reports_existence(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn embeddings() {
         let Some(b) = support::gcs().await else {
             return;
@@ -401,6 +416,7 @@ mod gcs {
     /// What the adapter-backed writes stored is what fake-gcs-server serves to a client that
     /// talks to it directly: the adapter translates the upload, the emulator stores.
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn reads_without_the_adapter_see_the_writes() {
         let Some(writer) = support::gcs().await else {
             return;
@@ -435,6 +451,7 @@ mod gcs {
     }
     /// Without the adapter, writes fail: the gap the adapter closes is real.
     #[tokio::test]
+    #[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn the_emulator_alone_refuses_object_store_writes() {
         let Some(direct) = support::gcs_direct(support::PREFIX).await else {
             return;
@@ -452,6 +469,7 @@ mod azure {
     use super::*;
 
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn layout() {
         let Some(b) = support::azure().await else {
             return;
@@ -459,6 +477,7 @@ mod azure {
         object_layout_and_attributes(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn expiry() {
         let Some(b) = support::azure().await else {
             return;
@@ -466,6 +485,7 @@ mod azure {
         expired_objects_are_misses_and_deleted(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn odd_keys() {
         let Some(b) = support::azure().await else {
             return;
@@ -473,6 +493,7 @@ mod azure {
         odd_keys_are_distinct_objects(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn clear_all() {
         let (Some(a), Some(b)) = (
             support::azure_in(
@@ -491,6 +512,7 @@ mod azure {
         clear_all_stays_under_the_prefix(a, b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn ping() {
         let Some(b) = support::azure().await else {
             return;
@@ -498,6 +520,7 @@ mod azure {
         ping_writes_and_cleans_up(b, "container").await;
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn delete() {
         let Some(b) = support::azure().await else {
             return;
@@ -505,6 +528,7 @@ mod azure {
         delete_reports_existence(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn embeddings() {
         let Some(b) = support::azure().await else {
             return;
@@ -522,6 +546,7 @@ mod azure {
         unreachable_store_is_transient_and_quick(b).await;
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn creates_a_missing_container() {
         let container = support::unique_prefix("newc").to_ascii_lowercase();
         let Some(b) = support::azure_in(&container, "p").await else {
@@ -532,6 +557,7 @@ mod azure {
         b.ping().await.unwrap();
     }
     #[tokio::test]
+    #[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
     async fn missing_container_without_creation_is_a_permanent_error() {
         if support::azure().await.is_none() {
             return;

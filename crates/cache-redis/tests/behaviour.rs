@@ -22,6 +22,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 #[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn ttl_is_native_and_none_means_no_expiry() {
     rt().block_on(async {
         let Some(b) = common::standalone().await else {
@@ -85,6 +86,7 @@ async fn clear_is_glob_safe(b: &RedisBackend) {
 }
 
 #[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn clear_is_glob_safe_standalone() {
     rt().block_on(async {
         if let Some(b) = common::standalone().await {
@@ -94,6 +96,7 @@ fn clear_is_glob_safe_standalone() {
 }
 
 #[test]
+#[ignore = "needs the redis-cluster test service: `cargo xtask services up redis-cluster`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn clear_is_glob_safe_cluster() {
     rt().block_on(async {
         if let Some(b) = common::cluster().await {
@@ -106,6 +109,7 @@ fn clear_is_glob_safe_cluster() {
 /// else. Runs in database 9 of the shared server, which nothing else uses, so it cannot remove
 /// another test's entries; also checks `db` selects the database.
 #[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn clear_all_removes_only_entry_shaped_keys() {
     rt().block_on(async {
         let Some(b) = common::standalone_db(9).await else {
@@ -147,6 +151,7 @@ fn clear_all_removes_only_entry_shaped_keys() {
 }
 
 #[test]
+#[ignore = "needs the redis-cluster test service: `cargo xtask services up redis-cluster`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn cluster_batches_span_slots_and_hash_tags_work() {
     rt().block_on(async {
         let Some(b) = common::cluster().await else {
@@ -185,6 +190,7 @@ fn cluster_batches_span_slots_and_hash_tags_work() {
 }
 
 #[test]
+#[ignore = "needs the redis, redis-cluster and redis-sentinel test services: `cargo xtask services up redis redis-cluster redis-sentinel`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn ping_reports_topology() {
     rt().block_on(async {
         if let Some(b) = common::standalone().await {
@@ -219,6 +225,7 @@ fn ping_reports_topology() {
 }
 
 #[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn foreign_values_are_errors_naming_the_key_and_misses_in_the_cache() {
     rt().block_on(async {
         let Some(b) = common::standalone().await else {
@@ -273,6 +280,7 @@ async fn fetch(cache: &Cache, req: &Value) -> CacheStatus {
 /// The core's L1 tier in front of Redis: hits come from memory, and `delete`/`clear` reach both
 /// tiers (LiteLLM's `/cache/delete` leaves its memory tier serving the entry: F3).
 #[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn l1_in_front_of_redis_and_delete_clear_reach_both_tiers() {
     rt().block_on(async {
         let Some(b) = common::standalone().await else {

@@ -2,4 +2,7 @@
 //! sentinels 17311-17313, service `mymaster`).
 mod common;
 
-cache_core::cache_conformance!(optional_backend = common::sentinel());
+cache_core::cache_conformance!(
+    service = "redis-sentinel",
+    optional_backend = common::sentinel()
+);

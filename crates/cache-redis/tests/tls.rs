@@ -89,6 +89,7 @@ fn make_certs() -> Option<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn tls_with_a_private_ca() {
     if !common::have_redis_server() {
         service_unavailable::<()>("redis-server", "the binary is not installed");

@@ -20,6 +20,7 @@
 //! resolves it through its `model_list`, as LiteLLM does), else sent to
 //! `semantic_embedding_api_base` (or OpenAI), with an `openai/` prefix stripped.
 
+#[cfg(any(feature = "local-model", feature = "bert"))]
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,9 @@ use cache_core::params::Params;
 use cache_core::semantic::Embedder;
 use cache_core::{CacheError, Result};
 
-use crate::embed::{HttpEmbedder, HttpEmbedderConfig, LocalEmbedder};
+#[cfg(feature = "local-model")]
+use crate::embed::LocalEmbedder;
+use crate::embed::{HttpEmbedder, HttpEmbedderConfig};
 use crate::guard::GuardConfig;
 use crate::layer::SemanticConfig;
 use crate::text::EmbedMode;
@@ -143,8 +146,17 @@ pub fn embedder_with_env(
         .u64("semantic_embedding_dimensions")?
         .map(|d| d as usize);
     let Some(model) = model else {
+        #[cfg(feature = "local-model")]
         return Ok(Arc::new(LocalEmbedder::potion_base_2m()?));
+        #[cfg(not(feature = "local-model"))]
+        return Err(params.error(
+            model_key,
+            "no embedding model configured, and this build has no bundled one: name an \
+             OpenAI-compatible embedding model (or a model_list entry), or enable the cargo \
+             feature `local-model` of cache-semantic (llm-cache's semantic features do)",
+        ));
     };
+    #[cfg(feature = "local-model")]
     if LocalEmbedder::ALIASES.contains(&model.as_str()) {
         return Ok(Arc::new(LocalEmbedder::potion_base_2m()?));
     }
@@ -163,9 +175,18 @@ pub fn embedder_with_env(
         ));
     }
     if let Some(folder) = model.strip_prefix("local/") {
+        #[cfg(feature = "local-model")]
         return LocalEmbedder::from_folder(Path::new(folder))
             .map(|e| Arc::new(e) as Arc<dyn Embedder>)
             .map_err(|e| params.error(model_key, e));
+        #[cfg(not(feature = "local-model"))]
+        return Err(params.error(
+            model_key,
+            format!(
+                "`local/{folder}` needs the cargo feature `local-model` of cache-semantic, \
+                 which this build does not have"
+            ),
+        ));
     }
     let explicit_base = params.string("semantic_embedding_api_base")?;
     let explicit_key = params.string("semantic_embedding_api_key")?;

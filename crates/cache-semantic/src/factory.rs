@@ -5,6 +5,7 @@
 //! `redis-semantic`, process memory otherwise) and the semantic layer.
 
 use std::sync::Arc;
+#[cfg(any(feature = "redis-semantic", feature = "qdrant-semantic"))]
 use std::time::Duration;
 
 use cache_core::params::Params;
@@ -50,6 +51,7 @@ pub const REDIS_SEMANTIC_IGNORED_KEYS: &[&str] = &[
 ];
 
 /// Remote semantic stores answer in milliseconds, plus an embedding call.
+#[cfg(any(feature = "redis-semantic", feature = "qdrant-semantic"))]
 const REMOTE_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn layer(

@@ -23,13 +23,16 @@
 //! Backends: [`MemorySemanticBackend`] (in-process), `redis::RedisSemanticBackend` (feature
 //! `redis-semantic`, RediSearch HNSW), `qdrant::QdrantBackend` (feature `qdrant-semantic`).
 //!
+//! With the `local-model` feature (the bundled offline embedder):
+//!
 //! ```
+//! # #[cfg(feature = "local-model")] mod example {
 //! use std::sync::Arc;
 //! use cache_core::{Cache, CacheControl, CallKind, MemoryBackend};
 //! use cache_semantic::{LocalEmbedder, MemorySemanticBackend, SemanticCache, SemanticConfig};
 //! use serde_json::{json, Value};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")] pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let layer = SemanticCache::new(
 //!     Arc::new(LocalEmbedder::potion_base_2m()?),
 //!     Arc::new(MemorySemanticBackend::default()),
@@ -46,6 +49,11 @@
 //!     .await?;
 //! assert!(again.status.is_hit()); // served by the semantic tier, with its similarity
 //! # Ok(()) }
+//! # }
+//! # fn main() {
+//! #     #[cfg(feature = "local-model")]
+//! #     example::main().unwrap();
+//! # }
 //! ```
 
 #![deny(missing_docs)]
@@ -70,7 +78,9 @@ pub use cache_core::semantic::{
     SemanticRequest, SemanticStats,
 };
 pub use config::EmbeddingResolver;
-pub use embed::{EncodingFormat, HttpEmbedder, HttpEmbedderConfig, LocalEmbedder};
+#[cfg(feature = "local-model")]
+pub use embed::LocalEmbedder;
+pub use embed::{EncodingFormat, HttpEmbedder, HttpEmbedderConfig};
 pub use factory::LocalSemanticFactory;
 #[cfg(feature = "qdrant-semantic")]
 pub use factory::QdrantSemanticFactory;

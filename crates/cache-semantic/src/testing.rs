@@ -5,12 +5,16 @@
 //! **Not covered by semver.** Use it from a backend's integration tests (feature `testing`):
 //!
 //! ```ignore
-//! cache_semantic::semantic_conformance!(optional_backend = async { my_backend().await });
+//! cache_semantic::semantic_conformance!(backend = async { my_backend() });
 //! ```
 //!
 //! The macro expands to one `#[test]` per check in [`CHECKS`], each with its own runtime. The
-//! factory returns `Option<B>` with `optional_backend` (a `None` skips, loudly — or fails under
-//! `LLM_CACHE_TEST_STRICT=1`, see [`service_unavailable`]) or `B` with `backend`.
+//! factory returns `B` with `backend`, or `Option<B>` with `optional_backend`. For a backend that
+//! needs a service, name it: `service = "redis-stack", optional_backend = ...` marks every check
+//! `#[ignore]` with a reason, so a plain `cargo test` lists them as ignored instead of passing
+//! them silently; `cargo test -- --include-ignored` (what `cargo xtask test` runs, with the
+//! services up) runs them, and a service that is not reachable then fails them
+//! ([`service_unavailable`]).
 //!
 //! Every check works in its own random namespace (and therefore its own scopes), so checks run
 //! concurrently against one shared index, and removes its records at the end. Vectors have 64
@@ -26,7 +30,7 @@ use cache_core::semantic::{
 use cache_core::{Cache, CacheControl, CacheStatus, CallKind, MemoryBackend, Tier};
 use serde_json::{Value, json};
 
-pub use cache_core::testing::{runtime, service_unavailable, strict, unique_namespace};
+pub use cache_core::testing::{runtime, service_unavailable, unique_namespace};
 
 use crate::embed::{HttpEmbedder, HttpEmbedderConfig, LocalEmbedder, cosine};
 use crate::guard::GuardConfig;
@@ -38,29 +42,51 @@ pub type SharedSemanticBackend = Arc<dyn SemanticBackend>;
 /// Dimension of every vector the kit stores.
 pub const DIMS: usize = 64;
 
-/// Names of every check.
-pub const CHECKS: &[&str] = &[
-    "paraphrase_hits",
-    "exact_repeat_hits_with_similarity_one",
-    "unrelated_prompt_misses",
-    "different_model_never_hits",
-    "different_params_never_hit",
-    "different_system_prompt_never_hits",
-    "different_earlier_turns_never_hit",
-    "different_namespace_never_hits",
-    "different_tenant_never_hits",
-    "scope_is_a_pre_filter",
-    "threshold_edges",
-    "request_threshold_only_raises",
-    "ttl_expiry",
-    "dimension_mismatch_is_an_error",
-    "embedder_outage_is_a_miss_within_the_deadline",
-    "guard_rejects_near_miss_traps",
-    "shadow_mode_counts_without_serving",
-    "same_prompt_overwrites",
-    "clear_namespace_removes_nested_only",
-    "ping",
-];
+/// The one list of checks, in the order [`run_all`] runs them. [`CHECKS`], [`run_all`] and
+/// [`semantic_conformance!`](crate::semantic_conformance) all expand it, so a check is added in
+/// exactly one place.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __semantic_conformance_checks {
+    ($callback:ident ! { $($args:tt)* }) => {
+        $crate::$callback! { $($args)*
+            paraphrase_hits exact_repeat_hits_with_similarity_one unrelated_prompt_misses
+            different_model_never_hits different_params_never_hit
+            different_system_prompt_never_hits different_earlier_turns_never_hit
+            different_namespace_never_hits different_tenant_never_hits scope_is_a_pre_filter
+            threshold_edges request_threshold_only_raises ttl_expiry
+            dimension_mismatch_is_an_error embedder_outage_is_a_miss_within_the_deadline
+            guard_rejects_near_miss_traps shadow_mode_counts_without_serving
+            same_prompt_overwrites clear_namespace_removes_nested_only ping
+        }
+    };
+    (local $callback:ident ! { $($args:tt)* }) => {
+        $callback! { $($args)*
+            paraphrase_hits exact_repeat_hits_with_similarity_one unrelated_prompt_misses
+            different_model_never_hits different_params_never_hit
+            different_system_prompt_never_hits different_earlier_turns_never_hit
+            different_namespace_never_hits different_tenant_never_hits scope_is_a_pre_filter
+            threshold_edges request_threshold_only_raises ttl_expiry
+            dimension_mismatch_is_an_error embedder_outage_is_a_miss_within_the_deadline
+            guard_rejects_near_miss_traps shadow_mode_counts_without_serving
+            same_prompt_overwrites clear_namespace_removes_nested_only ping
+        }
+    };
+}
+
+macro_rules! define_checks {
+    ($($name:ident)*) => {
+        /// Names of every check, in order.
+        pub const CHECKS: &[&str] = &[$(stringify!($name)),*];
+
+        /// Runs every check in order (for backends that prefer one test).
+        pub async fn run_all(b: &SharedSemanticBackend) {
+            $($name(b).await;)*
+        }
+    };
+}
+
+__semantic_conformance_checks!(local define_checks! {});
 
 fn embedder() -> Arc<LocalEmbedder> {
     Arc::new(LocalEmbedder::potion_base_2m().expect("bundled model"))
@@ -761,62 +787,53 @@ pub async fn ping(b: &SharedSemanticBackend) {
     assert_eq!(h.backend, b.name());
 }
 
-/// Runs every check in order (for backends that prefer one test).
-pub async fn run_all(b: &SharedSemanticBackend) {
-    paraphrase_hits(b).await;
-    exact_repeat_hits_with_similarity_one(b).await;
-    unrelated_prompt_misses(b).await;
-    different_model_never_hits(b).await;
-    different_params_never_hit(b).await;
-    different_system_prompt_never_hits(b).await;
-    different_earlier_turns_never_hit(b).await;
-    different_namespace_never_hits(b).await;
-    different_tenant_never_hits(b).await;
-    scope_is_a_pre_filter(b).await;
-    threshold_edges(b).await;
-    request_threshold_only_raises(b).await;
-    ttl_expiry(b).await;
-    dimension_mismatch_is_an_error(b).await;
-    embedder_outage_is_a_miss_within_the_deadline(b).await;
-    guard_rejects_near_miss_traps(b).await;
-    shadow_mode_counts_without_serving(b).await;
-    same_prompt_overwrites(b).await;
-    clear_namespace_removes_nested_only(b).await;
-    ping(b).await;
-}
-
 /// Expands to one `#[test]` per check of [`CHECKS`] against a backend factory.
+///
+/// * `semantic_conformance!(backend = <future resolving to a backend>);`
+/// * `semantic_conformance!(optional_backend = <future resolving to Option<backend>>);`
+///   (the factory returns `None` after [`service_unavailable`], which fails the test).
+/// * `semantic_conformance!(service = "redis-stack", optional_backend = ...);`: as above, with
+///   every check `#[ignore]`d for a plain `cargo test` (the reason names the service); `cargo
+///   test -- --include-ignored` runs them.
 ///
 /// ```ignore
 /// cache_semantic::semantic_conformance!(backend = async { MemorySemanticBackend::default() });
-/// cache_semantic::semantic_conformance!(optional_backend = async { connect_or_skip().await });
+/// cache_semantic::semantic_conformance!(
+///     service = "redis-stack",
+///     optional_backend = async { connect_or_fail().await }
+/// );
 /// ```
+///
+/// The future is evaluated once per check, so each check gets a fresh client.
 #[macro_export]
 macro_rules! semantic_conformance {
     (backend = $factory:expr) => {
-        $crate::semantic_conformance!(@checks (async { ::core::option::Option::Some($factory.await) }));
+        $crate::__semantic_conformance_checks!(semantic_conformance! {
+            @each (any(), "") (async { ::core::option::Option::Some($factory.await) })
+        });
     };
     (optional_backend = $factory:expr) => {
-        $crate::semantic_conformance!(@checks ($factory));
+        $crate::__semantic_conformance_checks!(semantic_conformance! {
+            @each (any(), "") ($factory)
+        });
     };
-    (@checks ($factory:expr)) => {
-        $crate::semantic_conformance!(@each ($factory)
-            paraphrase_hits exact_repeat_hits_with_similarity_one unrelated_prompt_misses
-            different_model_never_hits different_params_never_hit
-            different_system_prompt_never_hits different_earlier_turns_never_hit
-            different_namespace_never_hits different_tenant_never_hits scope_is_a_pre_filter
-            threshold_edges request_threshold_only_raises ttl_expiry
-            dimension_mismatch_is_an_error embedder_outage_is_a_miss_within_the_deadline
-            guard_rejects_near_miss_traps shadow_mode_counts_without_serving
-            same_prompt_overwrites clear_namespace_removes_nested_only ping);
+    (service = $service:literal, optional_backend = $factory:expr) => {
+        $crate::__semantic_conformance_checks!(semantic_conformance! {
+            @each (all(), concat!("needs the ", $service, " test service: `cargo xtask services up ", $service, "`, then `cargo test -- --include-ignored` (cargo xtask test does both)"))
+            ($factory)
+        });
     };
-    (@each ($factory:expr) $($check:ident)+) => {
+    (@each ($ignored:meta, $reason:expr) ($factory:expr) $($check:ident)+) => {
         $(
             #[test]
+            #[cfg_attr($ignored, ignore = $reason)]
             fn $check() {
                 $crate::testing::runtime().block_on(async {
+                    // No silent skip: a factory reports a missing service by failing.
                     let ::core::option::Option::Some(backend) = $factory.await else {
-                        return;
+                        ::core::panic!(
+                            "the backend factory returned None (a missing service must fail the check)"
+                        );
                     };
                     let backend: $crate::testing::SharedSemanticBackend =
                         ::std::sync::Arc::new(backend);

@@ -33,6 +33,7 @@ fn texts(list: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs the minilm test service: `cargo xtask services up minilm`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn minilm_embeds_meaning() {
     runtime().block_on(async {
         let Some(dir) = model_dir() else { return };
@@ -68,6 +69,7 @@ fn minilm_embeds_meaning() {
 }
 
 #[test]
+#[ignore = "needs the minilm test service: `cargo xtask services up minilm`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn minilm_serves_semantic_hits() {
     runtime().block_on(async {
         let Some(dir) = model_dir() else { return };
@@ -107,6 +109,7 @@ fn a_missing_folder_is_a_clear_error() {
 /// The scores sentence-transformers documents for all-MiniLM-L6-v2 (sbert.net, "Semantic
 /// Textual Similarity"): the candle pipeline reproduces them.
 #[test]
+#[ignore = "needs the minilm test service: `cargo xtask services up minilm`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn minilm_matches_sentence_transformers_reference_scores() {
     runtime().block_on(async {
         let Some(dir) = model_dir() else { return };

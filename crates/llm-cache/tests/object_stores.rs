@@ -10,18 +10,13 @@ use llm_cache::{CacheConfig, CacheControl, CallKind};
 use objstore_test_support as ts;
 use serde_json::{Value, json};
 
-/// Whether the emulator answers; skips loudly, or fails under LLM_CACHE_TEST_STRICT=1.
-fn up(what: &str, url: &str) -> bool {
-    let Err(why) = ts::reachable(url) else {
-        return true;
-    };
-    let strict = std::env::var("LLM_CACHE_TEST_STRICT").is_ok_and(|v| v == "1" || v == "true");
-    assert!(
-        !strict,
-        "{what} is not reachable ({why}) and LLM_CACHE_TEST_STRICT=1: start it with `cargo xtask services up`"
-    );
-    eprintln!("SKIPPED: {what} is not reachable ({why}); start it with `cargo xtask services up`");
-    false
+/// Fails the test, naming the emulator and how to start it, when it does not answer.
+fn require(what: &str, service: &str, url: &str) {
+    if let Err(why) = ts::reachable(url) {
+        panic!(
+            "{what} is not reachable ({why}): start it with `cargo xtask services up {service}` (or run `cargo xtask test`)"
+        );
+    }
 }
 
 fn namespace(what: &str) -> String {
@@ -67,11 +62,10 @@ async fn miss_then_hit(yaml: &str, ns: &str) {
 
 #[cfg(feature = "s3")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the moto test service: `cargo xtask services up moto`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 async fn s3_with_litellm_names() {
     let endpoint = ts::s3_endpoint();
-    if !up("moto (S3 emulator)", &endpoint) {
-        return;
-    }
+    require("moto (S3 emulator)", "moto", &endpoint);
     let ns = namespace("facade-s3");
     let yaml = format!(
         "type: s3\nnamespace: {ns}\nttl: 600\ns3_bucket_name: {}\ns3_region_name: us-east-1\n\
@@ -84,11 +78,10 @@ async fn s3_with_litellm_names() {
 
 #[cfg(feature = "gcs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 async fn gcs_with_litellm_names() {
     let endpoint = ts::gcs_endpoint();
-    if !up("fake-gcs-server (GCS emulator)", &endpoint) {
-        return;
-    }
+    require("fake-gcs-server (GCS emulator)", "fake-gcs", &endpoint);
     let adapter = ts::GcsXmlUploadAdapter::shared(&endpoint);
     let sa = ts::gcs_service_account_file(&adapter.url());
     let ns = namespace("facade-gcs");
@@ -105,18 +98,22 @@ async fn gcs_with_litellm_names() {
 /// process that has them; the child writes the service-account file the variable names.
 #[cfg(feature = "gcs")]
 #[test]
+#[ignore = "needs the fake-gcs test service: `cargo xtask services up fake-gcs`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn gcs_from_litellm_environment_variables() {
     let endpoint = ts::gcs_endpoint();
-    if !up("fake-gcs-server (GCS emulator)", &endpoint) {
-        return;
-    }
+    require("fake-gcs-server (GCS emulator)", "fake-gcs", &endpoint);
     let Ok(sa_path) = std::env::var("GCS_PATH_SERVICE_ACCOUNT") else {
         let sa_path = std::env::temp_dir().join(format!(
             "llm-cache-test-gcs-env-{}.json",
             std::process::id()
         ));
         let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "gcs_from_litellm_environment_variables"])
+            // The test is `#[ignore]`d: the child must ask for it.
+            .args([
+                "--exact",
+                "gcs_from_litellm_environment_variables",
+                "--include-ignored",
+            ])
             .env("GCS_BUCKET_NAME", ts::BUCKET)
             .env("GCS_PATH_SERVICE_ACCOUNT", &sa_path)
             .status()
@@ -137,11 +134,10 @@ fn gcs_from_litellm_environment_variables() {
 
 #[cfg(feature = "azure")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the azurite test service: `cargo xtask services up azurite`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 async fn azure_with_litellm_names() {
     let endpoint = ts::azurite_endpoint();
-    if !up("Azurite (Azure Blob emulator)", &endpoint) {
-        return;
-    }
+    require("Azurite (Azure Blob emulator)", "azurite", &endpoint);
     let ns = namespace("facade-azure");
     // LiteLLM's two names only: the emulator account's well-known key is the default
     // credential for `devstoreaccount1`.

@@ -1,6 +1,6 @@
 //! Backends against the shared emulators of `cargo xtask services up` (moto, fake-gcs-server
-//! behind the test-only XML-upload adapter, Azurite), or a skip (a failure under
-//! `LLM_CACHE_TEST_STRICT=1`) when one is not running.
+//! behind the test-only XML-upload adapter, Azurite); the test fails, naming the emulator and
+//! how to start it, when one is not running (the tests that need one are `#[ignore]`d).
 
 #![allow(dead_code)]
 

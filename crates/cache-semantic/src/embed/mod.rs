@@ -1,7 +1,8 @@
 //! Embedders: turn text into vectors ([`cache_core::semantic::Embedder`]).
 //!
-//! * [`LocalEmbedder`]: potion-base-2M (model2vec static embeddings, 64 dimensions), compiled
-//!   into the binary; fully offline, microseconds per text. The default.
+//! * `LocalEmbedder` (feature `local-model`): potion-base-2M (model2vec static embeddings, 64
+//!   dimensions), compiled into the binary; fully offline, microseconds per text. The default
+//!   when the feature is on.
 //! * `BertEmbedder` (feature `bert`): a sentence-transformers BERT model (all-MiniLM-L6-v2,
 //!   384 dimensions) in-process with candle, loaded from a folder.
 //! * [`HttpEmbedder`]: any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, Azure OpenAI,
@@ -13,11 +14,13 @@
 #[cfg(feature = "bert")]
 mod bert;
 mod http;
+#[cfg(feature = "local-model")]
 mod local;
 
 #[cfg(feature = "bert")]
 pub use bert::BertEmbedder;
 pub use http::{EncodingFormat, HttpEmbedder, HttpEmbedderConfig};
+#[cfg(feature = "local-model")]
 pub use local::LocalEmbedder;
 
 /// Scales `v` to unit length in place; returns `false` for a zero or non-finite vector (which
