@@ -40,6 +40,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #![deny(missing_docs)]
 
 mod backend;

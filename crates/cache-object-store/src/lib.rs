@@ -30,6 +30,8 @@
 //! # let _ = cache; Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #![deny(missing_docs)]
 
 mod backend;

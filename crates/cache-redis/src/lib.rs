@@ -24,6 +24,8 @@
 //! * connecting never blocks or fails when Redis is down: commands fail fast while the pool
 //!   reconnects with backoff.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #![deny(missing_docs)]
 
 mod backend;

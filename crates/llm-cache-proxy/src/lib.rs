@@ -28,6 +28,8 @@
 //! * [`fanout`]: one in-flight upstream stream shared by identical streaming requests.
 //! * [`metrics`]: Prometheus metrics.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod admin;
 mod auth;
 pub mod cli;
