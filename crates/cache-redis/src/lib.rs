@@ -25,7 +25,6 @@
 //!   reconnects with backoff.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
-
 #![deny(missing_docs)]
 
 mod backend;
