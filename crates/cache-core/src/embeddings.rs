@@ -35,10 +35,16 @@ pub struct EmbeddingOutcome {
     pub status: CacheStatus,
     /// Key of the whole request (for the `x-litellm-cache-key` header).
     pub key: Option<CacheKey>,
+    /// What the inputs served from the cache saved: their tokens and their share of the upstream
+    /// time of the calls that produced them.
+    pub saved: Usage,
+    /// Milliseconds of upstream time the cached inputs saved.
+    pub saved_upstream_ms: u64,
 }
 
 struct CachedItem {
     model: Option<String>,
+    upstream_ms: u64,
     item: Map<String, Value>,
     usage: Usage,
     age: Duration,
@@ -59,6 +65,7 @@ fn decode_item(raw: &Bytes, max_age: Option<Duration>, now: u64) -> Option<Cache
         return None;
     }
     Some(CachedItem {
+        upstream_ms: entry.upstream_ms.unwrap_or(0),
         model: v.get("model").and_then(Value::as_str).map(str::to_owned),
         item,
         usage: entry.usage.unwrap_or_default(),
@@ -105,6 +112,8 @@ impl Cache {
                     fetched: 1,
                     status: CacheStatus::Bypass { reason },
                     key: whole_key,
+                    saved: Usage::default(),
+                    saved_upstream_ms: 0,
                 });
             }
         };
@@ -122,6 +131,13 @@ impl Cache {
                 .await;
         }
         let cached = found.iter().filter(|f| f.is_some()).count();
+        let saved = found.iter().flatten().fold(Usage::default(), |mut acc, f| {
+            acc.prompt_tokens += f.usage.prompt_tokens;
+            acc.completion_tokens += f.usage.completion_tokens;
+            acc.total_tokens += f.usage.total_tokens;
+            acc
+        });
+        let saved_upstream_ms: u64 = found.iter().flatten().map(|f| f.upstream_ms).sum();
         let stats = self.stats();
         let lookup_time = start.elapsed();
         stats.lookup_latency.observe(lookup_time);
@@ -152,6 +168,8 @@ impl Cache {
                     similarity: None,
                 },
                 key: whole_key,
+                saved,
+                saved_upstream_ms,
             });
         }
         if prepared.only_if_cached() {
@@ -171,7 +189,9 @@ impl Cache {
             };
             sub
         };
+        let started = Instant::now();
         let body = fetch(upstream_request).await.map_err(CallError::Upstream)?;
+        let upstream_time = started.elapsed();
 
         let parsed: Option<Value> = serde_json::from_slice(&body).ok();
         let fresh = parsed.as_ref().and_then(|p| fresh_items(p, missing.len()));
@@ -189,6 +209,8 @@ impl Cache {
                     store: StoreOutcome::NotRequested,
                 },
                 key: whole_key,
+                saved,
+                saved_upstream_ms,
             });
         };
         let parsed = parsed.expect("fresh items come from a parsed body");
@@ -217,8 +239,11 @@ impl Cache {
                         completion_tokens: 0,
                         total_tokens: tokens,
                     };
+                    // Each input's share of the call: what a hit on it saves.
+                    let share = upstream_time / fresh.len().max(1) as u32;
                     let entry =
-                        Entry::new(CallKind::Embedding, Bytes::from(body), Some(usage), ttl);
+                        Entry::new(CallKind::Embedding, Bytes::from(body), Some(usage), ttl)
+                            .with_upstream_time(Some(share));
                     (items[missing[j]].0.as_str().to_owned(), entry.encode())
                 })
                 .collect();
@@ -236,6 +261,8 @@ impl Cache {
                     store,
                 },
                 key: whole_key,
+                saved,
+                saved_upstream_ms,
             });
         }
         for f in found.iter().flatten() {
@@ -262,6 +289,8 @@ impl Cache {
                 store,
             },
             key: whole_key,
+            saved,
+            saved_upstream_ms,
         })
     }
 

@@ -83,6 +83,8 @@ pub struct Entry {
     pub expires_at_ms: Option<u64>,
     /// Token usage of the stored response.
     pub usage: Option<Usage>,
+    /// How long the upstream call that produced it took (what a hit saves), if known.
+    pub upstream_ms: Option<u64>,
     /// The response body, byte for byte.
     pub body: Bytes,
 }
@@ -95,6 +97,7 @@ impl std::fmt::Debug for Entry {
             .field("stored_at_ms", &self.stored_at_ms)
             .field("expires_at_ms", &self.expires_at_ms)
             .field("usage", &self.usage)
+            .field("upstream_ms", &self.upstream_ms)
             .field("body_len", &self.body.len())
             .finish()
     }
@@ -135,6 +138,8 @@ struct HeaderOut<'a> {
     expires_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<&'a Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_ms: Option<u64>,
     len: usize,
     crc: u32,
 }
@@ -149,6 +154,8 @@ struct HeaderIn<'a> {
     expires_at: Option<u64>,
     #[serde(default)]
     usage: Option<Usage>,
+    #[serde(default)]
+    upstream_ms: Option<u64>,
     len: usize,
     crc: u32,
 }
@@ -170,8 +177,15 @@ impl Entry {
             stored_at_ms: now,
             expires_at_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
             usage,
+            upstream_ms: None,
             body,
         }
+    }
+
+    /// Records how long the upstream call took.
+    pub fn with_upstream_time(mut self, d: Option<Duration>) -> Self {
+        self.upstream_ms = d.map(|d| d.as_millis() as u64);
+        self
     }
 
     /// Age of the entry at `now_ms`.
@@ -201,6 +215,7 @@ impl Entry {
             stored_at: self.stored_at_ms,
             expires_at: self.expires_at_ms,
             usage: self.usage.as_ref(),
+            upstream_ms: self.upstream_ms,
             len: self.body.len(),
             crc: crc32fast::hash(&self.body),
         };
@@ -254,6 +269,7 @@ impl Entry {
             stored_at_ms: header.stored_at,
             expires_at_ms: header.expires_at,
             usage: header.usage,
+            upstream_ms: header.upstream_ms,
             body,
         })
     }
@@ -274,6 +290,7 @@ mod tests {
                 completion_tokens: 12,
                 total_tokens: 21,
             }),
+            upstream_ms: None,
             body: Bytes::from_static(
                 br#"{"id":"chatcmpl-1","choices":[{"message":{"content":"hi \"body\":"}}]}"#,
             ),
@@ -295,6 +312,11 @@ mod tests {
             ..sample()
         };
         assert_eq!(Entry::decode(&no_exp.encode()).unwrap(), no_exp);
+        let timed = sample().with_upstream_time(Some(Duration::from_millis(1234)));
+        assert_eq!(
+            Entry::decode(&timed.encode()).unwrap().upstream_ms,
+            Some(1234)
+        );
     }
 
     #[test]

@@ -249,6 +249,9 @@ pub struct KeyContext<'a> {
     /// Members of [`OPT_IN_FORWARDED_PARAMS`] this request forwards upstream (a deployment
     /// that opts in to `metadata`): they are keyed instead of ignored.
     pub forwarded: &'a [&'a str],
+    /// Request headers forwarded upstream that can change the answer (Anthropic's
+    /// `anthropic-version`, `anthropic-beta`): `(lowercase name, value)`, keyed.
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 /// Whether a top-level member is keyed, given the opt-in members the request forwards.
@@ -467,6 +470,20 @@ impl KeyBuilder {
             buf.extend_from_slice(b"partition:");
             write_str(buf, p);
             buf.push(b'\n');
+        }
+        if !ctx.headers.is_empty() {
+            let mut headers: Vec<(&str, &str)> = ctx.headers.to_vec();
+            headers.sort_unstable();
+            buf.extend_from_slice(b"headers:{");
+            for (i, (name, value)) in headers.into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_str(buf, name);
+                buf.push(b':');
+                write_str(buf, value);
+            }
+            buf.extend_from_slice(b"}\n");
         }
 
         let model_override = self.model_value(obj, ctx);
@@ -831,6 +848,31 @@ mod tests {
             kb.key(CallKind::Chat, &a, &fwd).unwrap(),
             kb.key(CallKind::Chat, &b, &fwd).unwrap()
         );
+    }
+
+    #[test]
+    fn forwarded_headers_are_keyed() {
+        let kb = KeyBuilder::default();
+        let req = json!({"model": "claude", "messages": []});
+        let with = |h: &[(&str, &str)]| {
+            kb.preimage(
+                CallKind::AnthropicMessages,
+                &req,
+                &KeyContext {
+                    headers: h,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        assert!(!with(&[]).contains("headers:"));
+        let a = with(&[("anthropic-version", "2023-06-01"), ("anthropic-beta", "x")]);
+        let b = with(&[("anthropic-beta", "x"), ("anthropic-version", "2023-06-01")]);
+        assert_eq!(a, b, "order does not matter");
+        assert!(
+            a.contains("headers:{\"anthropic-beta\":\"x\",\"anthropic-version\":\"2023-06-01\"}\n")
+        );
+        assert_ne!(a, with(&[("anthropic-version", "2024-01-01")]));
     }
 
     #[test]

@@ -202,6 +202,7 @@ impl SemanticCache {
             namespace: req.namespace,
             partition: req.partition,
             forwarded: req.forwarded,
+            ..Default::default()
         };
         let key = keys.standard_key(req.kind, &e.scope_request, &ctx)?;
         let mut h = blake3::Hasher::new();

@@ -46,7 +46,7 @@ pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.metrics.render(&st.cache),
+        st.metrics.render_with(&st.cache, Some(&st.accounting)),
     )
         .into_response()
 }
@@ -153,4 +153,10 @@ pub(crate) async fn cache_flushall(State(st): State<Arc<AppState>>) -> Response 
             None,
         ),
     }
+}
+
+/// `GET /cache/stats`: since the proxy started, the hit ratio, what the cache saved (cost,
+/// tokens, upstream time) in all, per model and per tenant (admin).
+pub(crate) async fn cache_stats(State(st): State<Arc<AppState>>) -> Response {
+    axum::Json(st.accounting.stats()).into_response()
 }

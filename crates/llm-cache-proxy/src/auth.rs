@@ -104,12 +104,30 @@ pub(crate) async fn admin_only(req: Request, next: Next) -> Response {
     }
 }
 
-pub(crate) fn forwarded_auth<'a>(st: &AppState, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
-    // The client's own key goes upstream only when it is not one of ours (master or tenant).
+/// The caller's own credential, as forwarded to a deployment speaking `api` that has no key of
+/// its own (pass-through): `Authorization` for OpenAI-style upstreams, `x-api-key` (else
+/// `Authorization`) for Anthropic's. Never when the proxy authenticates callers itself.
+pub(crate) fn client_credential(
+    st: &AppState,
+    headers: &HeaderMap,
+    api: crate::config::Api,
+) -> Option<(axum::http::HeaderName, HeaderValue)> {
     if st.auth_enabled() {
-        None
-    } else {
-        headers.get(header::AUTHORIZATION)
+        return None;
+    }
+    let x_api_key = axum::http::HeaderName::from_static("x-api-key");
+    match api {
+        crate::config::Api::OpenAi => headers
+            .get(header::AUTHORIZATION)
+            .map(|v| (header::AUTHORIZATION, v.clone())),
+        crate::config::Api::Anthropic => headers
+            .get(&x_api_key)
+            .map(|v| (x_api_key.clone(), v.clone()))
+            .or_else(|| {
+                headers
+                    .get(header::AUTHORIZATION)
+                    .map(|v| (header::AUTHORIZATION, v.clone()))
+            }),
     }
 }
 
@@ -130,8 +148,14 @@ pub(crate) fn partition(
     match caller {
         Caller::Tenant(t) => return Some(format!("tenant:{}", t.tenant)),
         Caller::Open if deployment.api_key.is_none() => {
-            let credential = forwarded_auth(st, headers).map_or(&[][..], HeaderValue::as_bytes);
-            return Some(format!("credential:{}", short(credential)));
+            let credential = client_credential(st, headers, deployment.api);
+            let mut bytes = Vec::new();
+            if let Some((name, value)) = &credential {
+                bytes.extend_from_slice(name.as_str().as_bytes());
+                bytes.push(b':');
+                bytes.extend_from_slice(value.as_bytes());
+            }
+            return Some(format!("credential:{}", short(&bytes)));
         }
         Caller::Open | Caller::Master => {}
     }

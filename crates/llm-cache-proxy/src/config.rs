@@ -84,8 +84,6 @@ const LITELLM_PARAMS_IGNORED: &[&str] = &[
     "max_retries",
     "num_retries",
     "custom_llm_provider",
-    "input_cost_per_token",
-    "output_cost_per_token",
     "weight",
     "order",
     "max_parallel_requests",
@@ -97,6 +95,7 @@ const LITELLM_PARAMS_IGNORED: &[&str] = &[
 ];
 
 const SETTINGS_KEYS: &[&str] = &[
+    "request_log",
     "upstream_timeout",
     "upstream_connect_timeout",
     "max_request_body_bytes",
@@ -104,9 +103,24 @@ const SETTINGS_KEYS: &[&str] = &[
     "partition_by_api_key",
 ];
 
+/// The wire protocol a deployment (and an endpoint) speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI's (chat, completions, embeddings, Responses, rerank, transcriptions): most
+    /// providers and gateways.
+    OpenAi,
+    /// Anthropic's Messages API (`anthropic/...` deployments): `POST {api_base}/v1/messages`
+    /// with `x-api-key` and `anthropic-version`.
+    Anthropic,
+}
+
 /// One upstream deployment of a model group.
 #[derive(Clone)]
 pub struct Deployment {
+    /// The protocol it speaks.
+    pub api: Api,
+    /// Its prices (LiteLLM's `input_cost_per_token`, ...); unpriced reports no cost.
+    pub prices: crate::cost::Prices,
     /// Model name sent upstream (provider prefix stripped); `None` for `provider/*` wildcards,
     /// which send the client's model name.
     pub model: Option<String>,
@@ -193,6 +207,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Partition the cache by the caller's API key (tenant isolation).
     pub partition_by_api_key: bool,
+    /// Request log: `stdout`, or a file path (JSON lines); `None`: off.
+    pub request_log: Option<String>,
 }
 
 impl Default for Settings {
@@ -203,6 +219,7 @@ impl Default for Settings {
             max_request_body_bytes: 32 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             partition_by_api_key: false,
+            request_log: None,
         }
     }
 }
@@ -487,6 +504,7 @@ impl ProxyConfig {
             if let Some(b) = p.bool("partition_by_api_key")? {
                 settings.partition_by_api_key = b;
             }
+            settings.request_log = p.string("request_log")?.filter(|s| !s.is_empty());
         }
 
         if master_key.is_none() && keys.is_empty() && settings.partition_by_api_key {
@@ -595,7 +613,9 @@ fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<
             .and_then(Value::as_object)
             .ok_or_else(|| cfg_err(format!("{path}.litellm_params is required (a mapping)")))?;
         for key in lp.keys() {
-            if LITELLM_PARAMS_KEYS.contains(&key.as_str()) {
+            if LITELLM_PARAMS_KEYS.contains(&key.as_str())
+                || crate::cost::PRICE_KEYS.contains(&key.as_str())
+            {
                 continue;
             }
             if LITELLM_PARAMS_IGNORED.contains(&key.as_str()) {
@@ -616,7 +636,9 @@ fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<
             .string("model")?
             .ok_or_else(|| cfg_err(format!("{path}.litellm_params.model is required")))?;
         let (provider, bare) = match model.split_once('/') {
-            Some((prov, rest)) if OPENAI_COMPATIBLE_PROVIDERS.contains(&prov) => {
+            Some((prov, rest))
+                if OPENAI_COMPATIBLE_PROVIDERS.contains(&prov) || prov == "anthropic" =>
+            {
                 (Some(prov.to_owned()), rest.to_owned())
             }
             Some((prov, _)) => {
@@ -631,6 +653,9 @@ fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<
             Some(b) => b.trim_end_matches('/').to_owned(),
             None if matches!(provider.as_deref(), None | Some("openai")) => {
                 "https://api.openai.com/v1".to_owned()
+            }
+            None if provider.as_deref() == Some("anthropic") => {
+                "https://api.anthropic.com".to_owned()
             }
             None => {
                 return Err(cfg_err(format!(
@@ -664,6 +689,12 @@ fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<
             .is_some_and(|p| UNCACHEABLE_PROVIDERS.contains(&p));
         let cache_on = p.bool("cache")?.unwrap_or(true);
         let deployment = Deployment {
+            api: if provider.as_deref() == Some("anthropic") {
+                Api::Anthropic
+            } else {
+                Api::OpenAi
+            },
+            prices: crate::cost::Prices::from_params(&p)?,
             cacheable: cache_on && !excluded,
             forward_metadata: p.bool("forward_metadata")?.unwrap_or(false),
             provider: provider.clone(),

@@ -30,13 +30,19 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod accounting;
 mod admin;
+pub mod anthropic;
 mod auth;
 pub mod cli;
 pub mod config;
+pub mod cost;
+pub mod endpoints;
 pub mod fanout;
 pub mod metrics;
+pub mod responses;
 pub mod server;
 pub mod sse;
 mod stream;
+mod transcription;
 pub mod upstream;

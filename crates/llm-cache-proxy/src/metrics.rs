@@ -88,11 +88,27 @@ impl ProxyMetrics {
     /// Renders every metric, the cache's included, in the Prometheus text format 0.0.4
     /// (`text/plain; version=0.0.4; charset=utf-8`).
     pub fn render(&self, cache: &Cache) -> String {
+        self.render_with(cache, None)
+    }
+
+    /// [`ProxyMetrics::render`] plus what the cache saved ([`crate::accounting::Accounting`]):
+    /// cost, tokens and upstream time by model and tenant, requests and bytes by call type.
+    pub fn render_with(
+        &self,
+        cache: &Cache,
+        accounting: Option<&crate::accounting::Accounting>,
+    ) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(CacheCollector {
             cache: cache.clone(),
         }));
         registry.register_collector(Box::new(ProxyCollector(self.snapshot())));
+        if let Some(a) = accounting {
+            registry.register_collector(Box::new(SavingsCollector {
+                totals: a.totals(),
+                traffic: a.traffic(),
+            }));
+        }
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail and the collectors only pass on the writer's errors.
         if let Err(e) = prometheus_text::encode(&mut out, &registry) {
@@ -266,6 +282,93 @@ impl Collector for CacheCollector {
             "litellm_cached_tokens_metric",
             "LiteLLM-compatible: tokens served from the cache.",
             prompt + completion,
+        )
+    }
+}
+
+/// What the cache saved, by model and tenant, and the traffic by call type (copied at scrape
+/// time).
+#[derive(Debug)]
+struct SavingsCollector {
+    totals: BTreeMap<(String, String), crate::accounting::Totals>,
+    traffic: BTreeMap<(&'static str, &'static str), crate::accounting::Traffic>,
+}
+
+fn float_counter_family<'a>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = ([(&'a str, &'a str); 2], f64)>,
+) -> fmt::Result {
+    let mut family = enc.encode_descriptor(counter_base(name), help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for SavingsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let enc = &mut enc;
+        fn labels((model, tenant): &(String, String)) -> [(&str, &str); 2] {
+            [("model", model.as_str()), ("tenant", tenant.as_str())]
+        }
+        float_counter_family(
+            enc,
+            "llm_cache_cost_usd_total",
+            "Upstream cost of the requests that went upstream, USD (priced deployments).",
+            self.totals.iter().map(|(k, t)| (labels(k), t.cost)),
+        )?;
+        float_counter_family(
+            enc,
+            "llm_cache_saved_cost_usd_total",
+            "Cost the cache avoided, USD: what its hits would have cost upstream (priced deployments).",
+            self.totals.iter().map(|(k, t)| (labels(k), t.saved_cost)),
+        )?;
+        float_counter_family(
+            enc,
+            "llm_cache_saved_upstream_seconds_total",
+            "Upstream time the cache avoided: how long the calls that produced its hits took.",
+            self.totals
+                .iter()
+                .map(|(k, t)| (labels(k), t.saved_upstream_seconds)),
+        )?;
+        counter_family(
+            enc,
+            "llm_cache_saved_tokens_total",
+            "Tokens the cache avoided, by model, tenant and type.",
+            self.totals.iter().flat_map(|((model, tenant), t)| {
+                [
+                    ("prompt", t.saved_prompt_tokens),
+                    ("completion", t.saved_completion_tokens),
+                ]
+                .map(|(kind, v)| {
+                    (
+                        [
+                            ("model", model.as_str()),
+                            ("tenant", tenant.as_str()),
+                            ("type", kind),
+                        ],
+                        v,
+                    )
+                })
+            }),
+        )?;
+        counter_family(
+            enc,
+            "llm_cache_call_requests_total",
+            "Requests by call type and cache outcome.",
+            self.traffic
+                .iter()
+                .map(|((call, cache), t)| ([("call_type", *call), ("cache", *cache)], t.requests)),
+        )?;
+        counter_family(
+            enc,
+            "llm_cache_call_bytes_total",
+            "Response bytes sent, by call type and cache outcome.",
+            self.traffic
+                .iter()
+                .map(|((call, cache), t)| ([("call_type", *call), ("cache", *cache)], t.bytes)),
         )
     }
 }

@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::admin::{cache_delete, cache_flushall, cache_ping, liveliness, metrics, readiness};
 pub use crate::auth::Caller;
-use crate::auth::{admin_only, auth, forwarded_auth, partition};
-use crate::config::{ProxyConfig, TenantKey};
+use crate::auth::{admin_only, auth, partition};
+use crate::config::{Api, ProxyConfig, TenantKey};
+use crate::endpoints;
 use crate::fanout::StreamFlights;
 use crate::metrics::{ProxyMetrics, status_label};
 use crate::upstream::{Router, Upstream, UpstreamError, upstream_body};
@@ -49,15 +50,24 @@ pub struct AppState {
     pub partition_by_api_key: bool,
     /// Streams in flight, shared by identical streaming requests.
     pub stream_flights: Arc<StreamFlights>,
+    /// What the cache saved, and the request log.
+    pub accounting: crate::accounting::Accounting,
 }
 
 /// Builds the axum application.
 pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
     // The LLM endpoints, each served at `/v1{path}` and at `{path}` (as OpenAI clients and
     // LiteLLM's proxy accept both).
-    let llm: [(&str, axum::routing::MethodRouter<Arc<AppState>>); 4] = [
-        ("/chat/completions", post(chat)),
-        ("/completions", post(completions)),
+    let llm: [(&str, axum::routing::MethodRouter<Arc<AppState>>); 8] = [
+        ("/chat/completions", post(endpoints::chat)),
+        ("/completions", post(endpoints::completions)),
+        ("/responses", post(endpoints::responses)),
+        ("/messages", post(endpoints::messages)),
+        ("/rerank", post(endpoints::rerank)),
+        (
+            "/audio/transcriptions",
+            post(crate::transcription::transcriptions),
+        ),
         ("/embeddings", post(embeddings)),
         ("/models", get(models)),
     ];
@@ -65,6 +75,7 @@ pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
         .route("/cache/ping", get(cache_ping))
         .route("/cache/delete", post(cache_delete))
         .route("/cache/flushall", post(cache_flushall))
+        .route("/cache/stats", get(crate::admin::cache_stats))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn(admin_only));
     let api = llm
@@ -188,6 +199,7 @@ pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, St
         metrics,
         partition_by_api_key: config.settings.partition_by_api_key,
         stream_flights: Arc::default(),
+        accounting: crate::accounting::Accounting::new(config.settings.request_log.as_deref()),
     }))
 }
 
@@ -245,8 +257,8 @@ async fn models(
     headers: HeaderMap,
 ) -> Response {
     if let Some(d) = st.router.wildcard() {
-        let auth = forwarded_auth(&st, &headers);
-        if let Ok(body) = st.upstream.get_models(d, auth).await {
+        let fwd = endpoints::forward(&st, &headers, d, &[]);
+        if let Ok(body) = st.upstream.get_models(d, &fwd).await {
             return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
         }
     }
@@ -263,16 +275,16 @@ async fn models(
 }
 
 /// What every cacheable endpoint extracts from a request.
-struct Incoming {
-    request: Value,
-    cc: CacheControl,
-    model: String,
-    stream: bool,
-    include_usage: bool,
+pub(crate) struct Incoming {
+    pub(crate) request: Value,
+    pub(crate) cc: CacheControl,
+    pub(crate) model: String,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
 }
 
 #[allow(clippy::result_large_err)]
-fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response> {
+pub(crate) fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response> {
     let request: Value = serde_json::from_slice(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -355,33 +367,49 @@ fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response
 }
 
 /// A cacheable request, parsed and routed, with its cache scope.
-struct Accepted<'a> {
-    inc: Incoming,
-    route: crate::upstream::Route<'a>,
-    partition: Option<String>,
-    bypass: Option<&'static str>,
+pub(crate) struct Accepted<'a> {
+    pub(crate) inc: Incoming,
+    pub(crate) route: crate::upstream::Route<'a>,
+    pub(crate) partition: Option<String>,
+    pub(crate) bypass: Option<&'static str>,
 }
 
-impl Accepted<'_> {
-    fn context(&self) -> RequestContext<'_> {
+impl<'a> Accepted<'a> {
+    /// The cache context; `headers` are the forwarded headers that are keyed.
+    pub(crate) fn context<'b>(&'b self, headers: &'b [(&'b str, &'b str)]) -> RequestContext<'b> {
         RequestContext {
             model_group: Some(self.route.model_group(&self.inc.model)),
             partition: self.partition.as_deref(),
             forwarded: self.route.deployment.forwarded(),
             bypass: self.bypass,
+            headers,
         }
     }
 }
 
-/// Parses a cacheable request, routes its model and computes its cache scope.
+/// Parses a cacheable request, routes its model and computes its cache scope. `api` is the
+/// protocol of the endpoint: the routed deployment must speak it.
 #[allow(clippy::result_large_err)]
-fn accept<'a>(
+pub(crate) fn accept<'a>(
     st: &'a AppState,
     headers: &HeaderMap,
     caller: &Caller,
     body: &[u8],
+    api: Api,
 ) -> Result<Accepted<'a>, Response> {
     let inc = parse_incoming(headers, body)?;
+    route_incoming(st, headers, caller, inc, api)
+}
+
+/// Routes a parsed request (see [`accept`]).
+#[allow(clippy::result_large_err)]
+pub(crate) fn route_incoming<'a>(
+    st: &'a AppState,
+    headers: &HeaderMap,
+    caller: &Caller,
+    inc: Incoming,
+    api: Api,
+) -> Result<Accepted<'a>, Response> {
     let Some(route) = st.router.route(&inc.model) else {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -407,6 +435,24 @@ fn accept<'a>(
             Some("model"),
         ));
     }
+    if route.deployment.api != api {
+        let (speaks, call) = match route.deployment.api {
+            Api::Anthropic => ("Anthropic's Messages API", "/v1/messages"),
+            Api::OpenAi => (
+                "the OpenAI API",
+                "/v1/chat/completions (or another OpenAI endpoint)",
+            ),
+        };
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "model={} is served by a deployment that speaks {speaks}: call {call}",
+                inc.model
+            ),
+            "invalid_request_error",
+            Some("model"),
+        ));
+    }
     let partition = partition(st, headers, caller, route.deployment);
     let bypass = route.deployment.bypass_reason(&inc.model);
     Ok(Accepted {
@@ -417,6 +463,7 @@ fn accept<'a>(
     })
 }
 
+/// Adds `x-litellm-cache-key`, `Cache-Status`, `Age` and `x-litellm-semantic-similarity`.
 pub(crate) fn cache_headers(
     resp: &mut Response,
     key: Option<&llm_cache::CacheKey>,
@@ -489,147 +536,19 @@ pub(crate) fn not_cached(key: Option<&llm_cache::CacheKey>) -> Response {
     resp
 }
 
-async fn chat(
-    State(st): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    completion_like(
-        st,
-        caller,
-        headers,
-        body,
-        CallKind::Chat,
-        "/chat/completions",
-        "chat",
-    )
-    .await
-}
-
-async fn completions(
-    State(st): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    completion_like(
-        st,
-        caller,
-        headers,
-        body,
-        CallKind::TextCompletion,
-        "/completions",
-        "completions",
-    )
-    .await
-}
-
-async fn completion_like(
-    st: Arc<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-    kind: CallKind,
-    path: &'static str,
-    endpoint: &'static str,
-) -> Response {
-    let acc = match accept(&st, &headers, &caller, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let prepared = match st
-        .cache
-        .prepare(kind, &acc.inc.request, &acc.inc.cc, &acc.context())
-    {
-        Ok(p) => p,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-                "invalid_request_error",
-                None,
-            );
-        }
-    };
-    let auth = forwarded_auth(&st, &headers).cloned();
-    let deployment = acc.route.deployment.clone();
-    let inc = acc.inc;
-    // The upstream body is serialised only on a miss (a hit never pays for it).
-    let request = inc.request;
-
-    if inc.stream {
-        return crate::stream::stream_flow(
-            st,
-            prepared,
-            kind,
-            path,
-            endpoint,
-            deployment,
-            request,
-            auth,
-            inc.include_usage,
-        )
-        .await;
-    }
-
-    let st2 = st.clone();
-    let result = prepared
-        .get_or_fetch(|| async move {
-            let body = upstream_body(request, &deployment);
-            st2.upstream
-                .post_json(&deployment, path, body, auth.as_ref())
-                .await
-        })
-        .await;
-    match result {
-        Ok(cached) => {
-            st.metrics.request(endpoint, status_label(&cached.status));
-            let mut resp =
-                ([(header::CONTENT_TYPE, "application/json")], cached.value).into_response();
-            cache_headers(
-                &mut resp,
-                cached.key.as_ref(),
-                &cached.status,
-                cached.entry.as_ref(),
-            );
-            resp
-        }
-        Err(CallError::NotCached) => {
-            st.metrics.request(endpoint, "only_if_cached_miss");
-            not_cached(prepared.key())
-        }
-        Err(CallError::Upstream(e)) => {
-            st.metrics.request(endpoint, "upstream_error");
-            let mut resp = upstream_error(e);
-            if let Some(k) = prepared
-                .key()
-                .and_then(|k| HeaderValue::from_str(k.as_str()).ok())
-            {
-                resp.headers_mut().insert(X_CACHE_KEY.clone(), k);
-            }
-            resp
-        }
-        Err(CallError::Invalid(e)) => error(
-            StatusCode::BAD_REQUEST,
-            e.to_string(),
-            "invalid_request_error",
-            None,
-        ),
-    }
-}
-
 async fn embeddings(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let acc = match accept(&st, &headers, &caller, &body) {
+    let started = std::time::Instant::now();
+    let acc = match accept(&st, &headers, &caller, &body, Api::OpenAi) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let auth = forwarded_auth(&st, &headers).cloned();
+    let meta = endpoints::Meta::new(&acc, &caller, CallKind::Embedding, started);
+    let fwd = endpoints::forward(&st, &headers, acc.route.deployment, &[]);
     let deployment = acc.route.deployment.clone();
     let upstream = st.upstream.clone();
     let result = st
@@ -637,14 +556,14 @@ async fn embeddings(
         .embeddings(
             &acc.inc.request,
             &acc.inc.cc,
-            &acc.context(),
+            &acc.context(&[]),
             |sub| async move {
                 upstream
                     .post_json(
                         &deployment,
                         "/embeddings",
                         upstream_body(sub, &deployment),
-                        auth.as_ref(),
+                        &fwd,
                     )
                     .await
             },
@@ -653,8 +572,32 @@ async fn embeddings(
     match result {
         Ok(out) => {
             st.metrics.request("embeddings", status_label(&out.status));
+            let parsed: Option<Value> = serde_json::from_slice(&out.body).ok();
+            let bytes = out.body.len() as u64;
             let mut resp = ([(header::CONTENT_TYPE, "application/json")], out.body).into_response();
             cache_headers(&mut resp, out.key.as_ref(), &out.status, None);
+            // A whole hit is an entry of its own kind: its tokens and upstream time saved.
+            let whole = out.status.is_hit().then(|| Entry {
+                usage: Some(out.saved),
+                upstream_ms: Some(out.saved_upstream_ms),
+                ..Entry::new(CallKind::Embedding, Bytes::new(), None, None)
+            });
+            let partial = matches!(out.status, CacheStatus::Partial { .. })
+                .then_some((out.saved, out.saved_upstream_ms as f64 / 1000.0));
+            endpoints::account(
+                &st,
+                &meta,
+                Some(&mut resp),
+                &out.status,
+                out.key.as_ref(),
+                endpoints::Answer {
+                    body: parsed.as_ref(),
+                    entry: whole.as_ref(),
+                    bytes,
+                    upstream_s: None,
+                    partial_saved: partial,
+                },
+            );
             resp
         }
         Err(CallError::NotCached) => not_cached(None),

@@ -1,55 +1,83 @@
-//! Streaming requests: a streamed hit replays the stored answer as SSE; a streamed miss
-//! forwards the upstream stream chunk by chunk (fanned out to identical streaming requests of
-//! the same shape), assembles it on the side and stores it when it ends cleanly.
+//! Streaming requests: a streamed hit replays the stored answer as events of the endpoint's
+//! format; a streamed miss forwards the upstream stream chunk by chunk (fanned out to identical
+//! streaming requests of the same shape), assembles it on the side, stores it when it ends
+//! cleanly and accounts for it (tokens, cost, request log) when it ends.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
+use llm_cache::CacheStatus;
 use llm_cache::core::{Lookup, Prepared, StoreOutcome};
-use llm_cache::{CacheStatus, CallKind};
 use serde_json::Value;
 
+use crate::config::Deployment;
+use crate::endpoints::{Answer, Endpoint, Meta, StreamAssembler, StreamFormat, account, replay};
 use crate::fanout::{ChunkSink, Join};
-use crate::metrics::{ProxyMetrics, status_label};
+use crate::metrics::status_label;
 use crate::server::{AppState, cache_headers, not_cached, upstream_error};
-use crate::sse::{self, Assembler, SseParser};
-use crate::upstream::upstream_body;
+use crate::sse::SseParser;
+use crate::upstream::{Forward, upstream_body};
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn stream_flow(
-    st: Arc<AppState>,
-    prepared: Prepared,
-    kind: CallKind,
-    path: &'static str,
-    endpoint: &'static str,
-    deployment: crate::config::Deployment,
-    request: Value,
-    auth: Option<HeaderValue>,
-    include_usage: bool,
-) -> Response {
-    let text = kind == CallKind::TextCompletion;
+/// Everything a streaming request needs.
+pub(crate) struct StreamCall {
+    pub(crate) st: Arc<AppState>,
+    pub(crate) prepared: Prepared,
+    pub(crate) endpoint: &'static Endpoint,
+    pub(crate) format: StreamFormat,
+    pub(crate) meta: Meta,
+    pub(crate) deployment: Deployment,
+    pub(crate) request: Value,
+    pub(crate) fwd: Forward,
+    pub(crate) include_usage: bool,
+}
+
+pub(crate) async fn stream_flow(call: StreamCall) -> Response {
+    let StreamCall {
+        st,
+        prepared,
+        endpoint,
+        format,
+        meta,
+        deployment,
+        request,
+        fwd,
+        include_usage,
+    } = call;
+    let label = endpoint.label;
     let reason = match prepared.lookup().await {
         Lookup::Hit(hit) => match serde_json::from_slice::<Value>(&hit.entry.body) {
             Ok(stored) => {
-                let body = if text {
-                    sse::replay_text(&stored, include_usage)
-                } else {
-                    sse::replay_chat(&stored, include_usage)
-                };
+                let body = replay(format, &stored, include_usage);
                 st.metrics.stream_replays.fetch_add(1, Relaxed);
-                st.metrics.request(endpoint, "hit");
+                st.metrics.request(label, "hit");
                 let status = CacheStatus::Hit {
                     tier: hit.tier,
                     age: hit.age,
                     similarity: hit.similarity,
                 };
+                let bytes = body.len() as u64;
                 let mut resp = sse_response(Body::from(body));
                 cache_headers(&mut resp, prepared.key(), &status, Some(&hit.entry));
+                account(
+                    &st,
+                    &meta,
+                    Some(&mut resp),
+                    &status,
+                    prepared.key(),
+                    Answer {
+                        body: Some(&stored),
+                        entry: Some(&hit.entry),
+                        bytes,
+                        upstream_s: None,
+                        partial_saved: None,
+                    },
+                );
                 return resp;
             }
             Err(_) => llm_cache::core::MissReason::Unusable,
@@ -58,7 +86,7 @@ pub(crate) async fn stream_flow(
         Lookup::Bypass(_) => llm_cache::core::MissReason::NotFound,
     };
     if prepared.only_if_cached() {
-        st.metrics.request(endpoint, "only_if_cached_miss");
+        st.metrics.request(label, "only_if_cached_miss");
         return not_cached(prepared.key());
     }
     let status = match prepared.bypass_reason() {
@@ -86,26 +114,42 @@ pub(crate) async fn stream_flow(
         for _ in 0..3 {
             match st.stream_flights.join(&flight) {
                 Join::Lead(leader) => {
-                    let sink = Box::new(StoreSink::new(prepared, text, st.metrics.clone()));
+                    let sink = Box::new(StreamSink::new(
+                        st.clone(),
+                        prepared,
+                        format,
+                        meta.clone(),
+                        status.clone(),
+                    ));
                     let body = upstream_body(request, &deployment);
                     let st2 = st.clone();
+                    let path = endpoint.path;
                     let open = async move {
                         st2.upstream
-                            .post_stream(&deployment, path, body, auth.as_ref())
+                            .post_stream(&deployment, path, body, &fwd)
                             .await
                             .map(|r| r.bytes_stream().boxed())
                     };
                     return match leader.start(open, sink).await {
                         Ok(sub) => forwarded_stream(
                             &st,
-                            endpoint,
+                            label,
                             Some(key),
                             &status,
                             Body::from_stream(sub.into_stream()),
                         ),
                         Err(e) => {
-                            st.metrics.request(endpoint, "upstream_error");
-                            upstream_error(e)
+                            st.metrics.request(label, "upstream_error");
+                            let mut resp = upstream_error(e);
+                            account(
+                                &st,
+                                &meta,
+                                Some(&mut resp),
+                                &status,
+                                Some(key),
+                                Answer::default(),
+                            );
+                            resp
                         }
                     };
                 }
@@ -113,13 +157,22 @@ pub(crate) async fn stream_flow(
                     if sub.wait_started(engine.settings().coalesce_timeout).await {
                         prepared.cache().stats().coalesced.fetch_add(1, Relaxed);
                         let status = CacheStatus::Coalesced;
-                        return forwarded_stream(
+                        let mut resp = forwarded_stream(
                             &st,
-                            endpoint,
+                            label,
                             Some(key),
                             &status,
                             Body::from_stream(sub.into_stream()),
                         );
+                        account(
+                            &st,
+                            &meta,
+                            Some(&mut resp),
+                            &status,
+                            Some(key),
+                            Answer::default(),
+                        );
+                        return resp;
                     }
                     // The leader's upstream refused, or the wait timed out: try again.
                 }
@@ -131,19 +184,28 @@ pub(crate) async fn stream_flow(
         .upstream
         .post_stream(
             &deployment,
-            path,
+            endpoint.path,
             upstream_body(request, &deployment),
-            auth.as_ref(),
+            &fwd,
         )
         .await
     {
         Ok(r) => r,
         Err(e) => {
-            st.metrics.request(endpoint, "upstream_error");
-            return upstream_error(e);
+            st.metrics.request(label, "upstream_error");
+            let mut resp = upstream_error(e);
+            account(
+                &st,
+                &meta,
+                Some(&mut resp),
+                &status,
+                key.as_ref(),
+                Answer::default(),
+            );
+            return resp;
         }
     };
-    let sink = StoreSink::new(prepared, text, st.metrics.clone());
+    let sink = StreamSink::new(st.clone(), prepared, format, meta, status.clone());
     let stream = futures::stream::unfold(
         Some((resp.bytes_stream().boxed(), sink)),
         |state| async move {
@@ -164,50 +226,83 @@ pub(crate) async fn stream_flow(
             }
         },
     );
-    forwarded_stream(
-        &st,
-        endpoint,
-        key.as_ref(),
-        &status,
-        Body::from_stream(stream),
-    )
+    forwarded_stream(&st, label, key.as_ref(), &status, Body::from_stream(stream))
 }
 
 /// The SSE response of a stream forwarded from the upstream (counted, with cache headers).
 fn forwarded_stream(
     st: &AppState,
-    endpoint: &'static str,
+    label: &'static str,
     key: Option<&llm_cache::CacheKey>,
     status: &CacheStatus,
     body: Body,
 ) -> Response {
-    st.metrics.request(endpoint, status_label(status));
+    st.metrics.request(label, status_label(status));
     let mut out = sse_response(body);
     cache_headers(&mut out, key, status, None);
     out
 }
 
-/// Assembles a forwarded stream and stores it when it ends cleanly.
-struct StoreSink {
+/// Follows a forwarded stream: assembles it, stores it when it ends cleanly (if the request may
+/// write), and accounts for it when it ends (its usage and cost are known only then).
+struct StreamSink {
+    st: Arc<AppState>,
     parser: SseParser,
-    assembler: Option<Assembler>,
+    assembler: Option<StreamAssembler>,
     prepared: Prepared,
-    metrics: Arc<ProxyMetrics>,
+    meta: Meta,
+    status: CacheStatus,
+    started: Instant,
+    bytes: u64,
+    finished: bool,
 }
 
-impl StoreSink {
-    fn new(prepared: Prepared, text: bool, metrics: Arc<ProxyMetrics>) -> Self {
-        StoreSink {
-            parser: SseParser::default(),
-            assembler: prepared.writes().then(|| Assembler::new(text)),
-            prepared,
-            metrics,
+impl Drop for StreamSink {
+    /// A stream that did not end (every client gone, the upstream cut) is still accounted for.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            account(
+                &self.st,
+                &self.meta,
+                None,
+                &self.status,
+                self.prepared.key(),
+                Answer {
+                    bytes: self.bytes,
+                    upstream_s: Some(self.started.elapsed().as_secs_f64()),
+                    ..Answer::default()
+                },
+            );
         }
     }
 }
 
-impl ChunkSink for StoreSink {
+impl StreamSink {
+    fn new(
+        st: Arc<AppState>,
+        prepared: Prepared,
+        format: StreamFormat,
+        meta: Meta,
+        status: CacheStatus,
+    ) -> Self {
+        StreamSink {
+            st,
+            parser: SseParser::default(),
+            assembler: Some(StreamAssembler::new(format)),
+            prepared,
+            meta,
+            status,
+            started: Instant::now(),
+            bytes: 0,
+            finished: false,
+        }
+    }
+}
+
+impl ChunkSink for StreamSink {
     fn chunk(&mut self, chunk: &Bytes) {
+        self.bytes += chunk.len() as u64;
         if let Some(a) = self.assembler.as_mut() {
             for event in self.parser.feed(chunk) {
                 a.push(&event);
@@ -216,12 +311,30 @@ impl ChunkSink for StoreSink {
     }
 
     fn finish(&mut self) {
-        if let Some(full) = self.assembler.take().and_then(Assembler::finish) {
-            let bytes = Bytes::from(serde_json::to_vec(&full).expect("JSON values serialize"));
-            if self.prepared.store_parsed(bytes, &full) {
-                self.metrics.streams_stored.fetch_add(1, Relaxed);
+        self.finished = true;
+        let full = self.assembler.take().and_then(StreamAssembler::finish);
+        let upstream = self.started.elapsed();
+        if let Some(full) = &full {
+            self.prepared.set_upstream_time(upstream);
+            let bytes = Bytes::from(serde_json::to_vec(full).expect("JSON values serialize"));
+            if self.prepared.store_parsed(bytes, full) {
+                self.st.metrics.streams_stored.fetch_add(1, Relaxed);
             }
         }
+        account(
+            &self.st,
+            &self.meta,
+            None,
+            &self.status,
+            self.prepared.key(),
+            Answer {
+                body: full.as_ref(),
+                entry: None,
+                bytes: self.bytes,
+                upstream_s: Some(upstream.as_secs_f64()),
+                partial_saved: None,
+            },
+        );
     }
 }
 

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::config::{Deployment, ModelGroup, Settings};
+use crate::config::{Api, Deployment, ModelGroup, Settings};
 use crate::metrics::ProxyMetrics;
 
 /// A failed upstream call. Never cached; passed through to the client.
@@ -134,28 +134,40 @@ impl Upstream {
         method: reqwest::Method,
         d: &Deployment,
         path: &str,
-        client_auth: Option<&HeaderValue>,
+        fwd: &Forward,
         stream: bool,
     ) -> reqwest::RequestBuilder {
-        let mut url = format!("{}{}", d.api_base, path);
+        let mut url = match d.api {
+            Api::OpenAi => format!("{}{}", d.api_base, path),
+            // Anthropic's base has no version: `https://api.anthropic.com` + `/v1/messages`
+            // (a base that already ends in `/v1` is accepted too).
+            Api::Anthropic => match d.api_base.strip_suffix("/v1") {
+                Some(base) => format!("{base}/v1{path}"),
+                None => format!("{}/v1{}", d.api_base, path),
+            },
+        };
         if let Some(v) = &d.api_version {
             url.push_str(if url.contains('?') { "&" } else { "?" });
             url.push_str("api-version=");
             url.push_str(v);
         }
         let mut rb = self.client.request(method, url);
-        match (&d.api_key, client_auth) {
-            (Some(key), _) => {
+        match (&d.api_key, &fwd.credential, d.api) {
+            (Some(key), _, Api::OpenAi) => {
                 rb = rb.bearer_auth(key);
                 if d.azure {
                     rb = rb.header("api-key", key);
                 }
             }
-            (None, Some(auth)) => rb = rb.header("authorization", auth.clone()),
-            (None, None) => {}
+            (Some(key), _, Api::Anthropic) => rb = rb.header("x-api-key", key),
+            (None, Some((name, value)), _) => rb = rb.header(name.clone(), value.clone()),
+            (None, None, _) => {}
         }
         if let Some(org) = &d.organization {
             rb = rb.header("openai-organization", org);
+        }
+        for (k, v) in &fwd.headers {
+            rb = rb.header(k.clone(), v.clone());
         }
         for (k, v) in &d.extra_headers {
             rb = rb.header(k.as_str(), v.as_str());
@@ -186,11 +198,11 @@ impl Upstream {
         d: &Deployment,
         path: &str,
         body: Vec<u8>,
-        client_auth: Option<&HeaderValue>,
+        fwd: &Forward,
     ) -> Result<Bytes, UpstreamError> {
         let start = Instant::now();
         let resp = self
-            .request(reqwest::Method::POST, d, path, client_auth, false)
+            .request(reqwest::Method::POST, d, path, fwd, false)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -236,11 +248,11 @@ impl Upstream {
         d: &Deployment,
         path: &str,
         body: Vec<u8>,
-        client_auth: Option<&HeaderValue>,
+        fwd: &Forward,
     ) -> Result<reqwest::Response, UpstreamError> {
         let start = Instant::now();
         let resp = self
-            .request(reqwest::Method::POST, d, path, client_auth, true)
+            .request(reqwest::Method::POST, d, path, fwd, true)
             .header("content-type", "application/json")
             .header("accept", "text/event-stream")
             .body(body)
@@ -260,18 +272,52 @@ impl Upstream {
     ///
     /// # Errors
     /// [`UpstreamError`].
-    pub async fn get_models(
-        &self,
-        d: &Deployment,
-        client_auth: Option<&HeaderValue>,
-    ) -> Result<Bytes, UpstreamError> {
+    pub async fn get_models(&self, d: &Deployment, fwd: &Forward) -> Result<Bytes, UpstreamError> {
         let resp = self
-            .request(reqwest::Method::GET, d, "/models", client_auth, false)
+            .request(reqwest::Method::GET, d, "/models", fwd, false)
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
         self.read_body(resp).await
     }
+
+    /// Sends a multipart form (`/audio/transcriptions`) and reads the whole response.
+    ///
+    /// # Errors
+    /// [`UpstreamError`] for non-2xx answers and transport failures.
+    pub async fn post_multipart(
+        &self,
+        d: &Deployment,
+        path: &str,
+        form: reqwest::multipart::Form,
+        fwd: &Forward,
+    ) -> Result<(Bytes, Option<HeaderValue>), UpstreamError> {
+        let start = Instant::now();
+        let resp = self
+            .request(reqwest::Method::POST, d, path, fwd, false)
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        self.metrics
+            .observe_upstream(resp.status().as_u16(), start.elapsed());
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+        Ok((self.read_body(resp).await?, content_type))
+    }
+}
+
+/// What a request forwards besides its body: the caller's own credential (pass-through
+/// deployments only) and headers that change the answer (and are keyed: Anthropic's
+/// `anthropic-version`, `anthropic-beta`).
+#[derive(Debug, Clone, Default)]
+pub struct Forward {
+    /// `(header, value)` of the caller's credential, sent when the deployment has no key.
+    pub credential: Option<(HeaderName, HeaderValue)>,
+    /// Other headers sent upstream.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// The request body sent upstream: the client's body with `model` set to the deployment's

@@ -44,6 +44,9 @@ pub struct RequestContext<'a> {
     /// The caller's own reason not to use the cache for this request (a provider whose answers
     /// depend on who asks): the request bypasses the cache, neither read nor written.
     pub bypass: Option<&'static str>,
+    /// Forwarded request headers that can change the answer: keyed (see
+    /// [`KeyContext::headers`]).
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 impl<'a> RequestContext<'a> {
@@ -54,6 +57,7 @@ impl<'a> RequestContext<'a> {
             namespace,
             partition: self.partition,
             forwarded: self.forwarded,
+            headers: self.headers,
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct Prepared {
     /// Nanoseconds the lookup spent in the cache: the write acknowledgement gets what is left of
     /// the read deadline, so a request never waits on the cache longer than one read deadline.
     lookup_nanos: AtomicU64,
+    /// Milliseconds + 1 the upstream call took (0: unknown), recorded with the stored entry.
+    upstream_ms: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -155,6 +161,7 @@ impl Cache {
             bypass: None,
             semantic: None,
             lookup_nanos: AtomicU64::new(0),
+            upstream_ms: AtomicU64::new(0),
         };
         let Some(engine) = engine else {
             p.bypass = Some("disabled");
@@ -619,6 +626,19 @@ impl Prepared {
         }
     }
 
+    /// Records how long the upstream call took (stored with the entry: what a hit saves). The
+    /// cached call paths record it themselves; a caller that stores a stream records it first.
+    pub fn set_upstream_time(&self, d: Duration) {
+        self.upstream_ms.store(d.as_millis() as u64 + 1, Relaxed);
+    }
+
+    fn upstream_time(&self) -> Option<Duration> {
+        match self.upstream_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms - 1)),
+        }
+    }
+
     /// What is left of the read deadline after the lookup.
     fn ack_budget(&self, engine: &CacheEngine) -> Duration {
         engine
@@ -655,7 +675,9 @@ impl Prepared {
             return None;
         }
         let usage = Usage::from_response(parsed);
-        self.begin_store_entry(Entry::new(self.kind, body, usage, self.ttl))
+        self.begin_store_entry(
+            Entry::new(self.kind, body, usage, self.ttl).with_upstream_time(self.upstream_time()),
+        )
     }
 
     /// Puts the entry in L1 at once and returns the backend write, not yet started. The
@@ -814,7 +836,9 @@ impl Prepared {
                 match engine.flights.join(key.as_str()) {
                     Join::Lead(leader) => {
                         let f = fetch.take().expect("fetch is called once");
+                        let started = Instant::now();
                         let value = f().await.map_err(CallError::Upstream)?;
+                        self.set_upstream_time(started.elapsed());
                         // L1 gets the entry before the followers are woken; the leader then
                         // waits (bounded) for the backend to accept the write.
                         let write = encode(&value).and_then(|body| {
@@ -868,7 +892,9 @@ impl Prepared {
         }
 
         let f = fetch.take().expect("fetch is called once");
+        let started = Instant::now();
         let value = f().await.map_err(CallError::Upstream)?;
+        self.set_upstream_time(started.elapsed());
         let store = match encode(&value) {
             Some(body) => self.store_confirmed(body).await,
             None => StoreOutcome::NotRequested,
