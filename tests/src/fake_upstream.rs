@@ -35,6 +35,7 @@ struct Inner {
     latency_ms: AtomicU64,
     bodies: Mutex<Vec<Value>>,
     auth: Mutex<Vec<Option<String>>>,
+    headers: Mutex<Vec<HeaderMap>>,
     required_keys: Mutex<Vec<String>>,
 }
 
@@ -89,6 +90,10 @@ impl FakeUpstream {
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/responses", post(responses))
+            .route("/v1/messages", post(messages))
+            .route("/v1/rerank", post(rerank))
+            .route("/v1/audio/transcriptions", post(transcriptions))
             .route("/v1/models", get(models))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -131,6 +136,11 @@ impl FakeUpstream {
         self.inner.bodies.lock().unwrap().clone()
     }
 
+    /// Every request's headers, in order.
+    pub fn headers(&self) -> Vec<HeaderMap> {
+        self.inner.headers.lock().unwrap().clone()
+    }
+
     /// `Authorization` headers received, in order.
     pub fn auth_headers(&self) -> Vec<Option<String>> {
         self.inner.auth.lock().unwrap().clone()
@@ -161,6 +171,7 @@ async fn record(
             .into_response()
     })?;
     inner.bodies.lock().unwrap().push(v.clone());
+    inner.headers.lock().unwrap().push(headers.clone());
     inner.auth.lock().unwrap().push(
         headers
             .get(header::AUTHORIZATION)
@@ -172,7 +183,8 @@ async fn record(
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "));
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-api-key").and_then(|h| h.to_str().ok()));
         if !presented.is_some_and(|p| required.iter().any(|k| k == p)) {
             return Err((
                 StatusCode::UNAUTHORIZED,
@@ -406,4 +418,173 @@ fn base64_encode(bytes: &[u8]) -> String {
 async fn models() -> Response {
     axum::Json(json!({"object": "list", "data": [{"id": "fake-upstream-model", "object": "model", "created": 0, "owned_by": "fake"}]}))
         .into_response()
+}
+
+fn sse_named(events: Vec<(String, Value)>) -> Response {
+    let stream = futures::stream::iter(events).then(|(name, data)| async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok::<_, std::io::Error>(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// OpenAI Responses API: `resp-fake-<n>`, one message with `reply #<n> to: <input>`.
+async fn responses(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, n) = match record(&inner, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let prompt = prompt_of(&req);
+    let text = format!("reply #{n} to: {prompt}");
+    let model = req.get("model").cloned().unwrap_or(json!("fake"));
+    let response = json!({
+        "id": format!("resp-fake-{n}"), "object": "response", "created_at": 1_795_000_000 + n as u64,
+        "status": "completed", "model": model,
+        "output": [{"id": format!("msg-fake-{n}"), "type": "message", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": prompt.split_whitespace().count() + 3, "output_tokens": text.split_whitespace().count(),
+                  "total_tokens": prompt.split_whitespace().count() + 3 + text.split_whitespace().count()},
+    });
+    if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        return axum::Json(response).into_response();
+    }
+    let mut start = response.clone();
+    start["status"] = json!("in_progress");
+    start["output"] = json!([]);
+    let item_id = format!("msg-fake-{n}");
+    let mut events = vec![
+        (
+            "response.created".to_owned(),
+            json!({"type": "response.created", "sequence_number": 0, "response": start}),
+        ),
+        (
+            "response.output_item.added".to_owned(),
+            json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+            "item": {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}}),
+        ),
+    ];
+    let chars: Vec<char> = text.chars().collect();
+    for (i, piece) in chars.chunks(4).enumerate() {
+        let delta: String = piece.iter().collect();
+        events.push((
+            "response.output_text.delta".to_owned(),
+            json!({"type": "response.output_text.delta", "sequence_number": 2 + i,
+            "item_id": item_id, "output_index": 0, "content_index": 0, "delta": delta}),
+        ));
+    }
+    events.push((
+        "response.completed".to_owned(),
+        json!({"type": "response.completed", "sequence_number": 99, "response": response}),
+    ));
+    sse_named(events)
+}
+
+/// Anthropic Messages API: `msg-fake-<n>`; checks nothing, records headers (`x-api-key`,
+/// `anthropic-version`, `anthropic-beta`).
+async fn messages(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, n) = match record(&inner, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let prompt = prompt_of(&req);
+    let text = format!("reply #{n} to: {prompt}");
+    let model = req.get("model").cloned().unwrap_or(json!("fake"));
+    let usage = json!({"input_tokens": prompt.split_whitespace().count() + 3, "output_tokens": text.split_whitespace().count()});
+    let message = json!({
+        "id": format!("msg-fake-{n}"), "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": usage,
+    });
+    if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        return axum::Json(message).into_response();
+    }
+    let mut start = message.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    let mut events = vec![
+        (
+            "message_start".to_owned(),
+            json!({"type": "message_start", "message": start}),
+        ),
+        (
+            "content_block_start".to_owned(),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ("ping".to_owned(), json!({"type": "ping"})),
+    ];
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(5) {
+        let t: String = piece.iter().collect();
+        events.push(("content_block_delta".to_owned(), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}})));
+    }
+    events.push((
+        "content_block_stop".to_owned(),
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(("message_delta".to_owned(), json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": usage})));
+    events.push(("message_stop".to_owned(), json!({"type": "message_stop"})));
+    sse_named(events)
+}
+
+/// Cohere/Jina-style rerank: `rerank-fake-<n>`, documents scored by length.
+async fn rerank(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, n) = match record(&inner, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let docs = req
+        .get("documents")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let top_n = req
+        .get("top_n")
+        .and_then(Value::as_u64)
+        .map_or(docs.len(), |t| t as usize);
+    let mut results: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"index": i, "relevance_score": 1.0 / (1.0 + d.to_string().len() as f64)}))
+        .collect();
+    results.truncate(top_n);
+    axum::Json(json!({"id": format!("rerank-fake-{n}"), "results": results, "meta": {"billed_units": {"search_units": 1}}}))
+        .into_response()
+}
+
+/// Whisper-style transcription (multipart): `transcript #<n> of <len> bytes (<filename>)` in the
+/// requested format; the recorded body is the form's fields plus the file's length.
+async fn transcriptions(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let mut fields = serde_json::Map::new();
+    let mut len = 0usize;
+    let mut name = String::new();
+    while let Ok(Some(field)) = form.next_field().await {
+        let fname = field.name().unwrap_or_default().to_owned();
+        if fname == "file" {
+            name = field.file_name().unwrap_or_default().to_owned();
+            len = field.bytes().await.map(|b| b.len()).unwrap_or(0);
+        } else {
+            let text = field.text().await.unwrap_or_default();
+            fields.insert(fname, json!(text));
+        }
+    }
+    fields.insert("file_len".to_owned(), json!(len));
+    let body = Bytes::from(serde_json::to_vec(&Value::Object(fields.clone())).unwrap());
+    let (_, n) = match record(&inner, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let text = format!("transcript #{n} of {len} bytes ({name})");
+    match fields.get("response_format").and_then(Value::as_str).unwrap_or("json") {
+        "text" => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        "srt" => ([(header::CONTENT_TYPE, "application/x-subrip")], format!("1\n00:00:00,000 --> 00:00:01,000\n{text}\n")).into_response(),
+        "verbose_json" => axum::Json(json!({"task": "transcribe", "language": "english", "duration": 3.5, "text": text, "segments": []})).into_response(),
+        _ => axum::Json(json!({"text": text})).into_response(),
+    }
 }
