@@ -82,6 +82,10 @@ const EXPECTED: &[(&str, &str)] = &[
         "llm-cache/key/v2\nembedding\n{\"input\":\"hello\",\"input_type\":\"search_query\",\"model\":\"embed-v3\"}",
         "929a42a22c389d7285fdf7a39a18ccff7c2af363797b83e21b179f5ad81c7160",
     ),
+    (
+        "llm-cache/key/v2\nanthropic_messages\nheaders:{\"anthropic-beta\":\"tools-2024-05-16\",\"anthropic-version\":\"2023-06-01\"}\n{\"max_tokens\":64,\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],\"model\":\"claude-x\"}",
+        "6402a2b0343aaeb7640f5e6184da37707cf8455737c72c2b4cf5610d4d8283f7",
+    ),
 ];
 
 fn vectors() -> Vec<Value> {
@@ -94,11 +98,20 @@ fn compute(v: &Value) -> (String, String) {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    let headers: Vec<(&str, &str)> = v["headers"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     let ctx = KeyContext {
         model_group: v["model_group"].as_str(),
         namespace: v["namespace"].as_str(),
         partition: v["partition"].as_str(),
         forwarded: &forwarded,
+        headers: &headers,
     };
     let kb = KeyBuilder::new(KeyOptions::default());
     let pre = kb.preimage(kind, &v["request"], &ctx).unwrap();
