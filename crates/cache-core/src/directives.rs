@@ -199,14 +199,15 @@ impl CacheControl {
     }
 
     /// Parses a `Cache-Control` request header (RFC 9111 §5.2.1): `no-cache`, `no-store`,
-    /// `max-age=N`, `s-maxage=N`, `only-if-cached`. Other directives are ignored, as RFC 9111
-    /// requires of caches.
+    /// `max-age=N`, `s-maxage=N`, `only-if-cached`. Other directives (extensions, whatever
+    /// their bytes) are ignored, as RFC 9111 requires of caches; commas inside quoted values do
+    /// not split directives; a `max-age` above 2^31 s is read as 2^31 s (RFC 9111 §1.2.2).
     ///
     /// # Errors
     /// A [`DirectiveError`] when a recognised directive has a malformed value.
     pub fn from_header(header: &str) -> Result<Self, DirectiveError> {
         let mut cc = Self::default();
-        for part in header.split(',') {
+        for part in split_directives(header) {
             let part = part.trim();
             if part.is_empty() {
                 continue;
@@ -223,7 +224,7 @@ impl CacheControl {
                 "only-if-cached" => cc.only_if_cached = Some(true),
                 "max-age" | "s-maxage" => {
                     let arg = arg.ok_or_else(|| DirectiveError::new(&field, "needs a value"))?;
-                    let secs: u64 = arg.parse().map_err(|_| {
+                    let secs = delta_seconds(arg).ok_or_else(|| {
                         DirectiveError::new(
                             &field,
                             format!("`{arg}` is not a non-negative integer of seconds"),
@@ -252,6 +253,43 @@ impl CacheControl {
             similarity_threshold: self.similarity_threshold.or(other.similarity_threshold),
         }
     }
+}
+
+/// Splits a `Cache-Control` value at the commas outside quoted strings (RFC 9110 §5.6.4,
+/// backslash escapes included).
+fn split_directives(header: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, b) in header.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                parts.push(&header[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&header[start..]);
+    parts
+}
+
+/// The largest delta-seconds value: RFC 9111 §1.2.2 has a cache read anything larger (or too
+/// large to represent) as 2^31.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// RFC 9111 delta-seconds (`1*DIGIT`), capped at [`MAX_DELTA_SECONDS`]; `None` when not digits.
+fn delta_seconds(arg: &str) -> Option<u64> {
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits only: parsing fails only on overflow, which caps too.
+    Some(
+        arg.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -471,6 +509,36 @@ mod tests {
         assert_eq!(err.field, "Cache-Control: max-age");
         assert!(CacheControl::from_header("s-maxage").is_err());
         assert!(CacheControl::from_header("max-age=-1").is_err());
+        assert!(CacheControl::from_header("max-age=+5").is_err());
+        assert!(CacheControl::from_header("max-age=1.5").is_err());
+    }
+
+    #[test]
+    fn header_ages_are_capped_at_two_to_the_31_seconds() {
+        let cap = Some(Duration::from_secs(MAX_DELTA_SECONDS));
+        for v in ["2147483648", "2147483649", "99999999999999999999999999999"] {
+            let cc = CacheControl::from_header(&format!("max-age={v}")).unwrap();
+            assert_eq!(cc.max_age, cap, "{v}");
+        }
+        let cc = CacheControl::from_header("s-maxage=2147483647").unwrap();
+        assert_eq!(cc.max_age, Some(Duration::from_secs(2_147_483_647)));
+    }
+
+    #[test]
+    fn header_extensions_are_ignored_whatever_their_bytes() {
+        let cc =
+            CacheControl::from_header("x-café=\"ü\", \u{fffd}\u{fffd}-ext, foo=bar=baz, =, ,,")
+                .unwrap();
+        assert_eq!(cc, CacheControl::none());
+        // A comma inside a quoted value does not start a directive (escapes included).
+        let cc =
+            CacheControl::from_header(r#"ext="a, no-store, \", no-cache", max-age=5"#).unwrap();
+        assert_eq!(cc.no_store, None);
+        assert_eq!(cc.no_cache, None);
+        assert_eq!(cc.max_age, Some(Duration::from_secs(5)));
+        // An unterminated quote swallows the rest: nothing after it is a directive.
+        let cc = CacheControl::from_header(r#"ext="a, no-store"#).unwrap();
+        assert_eq!(cc.no_store, None);
     }
 
     #[test]

@@ -57,8 +57,8 @@ pub use backend::{CacheBackend, Capabilities, Health, SharedBackend};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{
     Cache, CacheBuilder, CacheEngine, CacheMode, CacheSettings, CacheStatus, Cached, CallError,
-    Hit, L1Config, Lookup, MissReason, PingReport, Prepared, RequestContext, StoreFailure,
-    StoreOutcome, Tier,
+    DEFAULT_L1_MAX_BYTES, Hit, L1Config, Lookup, MissReason, PingReport, Prepared, RequestContext,
+    StoreFailure, StoreOutcome, Tier,
 };
 pub use directives::{CacheControl, DirectiveError};
 pub use embeddings::EmbeddingOutcome;

@@ -15,8 +15,66 @@ pub(crate) async fn liveliness() -> impl IntoResponse {
     axum::Json("I'm alive!")
 }
 
-/// Readiness: `healthy`, or `degraded` while a circuit breaker is not closed (requests are still
-/// answered, from upstream: the cache fails open, so the proxy stays in rotation).
+/// What the readiness checker last learnt of the cache backend.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The backend has answered a ping since the last failure.
+    connected: std::sync::atomic::AtomicBool,
+    /// At least one ping has finished (before that, the backend is "connecting").
+    checked: std::sync::atomic::AtomicBool,
+}
+
+impl Readiness {
+    fn record(&self, result: Result<(), String>) {
+        use std::sync::atomic::Ordering::Release;
+        let was = self.connected.load(std::sync::atomic::Ordering::Acquire);
+        let first = !self.checked.load(std::sync::atomic::Ordering::Acquire);
+        // Errors are logged, never put in the probe's answer (they may name internal hosts).
+        match result {
+            Ok(()) => {
+                if !was {
+                    tracing::info!("readiness: cache backend connected");
+                }
+                self.connected.store(true, Release);
+            }
+            Err(e) => {
+                if was || first {
+                    tracing::warn!(error = %e, "readiness: cache backend unreachable");
+                }
+                self.connected.store(false, Release);
+            }
+        }
+        self.checked.store(true, Release);
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Pings the cache backend now and every `readiness_check_interval`, for the readiness probe
+/// (a disabled cache needs no checker).
+pub(crate) fn spawn_readiness_checker(st: &Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    let st = st.clone();
+    tokio::spawn(async move {
+        if st.cache.engine().is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(st.settings.readiness_check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let result = st.cache.probe().await.map_err(|e| e.to_string());
+            st.readiness.record(result);
+        }
+    })
+}
+
+/// Readiness: `healthy`; `connecting` until the cache backend first answers; `degraded` while it
+/// does not answer or a circuit breaker is not closed. With `readiness_requires_cache` (the
+/// default) anything but `healthy` is a 503, so no traffic is routed to a replica whose cache is
+/// not there; without it the proxy stays ready (it fails open, serving uncached) and reports
+/// the cache in the body. Needs no key: it reveals states, not data.
 pub(crate) async fn readiness(State(st): State<Arc<AppState>>) -> Response {
     let engine = st.cache.engine();
     let label = |b: llm_cache::core::BreakerState| format!("{b:?}").to_lowercase();
@@ -25,19 +83,39 @@ pub(crate) async fn readiness(State(st): State<Arc<AppState>>) -> Response {
     let closed = |b: Option<llm_cache::core::BreakerState>| {
         b.is_none_or(|b| b == llm_cache::core::BreakerState::Closed)
     };
-    let status = if closed(breaker) && closed(semantic) {
-        "healthy"
-    } else {
-        "degraded"
+    let checked = st
+        .readiness
+        .checked
+        .load(std::sync::atomic::Ordering::Acquire);
+    let backend = match (&engine, checked, st.readiness.connected()) {
+        (None, _, _) => None,
+        (Some(_), false, _) => Some("connecting"),
+        (Some(_), true, true) => Some("connected"),
+        (Some(_), true, false) => Some("unreachable"),
     };
-    axum::Json(json!({
-        "status": status,
-        "cache": st.cache_type,
-        "cache_breaker": breaker.map(label),
-        "semantic_breaker": semantic.map(label),
-        "llm_cache_version": env!("CARGO_PKG_VERSION"),
-    }))
-    .into_response()
+    let status = match backend {
+        Some("connecting") => "connecting",
+        Some("unreachable") => "degraded",
+        _ if closed(breaker) && closed(semantic) => "healthy",
+        _ => "degraded",
+    };
+    let code = if status == "healthy" || !st.settings.readiness_requires_cache {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(json!({
+            "status": status,
+            "cache": st.cache_type,
+            "cache_backend": backend,
+            "cache_breaker": breaker.map(label),
+            "semantic_breaker": semantic.map(label),
+            "llm_cache_version": env!("CARGO_PKG_VERSION"),
+        })),
+    )
+        .into_response()
 }
 
 pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {

@@ -91,10 +91,41 @@ pub(crate) async fn auth(
     next.run(req).await
 }
 
-/// Admin endpoints: the master key when one is set; never a tenant key.
-pub(crate) async fn admin_only(req: Request, next: Next) -> Response {
+/// Admin endpoints: the master key when one is set; never a tenant key. Without any key, only
+/// loopback peers (unless `allow_remote_admin_without_key`): anyone who reaches the port must not
+/// be able to flush the cache or read its metrics.
+pub(crate) async fn admin_only(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     match req.extensions().get::<Caller>() {
-        Some(Caller::Master | Caller::Open) => next.run(req).await,
+        Some(Caller::Master) => next.run(req).await,
+        Some(Caller::Open) => {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip());
+            let local = peer.is_some_and(|ip| {
+                ip.is_loopback()
+                    || matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+            });
+            if local || st.settings.allow_remote_admin_without_key {
+                next.run(req).await
+            } else {
+                tracing::warn!(
+                    peer = ?peer,
+                    path = %req.uri().path(),
+                    "admin endpoint refused: no master key and the client is not on loopback"
+                );
+                error(
+                    StatusCode::FORBIDDEN,
+                    "admin endpoints without a master key answer loopback clients only (set general_settings.master_key, or allow_remote_admin_without_key)",
+                    "auth_error",
+                    None,
+                )
+            }
+        }
         _ => error(
             StatusCode::FORBIDDEN,
             "admin endpoints need the master key (general_settings.master_key)",
@@ -163,4 +194,63 @@ pub(crate) fn partition(
         return None;
     }
     presented_key(headers).map(|k| format!("key:{}", short(k.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+
+    use crate::config::ProxyConfig;
+    use crate::server::{app, state_from_config};
+
+    async fn admin_status(yaml: &str, peer: Option<&str>, key: Option<&str>) -> u16 {
+        let config = ProxyConfig::from_yaml(yaml).unwrap();
+        let mut router = app(state_from_config(&config).await.unwrap());
+        let mut req = Request::post("/cache/flushall");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        if let Some(p) = peer {
+            req.extensions_mut()
+                .insert(ConnectInfo(p.parse::<SocketAddr>().unwrap()));
+        }
+        let resp = tower_service::Service::call(&mut router, req)
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    }
+
+    const OPEN: &str =
+        "model_list: []\nlitellm_settings: {cache: true, cache_params: {type: local}}\n";
+
+    #[tokio::test]
+    async fn admin_without_a_key_answers_loopback_peers_only() {
+        for local in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert_eq!(admin_status(OPEN, Some(local), None).await, 200, "{local}");
+        }
+        for remote in ["10.1.2.3:5000", "[2001:db8::1]:5000", "192.168.0.2:1"] {
+            assert_eq!(
+                admin_status(OPEN, Some(remote), None).await,
+                403,
+                "{remote}"
+            );
+        }
+        // Unknown peer (served without connect info): refused.
+        assert_eq!(admin_status(OPEN, None, None).await, 403);
+        // The operator's explicit opt-in.
+        let opted = format!("{OPEN}general_settings: {{allow_remote_admin_without_key: true}}\n");
+        assert_eq!(admin_status(&opted, Some("10.1.2.3:5000"), None).await, 200);
+        // With a master key, the key decides, wherever the client is.
+        let keyed = format!("{OPEN}general_settings: {{master_key: sk-m}}\n");
+        assert_eq!(
+            admin_status(&keyed, Some("10.1.2.3:5000"), Some("sk-m")).await,
+            200
+        );
+        assert_eq!(admin_status(&keyed, Some("127.0.0.1:1"), None).await, 401);
+    }
 }

@@ -120,6 +120,9 @@ pub fn run(registry: Registry) -> ExitCode {
             Command::Key { config, kind } => key(config.as_ref(), &registry, &kind).await,
         }
     });
+    // Whatever still runs (a detached upstream stream, a blocking write) must not hold the
+    // process past shutdown: `serve` already spent the shutdown budget.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -98,9 +98,24 @@ const SETTINGS_KEYS: &[&str] = &[
     "request_log",
     "upstream_timeout",
     "upstream_connect_timeout",
-    "max_request_body_bytes",
-    "shutdown_timeout",
     "partition_by_api_key",
+];
+
+/// The server's limits: read from `general_settings` (as the operator's other server settings)
+/// and accepted in `llm_cache_settings` too.
+const SERVER_KEYS: &[&str] = &[
+    "max_request_body_bytes",
+    "request_body_timeout",
+    "header_read_timeout",
+    "keep_alive_timeout",
+    "http2_keep_alive_interval",
+    "http2_keep_alive_timeout",
+    "http2_max_concurrent_streams",
+    "max_connections",
+    "shutdown_timeout",
+    "allow_remote_admin_without_key",
+    "readiness_requires_cache",
+    "readiness_check_interval",
 ];
 
 /// The wire protocol a deployment (and an endpoint) speaks.
@@ -201,23 +216,50 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     /// Connect timeout.
     pub upstream_connect_timeout: Duration,
-    /// Largest accepted request body.
+    /// Largest accepted request body (413 above).
     pub max_request_body_bytes: usize,
-    /// How long shutdown waits for in-flight requests and cache writes.
+    /// Longest time a request body may take to arrive (408 after).
+    pub request_body_timeout: Duration,
+    /// Connection limits: timeouts, HTTP/2 pings and streams, the connection cap.
+    pub limits: crate::listen::Limits,
+    /// How long shutdown waits for in-flight requests and cache writes, in all.
     pub shutdown_timeout: Duration,
+    /// Serve the admin endpoints to non-loopback peers when no master key is set.
+    pub allow_remote_admin_without_key: bool,
+    /// `/health/readiness` answers 503 until the cache backend answers, and while its breaker
+    /// is open (`false`: it reports the cache but stays ready, serving uncached).
+    pub readiness_requires_cache: bool,
+    /// How often the readiness check pings the cache backend.
+    pub readiness_check_interval: Duration,
     /// Partition the cache by the caller's API key (tenant isolation).
     pub partition_by_api_key: bool,
     /// Request log: `stdout`, or a file path (JSON lines); `None`: off.
     pub request_log: Option<String>,
 }
 
+/// The default body limit: 16 MiB. Chat requests with a few images fit; an audio file for
+/// transcription (OpenAI accepts 25 MB) needs `max_request_body_bytes` raised.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             upstream_timeout: Duration::from_secs(600),
             upstream_connect_timeout: Duration::from_secs(10),
-            max_request_body_bytes: 32 * 1024 * 1024,
+            max_request_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_body_timeout: Duration::from_secs(60),
+            limits: crate::listen::Limits {
+                header_read_timeout: Duration::from_secs(10),
+                keep_alive_timeout: Duration::from_secs(60),
+                http2_keep_alive_interval: Some(Duration::from_secs(20)),
+                http2_keep_alive_timeout: Duration::from_secs(20),
+                http2_max_concurrent_streams: 128,
+                max_connections: crate::listen::default_max_connections(),
+            },
             shutdown_timeout: Duration::from_secs(10),
+            allow_remote_admin_without_key: false,
+            readiness_requires_cache: true,
+            readiness_check_interval: Duration::from_secs(5),
             partition_by_api_key: false,
             request_log: None,
         }
@@ -442,6 +484,7 @@ impl ProxyConfig {
 
         let mut master_key = None;
         let mut keys = Vec::new();
+        let mut settings = Settings::default();
         if let Some(gs) = root.get_mut("general_settings") {
             resolve_env_refs(gs, "general_settings")?;
             let gs = gs
@@ -450,8 +493,9 @@ impl ProxyConfig {
             let p = Params::new(gs.clone(), "general_settings");
             master_key = p.string("master_key")?.filter(|k| !k.is_empty());
             keys = parse_keys(gs.get("keys"))?;
+            server_settings(&p, &mut settings)?;
             for key in gs.keys() {
-                if key != "master_key" && key != "keys" {
+                if key != "master_key" && key != "keys" && !SERVER_KEYS.contains(&key.as_str()) {
                     warnings.push(format!(
                         "general_settings.{key} is a LiteLLM setting llm-cache does not implement; ignored"
                     ));
@@ -472,15 +516,14 @@ impl ProxyConfig {
             ));
         }
 
-        let mut settings = Settings::default();
         if let Some(s) = root.get_mut("llm_cache_settings") {
             resolve_env_refs(s, "llm_cache_settings")?;
             let s = s
                 .as_object()
                 .ok_or_else(|| cfg_err("llm_cache_settings must be a mapping"))?;
             for key in s.keys() {
-                if !SETTINGS_KEYS.contains(&key.as_str()) {
-                    let hint = suggest(key, SETTINGS_KEYS.iter().copied())
+                if !SETTINGS_KEYS.contains(&key.as_str()) && !SERVER_KEYS.contains(&key.as_str()) {
+                    let hint = suggest(key, SETTINGS_KEYS.iter().chain(SERVER_KEYS).copied())
                         .map(|s| format!(" (did you mean `{s}`?)"))
                         .unwrap_or_default();
                     return Err(cfg_err(format!(
@@ -495,12 +538,7 @@ impl ProxyConfig {
             if let Some(t) = p.seconds("upstream_connect_timeout")? {
                 settings.upstream_connect_timeout = t;
             }
-            if let Some(n) = p.u64("max_request_body_bytes")? {
-                settings.max_request_body_bytes = n as usize;
-            }
-            if let Some(t) = p.seconds("shutdown_timeout")? {
-                settings.shutdown_timeout = t;
-            }
+            server_settings(&p, &mut settings)?;
             if let Some(b) = p.bool("partition_by_api_key")? {
                 settings.partition_by_api_key = b;
             }
@@ -521,6 +559,64 @@ impl ProxyConfig {
             warnings,
         })
     }
+}
+
+/// Reads the server's limits ([`SERVER_KEYS`]) from a settings section.
+fn server_settings(p: &Params, settings: &mut Settings) -> Result<()> {
+    let positive = |name: &str, t: Option<Duration>| -> Result<Option<Duration>> {
+        match t {
+            Some(t) if t.is_zero() => Err(p.error(name, "must be greater than 0")),
+            t => Ok(t),
+        }
+    };
+    if let Some(n) = p.u64("max_request_body_bytes")? {
+        settings.max_request_body_bytes = n as usize;
+    }
+    if let Some(t) = positive("request_body_timeout", p.seconds("request_body_timeout")?)? {
+        settings.request_body_timeout = t;
+    }
+    let limits = &mut settings.limits;
+    if let Some(t) = positive("header_read_timeout", p.seconds("header_read_timeout")?)? {
+        limits.header_read_timeout = t;
+    }
+    if let Some(t) = positive("keep_alive_timeout", p.seconds("keep_alive_timeout")?)? {
+        limits.keep_alive_timeout = t;
+    }
+    if let Some(t) = p.seconds("http2_keep_alive_interval")? {
+        // 0 turns the pings off.
+        limits.http2_keep_alive_interval = (!t.is_zero()).then_some(t);
+    }
+    if let Some(t) = positive(
+        "http2_keep_alive_timeout",
+        p.seconds("http2_keep_alive_timeout")?,
+    )? {
+        limits.http2_keep_alive_timeout = t;
+    }
+    if let Some(n) = p.u64("http2_max_concurrent_streams")? {
+        limits.http2_max_concurrent_streams = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = p.u64("max_connections")? {
+        if n == 0 {
+            return Err(p.error("max_connections", "must be at least 1"));
+        }
+        limits.max_connections = n as usize;
+    }
+    if let Some(t) = p.seconds("shutdown_timeout")? {
+        settings.shutdown_timeout = t;
+    }
+    if let Some(b) = p.bool("allow_remote_admin_without_key")? {
+        settings.allow_remote_admin_without_key = b;
+    }
+    if let Some(b) = p.bool("readiness_requires_cache")? {
+        settings.readiness_requires_cache = b;
+    }
+    if let Some(t) = positive(
+        "readiness_check_interval",
+        p.seconds("readiness_check_interval")?,
+    )? {
+        settings.readiness_check_interval = t;
+    }
+    Ok(())
 }
 
 fn strip_prefix(e: &CacheError) -> String {
@@ -755,6 +851,45 @@ general_settings:
         assert_eq!(c.master_key.as_deref(), Some("sk-1234"));
         assert_eq!(c.cache.as_ref().unwrap().backend_type(), "local");
         assert!(c.warnings.iter().any(|w| w.contains("set_verbose")));
+    }
+
+    #[test]
+    fn server_limits_are_read_from_general_settings_and_llm_cache_settings() {
+        let c = ProxyConfig::from_yaml(
+            "general_settings:\n  keep_alive_timeout: 5\n  max_connections: 50\n  http2_keep_alive_interval: 0\n  allow_remote_admin_without_key: true\n  master_key: sk-x\nllm_cache_settings:\n  header_read_timeout: 2.5\n  request_body_timeout: 7\n  readiness_requires_cache: false\n",
+        )
+        .unwrap();
+        let s = &c.settings;
+        assert_eq!(s.limits.keep_alive_timeout, Duration::from_secs(5));
+        assert_eq!(s.limits.max_connections, 50);
+        assert_eq!(s.limits.http2_keep_alive_interval, None);
+        assert_eq!(s.limits.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(s.request_body_timeout, Duration::from_secs(7));
+        assert!(s.allow_remote_admin_without_key);
+        assert!(!s.readiness_requires_cache);
+        assert!(
+            c.warnings.is_empty(),
+            "server settings are not LiteLLM leftovers: {:?}",
+            c.warnings
+        );
+        // Defaults: bounded.
+        let d = Settings::default();
+        assert_eq!(d.max_request_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(d.limits.max_connections >= 16);
+        assert!(d.limits.keep_alive_timeout <= Duration::from_secs(120));
+        // Zero timeouts and caps are errors, not "no limit"; typos get a suggestion.
+        for bad in [
+            "general_settings: {keep_alive_timeout: 0}",
+            "general_settings: {max_connections: 0}",
+            "llm_cache_settings: {request_body_timeout: 0}",
+            "general_settings: {header_read_timeout: soon}",
+        ] {
+            assert!(ProxyConfig::from_yaml(bad).is_err(), "{bad}");
+        }
+        let e = ProxyConfig::from_yaml("llm_cache_settings: {keep_alive_timout: 3}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keep_alive_timeout"), "{e}");
     }
 
     #[test]

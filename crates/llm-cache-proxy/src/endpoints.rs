@@ -17,7 +17,9 @@ use crate::auth::Caller;
 use crate::config::{Api, Deployment};
 use crate::cost::{Prices, format_cost};
 use crate::metrics::status_label;
-use crate::server::{Accepted, AppState, accept, cache_headers, error, not_cached, upstream_error};
+use crate::server::{
+    Accepted, AppState, accept, cache_headers, error, not_cached, off_worker, upstream_error,
+};
 use crate::upstream::{Forward, upstream_body};
 
 /// The stream format of an endpoint.
@@ -377,6 +379,8 @@ handler!(responses, RESPONSES);
 handler!(messages, MESSAGES);
 handler!(rerank, RERANK);
 
+// `accept`'s error is the response to send (as in every `accept` caller).
+#[allow(clippy::result_large_err)]
 async fn json_endpoint(
     st: Arc<AppState>,
     caller: Caller,
@@ -385,10 +389,14 @@ async fn json_endpoint(
     ep: &'static Endpoint,
 ) -> Response {
     let started = Instant::now();
-    let acc = match accept(&st, &headers, &caller, &body, ep.api) {
+    let large = crate::server::large_body_permit(&st, body.len()).await;
+    let acc = match off_worker(large.is_some(), || {
+        accept(&st, &headers, &caller, &body, ep.api)
+    }) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    drop(body);
     if acc.inc.stream && ep.stream.is_none() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -403,10 +411,10 @@ async fn json_endpoint(
     if ctx.bypass.is_none() {
         ctx.bypass = stateful(ep.kind, &acc.inc.request);
     }
-    let prepared = match st
-        .cache
-        .prepare(ep.kind, &acc.inc.request, &acc.inc.cc, &ctx)
-    {
+    let prepared = match off_worker(large.is_some(), || {
+        st.cache
+            .prepare(ep.kind, &acc.inc.request, &acc.inc.cc, &ctx)
+    }) {
         Ok(p) => p,
         Err(e) => {
             return error(
@@ -417,6 +425,7 @@ async fn json_endpoint(
             );
         }
     };
+    drop(large);
     let meta = Meta::new(&acc, &caller, ep.kind, started);
     let fwd = forward(&st, &headers, acc.route.deployment, &keyed);
     let deployment = acc.route.deployment.clone();

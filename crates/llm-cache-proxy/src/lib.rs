@@ -26,6 +26,7 @@
 //! * [`sse`]: stream parsing, assembly for storage, and replay of stored responses.
 //! * `stream`: the streaming request flow (replay, forward, fan-out, store).
 //! * [`fanout`]: one in-flight upstream stream shared by identical streaming requests.
+//! * [`listen`]: the accept loop: connection limits, idle timeouts, bounded shutdown.
 //! * [`metrics`]: Prometheus metrics.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -39,6 +40,7 @@ pub mod config;
 pub mod cost;
 pub mod endpoints;
 pub mod fanout;
+pub mod listen;
 pub mod metrics;
 pub mod responses;
 pub mod server;

@@ -41,6 +41,16 @@ pub struct ProxyMetrics {
     pub stream_replays: AtomicU64,
     /// Streams that completed and were handed to the cache.
     pub streams_stored: AtomicU64,
+    /// Client connections accepted.
+    pub connections_opened: AtomicU64,
+    /// Client connections closed (by either side, idle, evicted or cut).
+    pub connections_closed: AtomicU64,
+    /// Idle connections closed to make room at `max_connections`.
+    pub connections_evicted: AtomicU64,
+    /// Times a new connection found `max_connections` reached.
+    pub connection_cap_reached: AtomicU64,
+    /// Requests whose body did not arrive within `request_body_timeout`.
+    pub request_body_timeouts: AtomicU64,
 }
 
 /// A short label for a cache status.
@@ -137,6 +147,11 @@ impl ProxyMetrics {
             upstream_errors: self.upstream_errors.load(Relaxed),
             stream_replays: self.stream_replays.load(Relaxed),
             streams_stored: self.streams_stored.load(Relaxed),
+            connections_opened: self.connections_opened.load(Relaxed),
+            connections_closed: self.connections_closed.load(Relaxed),
+            connections_evicted: self.connections_evicted.load(Relaxed),
+            connection_cap_reached: self.connection_cap_reached.load(Relaxed),
+            request_body_timeouts: self.request_body_timeouts.load(Relaxed),
         }
     }
 }
@@ -382,6 +397,11 @@ struct ProxySnapshot {
     upstream_errors: u64,
     stream_replays: u64,
     streams_stored: u64,
+    connections_opened: u64,
+    connections_closed: u64,
+    connections_evicted: u64,
+    connection_cap_reached: u64,
+    request_body_timeouts: u64,
 }
 
 /// Encodes [`ProxyMetrics`] (a [`ProxySnapshot`] of them).
@@ -425,6 +445,38 @@ impl Collector for ProxyCollector {
             "llm_cache_streams_stored_total",
             "Upstream streams that completed cleanly and were stored.",
             p.streams_stored,
+        )?;
+        let open = enc.encode_descriptor(
+            "llm_cache_connections_open",
+            "Client connections open now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(p.connections_opened.saturating_sub(p.connections_closed) as i64)
+            .encode(open)?;
+        counter(
+            enc,
+            "llm_cache_connections_total",
+            "Client connections accepted.",
+            p.connections_opened,
+        )?;
+        counter(
+            enc,
+            "llm_cache_connections_evicted_total",
+            "Idle client connections closed to make room at max_connections.",
+            p.connections_evicted,
+        )?;
+        counter(
+            enc,
+            "llm_cache_connection_cap_reached_total",
+            "Times a new client connection found max_connections reached.",
+            p.connection_cap_reached,
+        )?;
+        counter(
+            enc,
+            "llm_cache_request_body_timeouts_total",
+            "Requests refused (408) because their body did not arrive within request_body_timeout.",
+            p.request_body_timeouts,
         )?;
         let (per_bucket, count, sum) = p.upstream_latency;
         histogram(
@@ -992,6 +1044,11 @@ mod tests {
                 "# TYPE llm_cache_upstream_errors_total counter",
                 "# TYPE llm_cache_stream_replays_total counter",
                 "# TYPE llm_cache_streams_stored_total counter",
+                "# TYPE llm_cache_connections_open gauge",
+                "# TYPE llm_cache_connections_total counter",
+                "# TYPE llm_cache_connections_evicted_total counter",
+                "# TYPE llm_cache_connection_cap_reached_total counter",
+                "# TYPE llm_cache_request_body_timeouts_total counter",
                 "# TYPE llm_cache_upstream_duration_seconds histogram",
             ]
         );

@@ -52,10 +52,59 @@ pub struct AppState {
     pub stream_flights: Arc<StreamFlights>,
     /// What the cache saved, and the request log.
     pub accounting: crate::accounting::Accounting,
+    /// The proxy's settings (limits, timeouts).
+    pub settings: Arc<crate::config::Settings>,
+    /// What the readiness probe reports about the cache backend.
+    pub readiness: crate::admin::Readiness,
+    /// Budget of large bodies parsed and keyed at once, in KiB (see [`large_body_permit`]).
+    pub large_bodies: Arc<tokio::sync::Semaphore>,
 }
 
-/// Builds the axum application.
-pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
+/// Bodies from this size on are parsed and keyed off the async workers, under
+/// [`AppState::large_bodies`].
+pub const LARGE_BODY_BYTES: usize = 1024 * 1024;
+
+/// For a large body: waits for its share of the large-body budget (twice the body limit, in
+/// KiB), so that a few huge requests cannot take all the memory and CPU while parsed and keyed.
+/// `None` for a small body (no wait).
+pub(crate) async fn large_body_permit(
+    st: &AppState,
+    len: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if len < LARGE_BODY_BYTES {
+        return None;
+    }
+    let budget = large_body_budget_kib(st.settings.max_request_body_bytes);
+    let want = u32::try_from(len / 1024).unwrap_or(u32::MAX).min(budget);
+    st.large_bodies.clone().acquire_many_owned(want).await.ok()
+}
+
+fn large_body_budget_kib(body_limit: usize) -> u32 {
+    u32::try_from((body_limit / 1024).saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .max(8 * 1024)
+}
+
+/// Runs CPU-heavy synchronous work (parsing or keying a large body) without stalling the async
+/// worker it is on: `block_in_place` hands the worker's other tasks (cache hits, streams) to
+/// another thread. Inline on a current-thread runtime or when `heavy` is false.
+pub(crate) fn off_worker<R>(heavy: bool, f: impl FnOnce() -> R) -> R {
+    if heavy
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// Builds the axum application. Served by [`Server::serve`], every request carries its peer
+/// address (axum's `ConnectInfo<SocketAddr>`); an embedder serving it elsewhere should serve it
+/// with connect info too (`into_make_service_with_connect_info`), else admin endpoints without a
+/// master key are refused as if from the network.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    let body_limit = state.settings.max_request_body_bytes;
     // The LLM endpoints, each served at `/v1{path}` and at `{path}` (as OpenAI clients and
     // LiteLLM's proxy accept both).
     let llm: [(&str, axum::routing::MethodRouter<Arc<AppState>>); 8] = [
@@ -77,7 +126,7 @@ pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
         .route("/cache/flushall", post(cache_flushall))
         .route("/cache/stats", get(crate::admin::cache_stats))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn(admin_only));
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_only));
     let api = llm
         .into_iter()
         .fold(axum::Router::new(), |r, (path, handler)| {
@@ -93,7 +142,93 @@ pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
         .route("/health/readiness", get(readiness))
         .merge(api)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .with_state(state)
+}
+
+/// Reads the whole request body before any handler runs: within `request_body_timeout` (else
+/// 408, and the connection closes) and `max_request_body_bytes` (else 413). A stalled or
+/// endless body costs a bounded time and memory, whatever the endpoint.
+async fn read_body(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let limit = st.settings.max_request_body_bytes;
+    let too_large = || {
+        let mut r = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {limit} bytes (max_request_body_bytes)"),
+            "invalid_request_error",
+            None,
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let timeout = st.settings.request_body_timeout;
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            if is_length_limit(&e) {
+                return too_large();
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+                "invalid_request_error",
+                None,
+            );
+        }
+        Err(_) => {
+            st.metrics
+                .request_body_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                path = %parts.uri.path(),
+                timeout_s = timeout.as_secs_f64(),
+                "request body not received in time (request_body_timeout): 408"
+            );
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (request_body_timeout)",
+                    timeout.as_secs_f64()
+                ),
+                "invalid_request_error",
+                None,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// Whether a body error is the length limit (`http_body_util::LengthLimitError`, boxed).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The caching proxy as a library: built from a [`ProxyConfig`] (whose cache was configured
@@ -111,8 +246,6 @@ pub fn app(state: Arc<AppState>, body_limit: usize) -> axum::Router {
 #[derive(Debug)]
 pub struct Server {
     state: Arc<AppState>,
-    body_limit: usize,
-    shutdown_timeout: std::time::Duration,
     models: usize,
 }
 
@@ -125,8 +258,6 @@ impl Server {
         let state = state_from_config(&config).await?;
         Ok(Server {
             state,
-            body_limit: config.settings.max_request_body_bytes,
-            shutdown_timeout: config.settings.shutdown_timeout,
             models: config.models.len(),
         })
     }
@@ -138,15 +269,17 @@ impl Server {
 
     /// The axum application, to embed in another server.
     pub fn router(&self) -> axum::Router {
-        app(self.state.clone(), self.body_limit)
+        app(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets in-flight requests finish and
-    /// flushes pending cache writes (bounded by `shutdown_timeout`). `started` is when startup
-    /// began, for the ready log line.
+    /// Serves on `listener` until `shutdown` completes, then drains: idle connections close,
+    /// requests in flight get the grace period, pending cache writes are flushed, all within
+    /// `shutdown_timeout`; what is still running then is cut (logged). Connections are bounded
+    /// by the limits of [`crate::listen`]. `started` is when startup began, for the ready log
+    /// line.
     ///
     /// # Errors
-    /// A server error.
+    /// A listener error.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -154,21 +287,68 @@ impl Server {
         started: std::time::Instant,
     ) -> Result<(), String> {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let settings = self.state.settings.clone();
+        if self.state.master_key.is_none()
+            && self.state.keys.is_empty()
+            && !local.ip().is_loopback()
+        {
+            if settings.allow_remote_admin_without_key {
+                tracing::warn!(
+                    address = %local,
+                    "no master key: /cache/* and /metrics are open to anyone who reaches this address (allow_remote_admin_without_key)"
+                );
+            } else {
+                tracing::warn!(
+                    address = %local,
+                    "no master key: /cache/* and /metrics answer loopback clients only; set general_settings.master_key to administer remotely"
+                );
+            }
+        }
+        let checker = crate::admin::spawn_readiness_checker(&self.state);
         tracing::info!(
             address = %local,
             cache = self.state.cache_type.as_deref().unwrap_or("off"),
             models = self.models,
             auth = self.state.auth_enabled(),
+            max_connections = settings.limits.max_connections,
             startup_ms = started.elapsed().as_millis() as u64,
             "llm-cache proxy ready"
         );
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+        // The shutdown budget: connections drain first, the cache flush gets the rest (at
+        // least a fifth of it, at most 2 s, reserved).
+        let total = settings.shutdown_timeout;
+        let reserve = (total / 5).min(std::time::Duration::from_secs(2));
+        let (signal_tx, signal_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = signal_tx.send(std::time::Instant::now());
+        };
+        let cut = crate::listen::serve(
+            listener,
+            self.router(),
+            &settings.limits,
+            shutdown,
+            total - reserve,
+            &self.state.metrics,
+        )
+        .await;
+        checker.abort();
+        let deadline = signal_rx
             .await
-            .map_err(|e| format!("server error: {e}"))?;
-        tracing::info!("shutting down: flushing pending cache writes");
-        if let Err(e) = self.state.cache.flush(self.shutdown_timeout).await {
-            tracing::warn!(error = %e, "cache flush failed at shutdown");
+            .unwrap_or_else(|_| std::time::Instant::now())
+            + total;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        tracing::info!(
+            cut_connections = cut,
+            budget_ms = left.as_millis() as u64,
+            "shutting down: flushing pending cache writes"
+        );
+        match tokio::time::timeout(left, self.state.cache.flush(left)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cache flush failed at shutdown"),
+            Err(_) => tracing::warn!(
+                "cache flush did not finish within shutdown_timeout: pending writes dropped"
+            ),
         }
         Ok(())
     }
@@ -188,7 +368,8 @@ pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, St
         None => Cache::disabled(),
     };
     let metrics = Arc::new(ProxyMetrics::default());
-    let upstream = Upstream::new(Arc::new(config.settings.clone()), metrics.clone())?;
+    let settings = Arc::new(config.settings.clone());
+    let upstream = Upstream::new(settings.clone(), metrics.clone())?;
     Ok(Arc::new(AppState {
         cache,
         cache_type: config.cache.as_ref().map(|c| c.backend_type().to_owned()),
@@ -200,6 +381,11 @@ pub async fn state_from_config(config: &ProxyConfig) -> Result<Arc<AppState>, St
         partition_by_api_key: config.settings.partition_by_api_key,
         stream_flights: Arc::default(),
         accounting: crate::accounting::Accounting::new(config.settings.request_log.as_deref()),
+        large_bodies: Arc::new(tokio::sync::Semaphore::new(large_body_budget_kib(
+            settings.max_request_body_bytes,
+        ) as usize)),
+        settings,
+        readiness: crate::admin::Readiness::default(),
     }))
 }
 
@@ -283,6 +469,22 @@ pub(crate) struct Incoming {
     pub(crate) include_usage: bool,
 }
 
+/// The request's `Cache-Control` directives: every field line, combined (RFC 9110 §5.3), read
+/// byte for byte (an extension with non-ASCII bytes is ignored like any other extension).
+pub(crate) fn header_cache_control(
+    headers: &HeaderMap,
+) -> Result<CacheControl, llm_cache::core::directives::DirectiveError> {
+    let mut lines = headers.get_all(header::CACHE_CONTROL).iter().peekable();
+    if lines.peek().is_none() {
+        return Ok(CacheControl::none());
+    }
+    let text = lines
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect::<Vec<_>>()
+        .join(",");
+    CacheControl::from_header(&text)
+}
+
 #[allow(clippy::result_large_err)]
 pub(crate) fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response> {
     let request: Value = serde_json::from_slice(body).map_err(|e| {
@@ -336,27 +538,14 @@ pub(crate) fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incomin
             Some(&e.field),
         )
     })?;
-    let header_cc = match headers.get(header::CACHE_CONTROL) {
-        None => CacheControl::none(),
-        Some(v) => {
-            let text = v.to_str().map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid Cache-Control header",
-                    "invalid_request_error",
-                    Some("Cache-Control"),
-                )
-            })?;
-            CacheControl::from_header(text).map_err(|e| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    e.to_string(),
-                    "invalid_request_error",
-                    Some(&e.field),
-                )
-            })?
-        }
-    };
+    let header_cc = header_cache_control(headers).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            "invalid_request_error",
+            Some(&e.field),
+        )
+    })?;
     Ok(Incoming {
         request,
         cc: body_cc.or(header_cc),
@@ -536,6 +725,8 @@ pub(crate) fn not_cached(key: Option<&llm_cache::CacheKey>) -> Response {
     resp
 }
 
+// `accept`'s error is the response to send (as in every `accept` caller).
+#[allow(clippy::result_large_err)]
 async fn embeddings(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -543,10 +734,15 @@ async fn embeddings(
     body: Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
-    let acc = match accept(&st, &headers, &caller, &body, Api::OpenAi) {
+    let large = large_body_permit(&st, body.len()).await;
+    let acc = match off_worker(large.is_some(), || {
+        accept(&st, &headers, &caller, &body, Api::OpenAi)
+    }) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    drop(body);
+    drop(large);
     let meta = endpoints::Meta::new(&acc, &caller, CallKind::Embedding, started);
     let fwd = endpoints::forward(&st, &headers, acc.route.deployment, &[]);
     let deployment = acc.route.deployment.clone();

@@ -151,21 +151,9 @@ pub(crate) async fn transcriptions(
             Err(e) => return bad(format!("invalid `cache` field: {e}"), Some("cache")),
         },
     };
-    let header_cc = match headers
-        .get(header::CACHE_CONTROL)
-        .map(|v| v.to_str().map_err(|_| "not text".to_owned()))
-    {
-        None => CacheControl::none(),
-        Some(Ok(text)) => match CacheControl::from_header(text) {
-            Ok(cc) => cc,
-            Err(e) => return bad(e.to_string(), Some(&e.field)),
-        },
-        Some(Err(e)) => {
-            return bad(
-                format!("invalid Cache-Control header: {e}"),
-                Some("Cache-Control"),
-            );
-        }
+    let header_cc = match crate::server::header_cache_control(&headers) {
+        Ok(cc) => cc,
+        Err(e) => return bad(e.to_string(), Some(&e.field)),
     };
     let inc = Incoming {
         request: key_request(&audio, &fields),

@@ -181,10 +181,27 @@ impl Upstream {
         rb.timeout(timeout)
     }
 
+    /// A transport failure: the detail (with the upstream's address) goes to the log, the
+    /// client gets its class only (an internal host and port are nobody else's business).
     fn unreachable(&self, e: &reqwest::Error) -> UpstreamError {
         self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        tracing::warn!(error = %detail, timeout = e.is_timeout(), "upstream call failed");
+        let message = if e.is_timeout() {
+            "upstream timed out"
+        } else if e.is_connect() {
+            "upstream unreachable: cannot connect"
+        } else {
+            "upstream request failed"
+        };
         UpstreamError::Unreachable {
-            message: format!("upstream unreachable: {e}"),
+            message: message.to_owned(),
             timeout: e.is_timeout(),
         }
     }

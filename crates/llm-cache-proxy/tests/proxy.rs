@@ -663,6 +663,13 @@ async fn upstream_errors_are_passed_through_and_never_cached() {
     let r = chat(&p2, &chat_req("x")).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["type"], "upstream_error");
+    // The internal upstream's address is logged, never told to the client.
+    let port = dead.rsplit(':').next().unwrap().trim_end_matches("/v1");
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        !text.contains(port) && !text.contains("127.0.0.1"),
+        "the 502 body reveals the upstream: {text}"
+    );
 }
 
 #[tokio::test]

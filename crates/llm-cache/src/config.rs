@@ -335,7 +335,9 @@ impl CacheConfig {
             if let Some(n) = p.u64("l1_max_items")? {
                 l1.memory = l1.memory.with_max_items(Some(n));
             }
-            l1.memory = l1.memory.with_max_bytes(p.u64("l1_max_bytes")?);
+            if let Some(n) = p.u64("l1_max_bytes")? {
+                l1.memory = l1.memory.with_max_bytes(Some(n));
+            }
             s.l1 = Some(l1);
         }
         let mut keys = KeyOptions {

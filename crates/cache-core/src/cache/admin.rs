@@ -127,6 +127,32 @@ impl Cache {
         })
     }
 
+    /// Pings the backend and the semantic index, writing nothing: what a readiness probe asks.
+    /// Bounded by the admin timeout; a failure is counted (not logged: a prober logs state
+    /// changes).
+    ///
+    /// # Errors
+    /// The first failure (backend, then semantic index). A disabled cache is always ready.
+    pub async fn probe(&self) -> Result<()> {
+        let Some(engine) = self.engine() else {
+            return Ok(());
+        };
+        let timeout = engine.settings.admin_timeout;
+        let name = engine.backend.name();
+        let stats = &self.shared.stats;
+        if let Err(e) = bounded(name, timeout, engine.backend.ping()).await {
+            stats.record_error(engine.backend.name(), "ping", e.kind_label());
+            return Err(e);
+        }
+        if let Some(sem) = &engine.semantic
+            && let Err(e) = bounded(name, timeout, sem.ping()).await
+        {
+            stats.record_error(engine.backend.name(), "ping", e.kind_label());
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Waits (bounded) for background writes, then flushes the backend. Call on shutdown.
     ///
     /// # Errors
@@ -147,5 +173,21 @@ impl Cache {
         engine
             .admin(engine.backend.flush(), "flush", &self.shared.stats)
             .await
+    }
+}
+
+/// A ping bounded by `timeout`.
+async fn bounded<T>(
+    backend: &str,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(CacheError::Timeout {
+            backend: backend.to_owned(),
+            operation: "ping",
+            after: timeout,
+        }),
     }
 }

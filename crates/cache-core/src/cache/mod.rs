@@ -25,7 +25,7 @@ mod status;
 pub use engine::CacheEngine;
 pub(crate) use engine::StoreWrite;
 pub use request::{Prepared, RequestContext};
-pub use settings::{CacheBuilder, CacheMode, CacheSettings, L1Config};
+pub use settings::{CacheBuilder, CacheMode, CacheSettings, DEFAULT_L1_MAX_BYTES, L1Config};
 pub use status::{
     CacheStatus, Cached, CallError, Hit, Lookup, MissReason, PingReport, StoreFailure,
     StoreOutcome, Tier,

@@ -43,10 +43,17 @@ impl L1Config {
     }
 }
 
+/// The default byte bound of an L1 tier: 128 MiB (10,000 entries of up to 1 MiB would otherwise
+/// allow ~10 GiB).
+pub const DEFAULT_L1_MAX_BYTES: u64 = 128 * 1024 * 1024;
+
 impl Default for L1Config {
+    /// 10,000 entries and [`DEFAULT_L1_MAX_BYTES`] at most, 60 s.
     fn default() -> Self {
         L1Config {
-            memory: MemoryConfig::default().with_max_items(Some(10_000)),
+            memory: MemoryConfig::default()
+                .with_max_items(Some(10_000))
+                .with_max_bytes(Some(DEFAULT_L1_MAX_BYTES)),
             ttl: Duration::from_secs(60),
         }
     }
