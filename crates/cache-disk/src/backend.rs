@@ -1,4 +1,5 @@
-//! [`DiskBackend`]: the [`CacheBackend`] over the store, and the background sweeper.
+//! [`DiskBackend`]: the [`CacheBackend`] over the store, and the background maintenance
+//! thread (sweeping expired entries, recovering from I/O failures).
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -26,7 +27,7 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Stop signal of the sweeper thread.
+/// Stop signal of the maintenance thread.
 #[derive(Debug, Default)]
 struct Signal {
     stop: Mutex<bool>,
@@ -39,6 +40,11 @@ impl Signal {
     }
 }
 
+/// How often the maintenance thread retries after an I/O failure.
+const RECOVERY_RETRY: Duration = Duration::from_secs(1);
+
+/// The maintenance thread: sweeps expired entries every `sweep_interval`, and after an I/O
+/// failure (a full disk) retries every [`RECOVERY_RETRY`] to make the database writable again.
 #[derive(Debug)]
 struct Sweeper {
     signal: Arc<Signal>,
@@ -50,22 +56,47 @@ impl Sweeper {
         let signal = Arc::new(Signal::default());
         let s = signal.clone();
         let thread = std::thread::Builder::new()
-            .name("llm-cache-disk-sweeper".to_owned())
+            .name("llm-cache-disk-maintenance".to_owned())
             .spawn(move || {
+                let mut recovery_failures = 0u32;
+                // The first sweep runs at once: entries that expired while the process was
+                // down go right away.
+                let mut last_sweep: Option<Instant> = None;
                 loop {
-                    // The first sweep runs at once: entries that expired while the process
-                    // was down go right away.
-                    match store.sweep_expired(&|| s.stopped()) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::debug!(backend = NAME, removed = n, "swept expired entries")
+                    if store.needs_recovery() {
+                        // After an I/O failure (a full disk): reopen once there is room.
+                        match store.recover() {
+                            Ok(_) => recovery_failures = 0,
+                            Err(e) => {
+                                recovery_failures += 1;
+                                // The first failure, then about every minute.
+                                if recovery_failures % 60 == 1 {
+                                    tracing::warn!(
+                                        backend = NAME,
+                                        "disk cache not recovered yet: {e}"
+                                    );
+                                }
+                            }
                         }
-                        Err(e) => tracing::warn!(backend = NAME, "sweep failed: {e}"),
+                    } else if last_sweep.is_none_or(|t| t.elapsed() >= every) {
+                        last_sweep = Some(Instant::now());
+                        match store.sweep_expired(&|| s.stopped()) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::debug!(
+                                    backend = NAME,
+                                    removed = n,
+                                    "swept expired entries"
+                                )
+                            }
+                            Err(e) => tracing::warn!(backend = NAME, "sweep failed: {e}"),
+                        }
                     }
+                    // Wakes at least every RECOVERY_RETRY to notice an I/O failure.
                     let guard = s.stop.lock().unwrap_or_else(PoisonError::into_inner);
                     let (guard, _) = s
                         .wake
-                        .wait_timeout_while(guard, every, |stop| !*stop)
+                        .wait_timeout_while(guard, every.min(RECOVERY_RETRY), |stop| !*stop)
                         .unwrap_or_else(PoisonError::into_inner);
                     if *guard {
                         return;
@@ -77,7 +108,7 @@ impl Sweeper {
                     NAME,
                     "open",
                     true,
-                    format!("cannot start the sweeper thread: {e}"),
+                    format!("cannot start the maintenance thread: {e}"),
                 )
             })?;
         Ok(Sweeper {
@@ -96,7 +127,7 @@ impl Sweeper {
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
-            tracing::error!(backend = NAME, "the sweeper thread panicked");
+            tracing::error!(backend = NAME, "the maintenance thread panicked");
         }
     }
 }
@@ -122,8 +153,9 @@ impl DiskBackend {
     /// # Errors
     /// * [`CacheError::Config`] for an out-of-range setting, naming the key.
     /// * [`CacheError::Backend`] naming the directory when it cannot be created, is in use by
-    ///   another process (or another `DiskBackend` of this process), or holds a corrupt or
-    ///   foreign database (unless `on_corruption` is `Reset`).
+    ///   another process (or another `DiskBackend` of this process), or holds a damaged or
+    ///   foreign database and `on_corruption` is `Error`. With the default (`MoveAside`) a
+    ///   damaged database is moved aside and the backend opens empty.
     pub fn open(config: DiskConfig) -> Result<Self> {
         let store = Arc::new(Store::open(config)?);
         let sweeper = Sweeper::spawn(store.clone(), store.config().sweep_interval)?;
@@ -141,6 +173,13 @@ impl DiskBackend {
     /// The configuration.
     pub fn config(&self) -> &DiskConfig {
         self.store.config()
+    }
+
+    /// Where the damaged store found at open was moved (see
+    /// [`OnCorruption::MoveAside`](crate::OnCorruption::MoveAside)); `None` when the store
+    /// opened as it was.
+    pub fn moved_aside(&self) -> Option<&std::path::Path> {
+        self.store.moved_aside()
     }
 
     /// Counters: entries, bytes, size on disk, removals.
@@ -226,7 +265,11 @@ impl CacheBackend for DiskBackend {
         let start = Instant::now();
         self.store.ping()?;
         let stats = self.store.stats();
-        Ok(Health::new(NAME, start.elapsed())
+        let mut health = Health::new(NAME, start.elapsed());
+        if let Some(to) = self.store.moved_aside() {
+            health = health.with_detail("moved_aside", to.display().to_string());
+        }
+        Ok(health
             .with_detail("dir", self.store.config().dir.display().to_string())
             .with_detail("db", self.store.db_path().display().to_string())
             .with_detail("lock", self.store.lock_path().display().to_string())

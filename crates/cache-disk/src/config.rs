@@ -16,16 +16,31 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Default memory for sled's page cache (`disk_cache_memory_bytes`): 64 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+/// Default bound on opening the database (`disk_cache_open_timeout`): 30 s.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The smallest accepted size bound: below this the per-entry overhead dominates.
 const MIN_MAX_BYTES: u64 = 64 << 10;
 
-/// What to do when the database in the directory is corrupt or not ours
+/// What to do when the database in the directory is damaged or not ours
 /// (`disk_cache_on_corruption`).
+///
+/// Damage is: sled returns an error other than an ordinary I/O error (or an I/O error saying
+/// its files are short or malformed), panics, or does not finish opening within
+/// [`DiskConfig::open_timeout`] (a damaged file can make sled loop); the database has no
+/// llm-cache format marker but is not new; or the marker names another format. A directory
+/// locked by another process is never damage: that is an error naming the holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnCorruption {
-    /// Refuse to start with an error naming the directory (default): nothing is deleted.
+    /// Move the damaged store aside, log it with `tracing::error!`, and start empty (default):
+    /// nothing is deleted, and startup never fails on damage. The cache directory moves to a
+    /// sibling `<dir name>.damaged-<unix seconds>` (`-2`, `-3`... if that name is taken) and an
+    /// empty one takes its place. When the directory holds anything but the backend's own
+    /// `LOCK` and `db/`, or cannot be renamed (a mount point, a parent that is not writable),
+    /// only the database moves, to `<dir>/db.damaged-<unix seconds>`.
     #[default]
+    MoveAside,
+    /// Refuse to start with an error naming the directory: nothing is moved or deleted.
     Error,
     /// Delete the database (only the `db/` folder this backend created inside the directory)
     /// and start empty. It is a cache: losing it costs upstream calls, not data.
@@ -52,9 +67,15 @@ pub struct DiskConfig {
     pub sweep_interval: Duration,
     /// Memory for sled's page cache (`disk_cache_memory_bytes`, default 64 MiB).
     pub memory_bytes: u64,
-    /// What to do with a corrupt or foreign database (`disk_cache_on_corruption`:
-    /// `error`, the default, or `reset`).
+    /// What to do with a damaged or foreign database (`disk_cache_on_corruption`:
+    /// `move_aside`, the default, `error` or `reset`). See [`OnCorruption`].
     pub on_corruption: OnCorruption,
+    /// How long opening the database may take (`disk_cache_open_timeout`, seconds, default
+    /// 30, min 0.1). sled opens on a separate thread; one that has not finished by then (a
+    /// damaged file can make sled loop for ever) is treated as damage, handled as
+    /// [`DiskConfig::on_corruption`] says. Time spent waiting for a previous instance of this
+    /// process to release the database does not count.
+    pub open_timeout: Duration,
 }
 
 impl Default for DiskConfig {
@@ -65,7 +86,8 @@ impl Default for DiskConfig {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             memory_bytes: DEFAULT_MEMORY_BYTES,
-            on_corruption: OnCorruption::Error,
+            on_corruption: OnCorruption::MoveAside,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
         }
     }
 }
@@ -80,8 +102,8 @@ impl DiskConfig {
     }
 
     /// Reads `disk_cache_dir`, `disk_cache_max_bytes`, `disk_cache_flush_interval`,
-    /// `disk_cache_sweep_interval`, `disk_cache_memory_bytes` and `disk_cache_on_corruption`;
-    /// absent keys keep their defaults. Other keys (`ttl`, `namespace`, ...) belong to the core.
+    /// `disk_cache_sweep_interval`, `disk_cache_memory_bytes`, `disk_cache_on_corruption` and
+    /// `disk_cache_open_timeout`; absent keys keep their defaults. Other keys (`ttl`, `namespace`, ...) belong to the core.
     ///
     /// # Errors
     /// [`CacheError::Config`] naming the key for a value of the wrong type or out of range.
@@ -107,15 +129,19 @@ impl DiskConfig {
         }
         if let Some(s) = params.string("disk_cache_on_corruption")? {
             c.on_corruption = match s.as_str() {
+                "move_aside" => OnCorruption::MoveAside,
                 "error" => OnCorruption::Error,
                 "reset" => OnCorruption::Reset,
                 other => {
                     return Err(params.error(
                         "disk_cache_on_corruption",
-                        format!("expected `error` or `reset`, got `{other}`"),
+                        format!("expected `move_aside`, `error` or `reset`, got `{other}`"),
                     ));
                 }
             };
+        }
+        if let Some(d) = params.seconds("disk_cache_open_timeout")? {
+            c.open_timeout = d;
         }
         c.validate().map_err(|(key, msg)| params.error(key, msg))?;
         Ok(c)
@@ -148,6 +174,12 @@ impl DiskConfig {
     /// Sets [`DiskConfig::on_corruption`].
     pub fn with_on_corruption(mut self, v: OnCorruption) -> Self {
         self.on_corruption = v;
+        self
+    }
+
+    /// Sets [`DiskConfig::open_timeout`].
+    pub fn with_open_timeout(mut self, d: Duration) -> Self {
+        self.open_timeout = d;
         self
     }
 
@@ -186,6 +218,15 @@ impl DiskConfig {
                 format!("must be at least 1 MiB, got {}", self.memory_bytes),
             ));
         }
+        if self.open_timeout < Duration::from_millis(100) {
+            return Err((
+                "disk_cache_open_timeout",
+                format!(
+                    "must be at least 0.1 seconds, got {}",
+                    self.open_timeout.as_secs_f64()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -211,7 +252,8 @@ mod tests {
         assert_eq!(c, DiskConfig::default());
         assert_eq!(c.dir, PathBuf::from("./.llm_cache"));
         assert_eq!(c.max_bytes, 1 << 30);
-        assert_eq!(c.on_corruption, OnCorruption::Error);
+        assert_eq!(c.on_corruption, OnCorruption::MoveAside);
+        assert_eq!(c.open_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -223,6 +265,7 @@ mod tests {
             "disk_cache_sweep_interval": "2.5",
             "disk_cache_memory_bytes": 8388608,
             "disk_cache_on_corruption": "reset",
+            "disk_cache_open_timeout": "2.5",
             "ttl": 60,
         })))
         .unwrap();
@@ -232,6 +275,15 @@ mod tests {
         assert_eq!(c.sweep_interval, Duration::from_millis(2500));
         assert_eq!(c.memory_bytes, 8 << 20);
         assert_eq!(c.on_corruption, OnCorruption::Reset);
+        assert_eq!(c.open_timeout, Duration::from_millis(2500));
+        for (v, want) in [
+            ("move_aside", OnCorruption::MoveAside),
+            ("error", OnCorruption::Error),
+        ] {
+            let c =
+                DiskConfig::from_params(&params(json!({"disk_cache_on_corruption": v}))).unwrap();
+            assert_eq!(c.on_corruption, want);
+        }
     }
 
     #[test]
@@ -269,6 +321,14 @@ mod tests {
             (
                 json!({"disk_cache_on_corruption": "ignore"}),
                 "cache_params.disk_cache_on_corruption",
+            ),
+            (
+                json!({"disk_cache_open_timeout": 0.01}),
+                "cache_params.disk_cache_open_timeout",
+            ),
+            (
+                json!({"disk_cache_open_timeout": "soon"}),
+                "cache_params.disk_cache_open_timeout",
             ),
         ] {
             let err = DiskConfig::from_params(&params(v.clone()))

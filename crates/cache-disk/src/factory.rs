@@ -16,6 +16,7 @@ pub const KEYS: &[&str] = &[
     "disk_cache_sweep_interval",
     "disk_cache_memory_bytes",
     "disk_cache_on_corruption",
+    "disk_cache_open_timeout",
 ];
 
 /// `type: disk`: the embedded persistent cache.

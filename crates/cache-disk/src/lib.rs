@@ -17,11 +17,21 @@
 //!   a wrong body.
 //! * **One process per directory**: a second opener (another process, or a second backend in
 //!   this one) gets an error naming the directory at once, never a hang.
-//! * **A corrupt or foreign database** is an error at startup naming the directory (nothing is
-//!   deleted), or, with `disk_cache_on_corruption: reset`, deleted and started empty. Never a
-//!   panic: sled's panics while opening are caught.
+//! * **A damaged or foreign database never stops startup**: sled opens on its own thread under
+//!   a deadline (`disk_cache_open_timeout`, 30 s), its errors and panics are caught, and a
+//!   database that fails (or hangs) is moved aside to `<dir name>.damaged-<unix seconds>` next
+//!   to the cache directory, logged with `tracing::error!`, and an empty cache starts in its
+//!   place (`disk_cache_on_corruption: move_aside`, the default; `error` refuses to start,
+//!   `reset` deletes it). A directory locked by another process is not damage.
+//! * **A full disk fails writes, not calls**: a write that cannot reach the disk is an error (a
+//!   miss for the cache), reads go on where sled can, and once the disk takes writes again the
+//!   backend reopens the database by itself (sled keeps its first write error for good).
+//! * **Footprint**: under churn the directory stays under `4 × disk_cache_max_bytes + 16 MiB`
+//!   (measured: 2.3–2.7 × for bounds of 32 MiB and more with 1–8 KiB values, up to 3.9 × in
+//!   bursts of large values; values over 6 KiB are stored in chunks).
 //!
-//! The full contract, layout and measurements are in `docs/backends/disk.md`.
+//! The full contract, layout and measurements are in `docs/backends/disk.md` and
+//! `docs/reliability.md`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -53,7 +63,7 @@ mod store;
 pub use backend::DiskBackend;
 pub use config::{
     DEFAULT_DIR, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BYTES,
-    DEFAULT_SWEEP_INTERVAL, DiskConfig, OnCorruption,
+    DEFAULT_OPEN_TIMEOUT, DEFAULT_SWEEP_INTERVAL, DiskConfig, OnCorruption,
 };
 pub use factory::DiskFactory;
 pub use store::DiskStats;

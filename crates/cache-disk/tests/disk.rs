@@ -302,7 +302,7 @@ async fn fill(dir: &Path) {
 }
 
 #[tokio::test]
-async fn a_corrupt_database_is_an_error_or_a_fresh_start_never_a_panic() {
+async fn with_on_corruption_error_a_corrupt_database_is_an_error_or_reset_never_a_panic() {
     // Each way of damaging the files: garbage over the data file, over the config file, and
     // a data file cut to a few bytes.
     type Damage = fn(&Path);
@@ -327,7 +327,7 @@ async fn a_corrupt_database_is_an_error_or_a_fresh_start_never_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         fill(dir.path()).await;
         damage(&dir.path().join(DB_DIR));
-        match DiskBackend::open(config(dir.path())) {
+        match DiskBackend::open(config(dir.path()).with_on_corruption(OnCorruption::Error)) {
             Err(e) => {
                 let msg = e.to_string();
                 eprintln!("{what}: {msg}");
@@ -364,7 +364,7 @@ async fn a_corrupt_database_is_an_error_or_a_fresh_start_never_a_panic() {
 }
 
 #[tokio::test]
-async fn a_foreign_sled_database_is_refused_unless_reset() {
+async fn a_foreign_sled_database_is_refused_with_on_corruption_error_unless_reset() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path().join(DB_DIR)).unwrap();
@@ -372,7 +372,7 @@ async fn a_foreign_sled_database_is_refused_unless_reset() {
         db.open_tree("their-tree").unwrap();
         db.flush().unwrap();
     }
-    let err = DiskBackend::open(config(dir.path()))
+    let err = DiskBackend::open(config(dir.path()).with_on_corruption(OnCorruption::Error))
         .unwrap_err()
         .to_string();
     assert!(
@@ -503,7 +503,11 @@ const DAMAGE_CHILD_ENV: &str = "LLM_CACHE_DISK_DAMAGE_CHILD";
 const DAMAGE_TEST: &str = "random_damage_to_the_data_file_never_panics_nor_serves_wrong_values";
 
 fn damage_cfg(p: &Path) -> DiskConfig {
-    DiskConfig::new(p).with_flush_interval(Duration::from_millis(50))
+    DiskConfig::new(p)
+        .with_flush_interval(Duration::from_millis(50))
+        .with_on_corruption(OnCorruption::Error)
+        // Before the parent's 60 s deadline: a sled loop at open is the watchdog's.
+        .with_open_timeout(Duration::from_secs(20))
 }
 
 fn damage_value(i: usize) -> Bytes {
@@ -511,7 +515,7 @@ fn damage_value(i: usize) -> Bytes {
 }
 
 /// One trial, in the child process: open the damaged database in `dir` and check what the
-/// backend makes of it. Prints `OUTCOME refused|sled-panic|cycle|opened`.
+/// backend makes of it. Prints `OUTCOME refused|sled-panic|cycle|open-timeout|opened`.
 async fn damage_trial(dir: &Path) {
     let result = std::panic::catch_unwind(|| DiskBackend::open(damage_cfg(dir)))
         .unwrap_or_else(|_| panic!("a panic escaped DiskBackend::open"));
@@ -526,6 +530,8 @@ async fn damage_trial(dir: &Path) {
             assert_eq!(b.get("fresh").await.unwrap(), Some(damage_value(1)));
             let kind = if msg.contains("sled panicked") {
                 "sled-panic"
+            } else if msg.contains("did not finish opening") {
+                "open-timeout" // sled looped at open; the watchdog gave up on it
             } else if msg.contains("out of order") {
                 "cycle" // a cycle in sled's tree, caught instead of scanned for ever
             } else {
@@ -555,8 +561,10 @@ async fn damage_trial(dir: &Path) {
 ///
 /// Each trial runs in a child process with a deadline: on rare damage (once in CI, in ~50
 /// runs) sled 0.34 loops for ever inside one read, burning CPU and memory, where no caller
-/// can stop it. Such a trial is killed and reported as `hung` (a known sled limitation,
-/// docs/backends/disk.md); it does not fail the test, a panic or a wrong value does.
+/// can stop it. At open the watchdog (`open_timeout`) turns that into an error
+/// (`open-timeout`); a loop after open (in the reads below) is killed by the deadline and
+/// reported as `hung` (a known sled limitation, docs/backends/disk.md). Neither fails the
+/// test; a panic or a wrong value does.
 #[tokio::test]
 async fn random_damage_to_the_data_file_never_panics_nor_serves_wrong_values() {
     if let Ok(dir) = std::env::var(DAMAGE_CHILD_ENV) {

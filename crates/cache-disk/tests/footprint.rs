@@ -1,0 +1,92 @@
+//! The disk footprint under churn stays within the documented bound of
+//! `4 × disk_cache_max_bytes + 16 MiB` (docs/reliability.md): 10 × the bound of distinct
+//! keys is written with no TTL, so the size bound evicts all along, and the directory's
+//! allocated size (what `du` counts) is checked after every 1/8 of the bound written. Not
+//! timed; the longer measurement is `examples/footprint.rs`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cache_core::{Bytes, CacheBackend};
+use cache_disk::{DiskBackend, DiskConfig};
+
+const MAX_BYTES: u64 = 4 << 20;
+
+/// The documented bound on the directory's size.
+fn bound(max_bytes: u64) -> u64 {
+    4 * max_bytes + (16 << 20)
+}
+
+/// Allocated bytes of every file under `path`.
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => dir_size(&e.path()),
+                Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+/// Churns `rounds` × [`MAX_BYTES`] of values of `min..=max` bytes through a fresh cache and
+/// returns the largest directory size seen.
+async fn churn(min: u64, max: u64, rounds: u64) -> u64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    let b = DiskBackend::open(
+        DiskConfig::new(&dir)
+            .with_max_bytes(MAX_BYTES)
+            .with_flush_interval(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let (mut written, mut n, mut peak) = (0u64, 0u64, 0u64);
+    let mut next_check = MAX_BYTES / 8;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    while written < rounds * MAX_BYTES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (min + x % (max - min + 1)) as usize;
+        let mut v = vec![b'a' + (x % 26) as u8; len];
+        v[..8].copy_from_slice(&n.to_be_bytes());
+        b.set(&format!("app:{n:016x}{x:016x}"), Bytes::from(v), None)
+            .await
+            .unwrap();
+        written += len as u64;
+        n += 1;
+        if written >= next_check {
+            next_check += MAX_BYTES / 8;
+            let size = dir_size(&dir);
+            peak = peak.max(size);
+            assert!(
+                size <= bound(MAX_BYTES),
+                "after {written} bytes written ({n} sets): the directory holds {size} bytes, over \
+                 the bound of {} for disk_cache_max_bytes {MAX_BYTES} ({:?})",
+                bound(MAX_BYTES),
+                b.stats()
+            );
+        }
+    }
+    let stats = b.stats();
+    assert!(stats.bytes <= MAX_BYTES);
+    assert!(stats.evicted > 0);
+    eprintln!(
+        "values of {min}..={max} B: {n} sets, {written} bytes written, peak directory size {peak} \
+         ({:.2} x the bound of {MAX_BYTES})",
+        peak as f64 / MAX_BYTES as f64
+    );
+    peak
+}
+
+#[tokio::test]
+async fn churn_of_small_values_stays_within_the_footprint_bound() {
+    churn(1024, 8192, 10).await;
+}
+
+#[tokio::test]
+async fn churn_of_large_values_stays_within_the_footprint_bound() {
+    churn(64 << 10, 256 << 10, 10).await;
+}
