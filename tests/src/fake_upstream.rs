@@ -37,6 +37,10 @@ struct Inner {
     auth: Mutex<Vec<Option<String>>>,
     headers: Mutex<Vec<HeaderMap>>,
     required_keys: Mutex<Vec<String>>,
+    /// Bodies larger than this are not parsed (0: no limit): answered as `{"model": ...}` with
+    /// an empty prompt, recorded as `null`. The large-body bench sets it, so that the fake's
+    /// own parsing does not weigh on the machine the proxy is measured on.
+    parse_limit: AtomicUsize,
 }
 
 /// A running fake upstream.
@@ -95,6 +99,8 @@ impl FakeUpstream {
             .route("/v1/rerank", post(rerank))
             .route("/v1/audio/transcriptions", post(transcriptions))
             .route("/v1/models", get(models))
+            // Large requests (the proxy's large-body tests and bench) reach it whole.
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -151,6 +157,11 @@ impl FakeUpstream {
         *self.inner.required_keys.lock().unwrap() = keys.iter().map(|k| (*k).to_owned()).collect();
     }
 
+    /// Bodies larger than `bytes` are answered without being parsed (see `Inner::parse_limit`).
+    pub fn set_parse_limit(&self, bytes: usize) {
+        self.inner.parse_limit.store(bytes, SeqCst);
+    }
+
     /// Adds latency to every answer.
     pub fn set_latency(&self, d: Duration) {
         self.inner.latency_ms.store(d.as_millis() as u64, SeqCst);
@@ -163,6 +174,11 @@ async fn record(
     body: &Bytes,
 ) -> Result<(Value, usize), Response> {
     let n = inner.calls.fetch_add(1, SeqCst) + 1;
+    let limit = inner.parse_limit.load(SeqCst);
+    if limit > 0 && body.len() > limit {
+        inner.bodies.lock().unwrap().push(Value::Null);
+        return Ok((json!({"model": "large"}), n));
+    }
     let v: Value = serde_json::from_slice(body).map_err(|_| {
         (
             StatusCode::BAD_REQUEST,

@@ -23,6 +23,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use crate::error::{CacheError, Result};
@@ -252,6 +253,12 @@ pub struct KeyContext<'a> {
     /// Request headers forwarded upstream that can change the answer (Anthropic's
     /// `anthropic-version`, `anthropic-beta`): `(lowercase name, value)`, keyed.
     pub headers: &'a [(&'a str, &'a str)],
+    /// Top-level members of the request kept as raw JSON text (one value each) instead of
+    /// parsed (the bulk of a large body, which is only forwarded): keyed exactly as if they
+    /// were members of the request object, without building a tree (the preimage is byte for
+    /// byte the same; text that is not one JSON value is an error). They must not also be
+    /// members of the request value. A `key_fn` sees the parsed members only.
+    pub raw: &'a [(&'a str, &'a str)],
 }
 
 /// Whether a top-level member is keyed, given the opt-in members the request forwards.
@@ -369,8 +376,8 @@ impl KeyBuilder {
                 }
             });
         }
-        let mut buf = Vec::with_capacity(estimate_len(request));
-        self.write_preimage(&mut buf, kind, obj, ctx, None);
+        let mut buf = Vec::with_capacity(estimate_len(request, ctx));
+        self.write_preimage(&mut buf, kind, obj, ctx, None)?;
         Ok(CacheKey::new(ctx.namespace, &hash_hex(&buf)))
     }
 
@@ -386,8 +393,8 @@ impl KeyBuilder {
         ctx: &KeyContext<'_>,
     ) -> Result<CacheKey> {
         let obj = as_object(request)?;
-        let mut buf = Vec::with_capacity(estimate_len(request));
-        self.write_preimage(&mut buf, kind, obj, ctx, None);
+        let mut buf = Vec::with_capacity(estimate_len(request, ctx));
+        self.write_preimage(&mut buf, kind, obj, ctx, None)?;
         Ok(CacheKey::new(ctx.namespace, &hash_hex(&buf)))
     }
 
@@ -400,7 +407,7 @@ impl KeyBuilder {
     ) -> Result<String> {
         let obj = as_object(request)?;
         let mut buf = Vec::new();
-        self.write_preimage(&mut buf, kind, obj, ctx, None);
+        self.write_preimage(&mut buf, kind, obj, ctx, None)?;
         Ok(String::from_utf8(buf).expect("canonical JSON is UTF-8"))
     }
 
@@ -423,7 +430,7 @@ impl KeyBuilder {
         let mut keys = Vec::with_capacity(inputs.len());
         for input in inputs {
             buf.clear();
-            self.write_preimage(&mut buf, CallKind::Embedding, obj, ctx, Some(&input));
+            self.write_preimage(&mut buf, CallKind::Embedding, obj, ctx, Some(&input))?;
             keys.push((CacheKey::new(ctx.namespace, &hash_hex(&buf)), input));
         }
         Ok(keys)
@@ -462,7 +469,7 @@ impl KeyBuilder {
         obj: &Map<String, Value>,
         ctx: &KeyContext<'_>,
         item: Option<&Value>,
-    ) {
+    ) -> Result<()> {
         write_tag(buf, "key");
         buf.extend_from_slice(kind.as_str().as_bytes());
         buf.push(b'\n');
@@ -487,7 +494,7 @@ impl KeyBuilder {
         }
 
         let model_override = self.model_value(obj, ctx);
-        let mut members: Vec<(&str, &Value)> = Vec::with_capacity(obj.len());
+        let mut members: Vec<(&str, Member<'_>)> = Vec::with_capacity(obj.len() + ctx.raw.len());
         for (k, v) in obj {
             if !is_keyed(k, ctx.forwarded) {
                 continue;
@@ -499,31 +506,37 @@ impl KeyBuilder {
             if v.is_null() {
                 continue;
             }
-            members.push((k.as_str(), v));
+            members.push((k.as_str(), Member::Value(v)));
         }
         if item.is_some() && !obj.contains_key("input") {
-            members.push(("input", item.unwrap_or(&Value::Null)));
+            members.push(("input", Member::Value(item.unwrap_or(&Value::Null))));
+        }
+        for (k, raw) in ctx.raw {
+            if is_keyed(k, ctx.forwarded) && raw.trim() != "null" {
+                members.push((k, Member::Raw(raw)));
+            }
         }
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
         buf.push(b'{');
         let mut first = true;
         for (k, v) in members {
-            if v.is_null() {
-                continue;
-            }
             if !first {
                 buf.push(b',');
             }
             first = false;
             write_str(buf, k);
             buf.push(b':');
-            match (k, &model_override) {
-                ("model", Some(m)) => write_str(buf, m),
-                _ => write_canonical(buf, v),
+            match (k, &model_override, v) {
+                ("model", Some(m), _) => write_str(buf, m),
+                (_, _, Member::Value(v)) => write_canonical(buf, v),
+                (_, _, Member::Raw(raw)) => write_canonical_raw(buf, raw).map_err(|e| {
+                    CacheError::Config(format!("request member `{k}` is not valid JSON: {e}"))
+                })?,
             }
         }
         buf.push(b'}');
+        Ok(())
     }
 
     fn model_value<'a>(
@@ -562,7 +575,23 @@ fn is_token_array(items: &[Value]) -> bool {
     !items.is_empty() && items.iter().all(Value::is_number)
 }
 
-fn estimate_len(v: &Value) -> usize {
+/// A keyed member: parsed, or raw JSON text.
+#[derive(Clone, Copy)]
+enum Member<'a> {
+    Value(&'a Value),
+    Raw(&'a str),
+}
+
+fn estimate_len(v: &Value, ctx: &KeyContext<'_>) -> usize {
+    let raw: usize = ctx
+        .raw
+        .iter()
+        .map(|(k, r)| k.len() + r.len() + 4)
+        .sum();
+    raw + estimate_value_len(v)
+}
+
+fn estimate_value_len(v: &Value) -> usize {
     // A cheap guess that avoids most reallocations: small requests fit in 1 KiB; large ones are
     // dominated by message text, which we count.
     match v.get("messages").and_then(Value::as_array) {
@@ -589,7 +618,7 @@ pub fn hash_hex(bytes: &[u8]) -> String {
 /// are kept (`{"const": null}` is not `{}`); only the request's top-level `null` members are
 /// dropped, by the key itself.
 pub fn canonical_json(value: &Value) -> String {
-    let mut buf = Vec::with_capacity(estimate_len(value));
+    let mut buf = Vec::with_capacity(estimate_value_len(value));
     write_canonical(&mut buf, value);
     String::from_utf8(buf).expect("canonical JSON is UTF-8")
 }
@@ -643,6 +672,119 @@ fn write_object(buf: &mut Vec<u8>, map: &Map<String, Value>) {
         }
     }
     buf.push(b'}');
+}
+
+/// Writes the canonical JSON of raw JSON text without building a tree: byte for byte what
+/// [`canonical_json`] writes for the parsed value (duplicate object members: the last wins, as
+/// when parsed). Memory: the output, plus the members of one object at a time.
+///
+/// # Errors
+/// The text is not one JSON value.
+pub fn write_canonical_raw(buf: &mut Vec<u8>, raw: &str) -> serde_json::Result<()> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    Canonical(buf).deserialize(&mut de)?;
+    de.end()
+}
+
+/// A serde seed and visitor that writes the canonical form of what it visits.
+struct Canonical<'b>(&'b mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for Canonical<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Canonical<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<(), E> {
+        self.0
+            .extend_from_slice(if v { b"true" as &[u8] } else { b"false" });
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<(), E> {
+        write_number(self.0, &Number::from(v));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<(), E> {
+        write_number(self.0, &Number::from(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<(), E> {
+        // As `Value` does: a float that is not finite is null.
+        match Number::from_f64(v) {
+            Some(n) => write_number(self.0, &n),
+            None => self.0.extend_from_slice(b"null"),
+        }
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<(), E> {
+        write_str(self.0, v);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let buf = self.0;
+        buf.push(b'[');
+        let mut first = true;
+        loop {
+            let mark = buf.len();
+            if !first {
+                buf.push(b',');
+            }
+            if seq.next_element_seed(Canonical(&mut *buf))?.is_none() {
+                buf.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        buf.push(b']');
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let mut v = Vec::new();
+            map.next_value_seed(Canonical(&mut v))?;
+            members.push((k, v));
+        }
+        // Sorted by key; of duplicates the last one (a stable sort keeps their order).
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let buf = self.0;
+        buf.push(b'{');
+        let mut first = true;
+        for (i, (k, v)) in members.iter().enumerate() {
+            if members.get(i + 1).is_some_and(|next| next.0 == *k) {
+                continue;
+            }
+            if !first {
+                buf.push(b',');
+            }
+            first = false;
+            write_str(buf, k);
+            buf.push(b':');
+            buf.extend_from_slice(v);
+        }
+        buf.push(b'}');
+        Ok(())
+    }
 }
 
 fn write_number(buf: &mut Vec<u8>, n: &Number) {
@@ -1047,6 +1189,167 @@ mod tests {
         assert_eq!(
             canonical_json(&json!({"b": 1, "a": {"d": null, "c": "é\n"}})),
             "{\"a\":{\"c\":\"é\\n\",\"d\":null},\"b\":1}"
+        );
+    }
+
+    /// A JSON text with the variety clients send: nesting, escapes, every number form, random
+    /// whitespace and member order, duplicate members.
+    fn random_json(seed: &mut u64, depth: u32, out: &mut String) {
+        fn step(seed: &mut u64, n: u64) -> u64 {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed % n
+        }
+        macro_rules! next {
+            ($n:expr) => {
+                step(seed, $n)
+            };
+        }
+        let ws = [" ", "", "\n  ", "\t"];
+        let choice = if depth > 3 { next!(6) } else { next!(8) };
+        match choice {
+            0 => out.push_str(["null", "true", "false"][next!(3) as usize]),
+            1 => out.push_str(
+                [
+                    "0",
+                    "-0",
+                    "1",
+                    "-1",
+                    "1.0",
+                    "1e3",
+                    "1E-7",
+                    "-2.5e+10",
+                    "18446744073709551615",
+                    "18446744073709551616",
+                    "-9223372036854775808",
+                    "-9223372036854775809",
+                    "0.1",
+                    "123456789.123456789",
+                    "5e-324",
+                    "1.7976931348623157e308",
+                ][next!(16) as usize],
+            ),
+            2..=5 => {
+                let parts = [
+                    "a",
+                    "é",
+                    "\\n",
+                    "\\u00e9",
+                    "\\ud83d\\ude00",
+                    "\\\"",
+                    "\\\\",
+                    "\\/",
+                    "\\u0001",
+                    "\\t",
+                    "x y",
+                    "💡",
+                ];
+                out.push('"');
+                for _ in 0..next!(5) {
+                    out.push_str(parts[next!(parts.len() as u64) as usize]);
+                }
+                out.push('"');
+            }
+            6 => {
+                out.push('[');
+                for i in 0..next!(4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(ws[next!(4) as usize]);
+                    random_json(seed, depth + 1, out);
+                }
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                for i in 0..next!(5) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(ws[next!(4) as usize]);
+                    // A small key space: duplicates happen.
+                    let key = ["a", "b", "é", "role", "content", "A", "\\u0061"][next!(7) as usize];
+                    out.push_str(&format!("\"{key}\":"));
+                    out.push_str(ws[next!(4) as usize]);
+                    random_json(seed, depth + 1, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    #[test]
+    fn raw_text_is_keyed_as_its_parsed_value() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            random_json(&mut seed, 0, &mut text);
+            let parsed: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let mut raw = Vec::new();
+            write_canonical_raw(&mut raw, &text).unwrap();
+            assert_eq!(
+                String::from_utf8(raw).unwrap(),
+                canonical_json(&parsed),
+                "{text}"
+            );
+        }
+        // Duplicate members: the last one wins, as when parsed.
+        let mut raw = Vec::new();
+        write_canonical_raw(&mut raw, r#"{"b":1,"a":2,"b":{"y":1,"x":2},"a":3}"#).unwrap();
+        assert_eq!(raw, br#"{"a":3,"b":{"x":2,"y":1}}"#);
+        // Not one JSON value: an error, never a key.
+        for bad in ["", "{", "[1,]", "1 2", "{\"a\" 1}", "nul"] {
+            assert!(write_canonical_raw(&mut Vec::new(), bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn raw_members_give_the_key_of_the_parsed_request() {
+        let kb = KeyBuilder::default();
+        let full = json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}, {"content": "x", "role": "assistant"}],
+            "temperature": 0.5,
+            "user": "stripped",
+            "metadata": {"a": 1},
+            "tools": null,
+        });
+        let ctx = KeyContext::default();
+        let expected = kb.key(CallKind::Chat, &full, &ctx).unwrap();
+        let texts = [
+            (
+                "messages",
+                r#"[ {"content":"hi","role":"user"}, {"role":"assistant","content":"x"} ]"#,
+            ),
+            ("user", r#""stripped""#),
+            ("metadata", r#"{"a": 1}"#),
+            ("tools", "null"),
+        ];
+        let raw: Vec<(&str, &str)> = texts.to_vec();
+        let split = KeyContext { raw: &raw, ..ctx };
+        let parsed = json!({"model": "m", "temperature": 0.5});
+        assert_eq!(kb.key(CallKind::Chat, &parsed, &split).unwrap(), expected);
+        // A raw member is keyed: changing it changes the key.
+        let raw2 = [("messages", r#"[{"role":"user","content":"ho"}]"#)];
+        let changed = KeyContext { raw: &raw2, ..ctx };
+        assert_ne!(kb.key(CallKind::Chat, &parsed, &changed).unwrap(), expected);
+        // Opt-in forwarded members are keyed when forwarded, raw or not.
+        let fwd = ["metadata"];
+        let with_fwd = KeyContext {
+            forwarded: &fwd,
+            ..ctx
+        };
+        let split_fwd = KeyContext {
+            forwarded: &fwd,
+            raw: &raw,
+            ..ctx
+        };
+        assert_eq!(
+            kb.key(CallKind::Chat, &parsed, &split_fwd).unwrap(),
+            kb.key(CallKind::Chat, &full, &with_fwd).unwrap()
         );
     }
 }

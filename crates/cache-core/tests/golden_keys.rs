@@ -112,10 +112,34 @@ fn compute(v: &Value) -> (String, String) {
         partition: v["partition"].as_str(),
         forwarded: &forwarded,
         headers: &headers,
+        raw: &[],
     };
     let kb = KeyBuilder::new(KeyOptions::default());
     let pre = kb.preimage(kind, &v["request"], &ctx).unwrap();
     let key = kb.key(kind, &v["request"], &ctx).unwrap().to_string();
+
+    // The same key when the request's members (all but `model`) are passed as raw JSON text,
+    // as the proxy does with a large body.
+    let mut parsed = v["request"].as_object().unwrap().clone();
+    let texts: Vec<(String, String)> = parsed
+        .iter()
+        .filter(|(k, _)| k.as_str() != "model")
+        // Whitespace of the client's text does not matter.
+        .map(|(k, m)| (k.clone(), serde_json::to_string_pretty(m).unwrap()))
+        .collect();
+    parsed.retain(|k, _| k == "model");
+    let raw: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(k, r)| (k.as_str(), r.as_str()))
+        .collect();
+    let split = KeyContext { raw: &raw, ..ctx };
+    let parsed = Value::Object(parsed);
+    assert_eq!(
+        kb.preimage(kind, &parsed, &split).unwrap(),
+        pre,
+        "{}: raw members",
+        v["name"]
+    );
     (pre, key)
 }
 

@@ -18,9 +18,10 @@ use crate::config::{Api, Deployment};
 use crate::cost::{Prices, format_cost};
 use crate::metrics::status_label;
 use crate::server::{
-    Accepted, AppState, accept, cache_headers, error, not_cached, off_worker, upstream_error,
+    Accepted, AppState, LargeBody, accept, cache_headers, error, not_cached, off_worker,
+    upstream_error,
 };
-use crate::upstream::{Forward, upstream_body};
+use crate::upstream::{Forward, upstream_body_with};
 
 /// The stream format of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,10 +366,11 @@ macro_rules! handler {
         pub(crate) async fn $name(
             State(st): State<Arc<AppState>>,
             Extension(caller): Extension<Caller>,
+            large: Option<Extension<LargeBody>>,
             headers: HeaderMap,
             body: Bytes,
         ) -> Response {
-            json_endpoint(st, caller, headers, body, &$endpoint).await
+            json_endpoint(st, caller, large.map(|l| l.0), headers, body, &$endpoint).await
         }
     };
 }
@@ -384,14 +386,15 @@ handler!(rerank, RERANK);
 async fn json_endpoint(
     st: Arc<AppState>,
     caller: Caller,
+    large: Option<LargeBody>,
     headers: HeaderMap,
     body: Bytes,
     ep: &'static Endpoint,
 ) -> Response {
     let started = Instant::now();
-    let large = crate::server::large_body_permit(&st, body.len()).await;
+    let raw_ok = crate::server::raw_allowed(&st, body.len());
     let acc = match off_worker(large.is_some(), || {
-        accept(&st, &headers, &caller, &body, ep.api)
+        accept(&st, &headers, &caller, &body, ep.api, raw_ok)
     }) {
         Ok(x) => x,
         Err(r) => return r,
@@ -407,7 +410,8 @@ async fn json_endpoint(
     }
     let keyed = keyed_headers(ep.api, &headers);
     let keyed_refs: Vec<(&str, &str)> = keyed.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut ctx = acc.context(&keyed_refs);
+    let raw_refs = off_worker(large.is_some(), || acc.raw_refs());
+    let mut ctx = acc.context(&keyed_refs, &raw_refs);
     if ctx.bypass.is_none() {
         ctx.bypass = stateful(ep.kind, &acc.inc.request);
     }
@@ -425,13 +429,14 @@ async fn json_endpoint(
             );
         }
     };
-    drop(large);
+    drop(raw_refs);
     let meta = Meta::new(&acc, &caller, ep.kind, started);
     let fwd = forward(&st, &headers, acc.route.deployment, &keyed);
     let deployment = acc.route.deployment.clone();
     let include_usage = acc.inc.include_usage;
     let stream = acc.inc.stream;
     let request = acc.inc.request;
+    let raw = acc.inc.raw;
 
     if let (true, Some(format)) = (stream, ep.stream) {
         return crate::stream::stream_flow(crate::stream::StreamCall {
@@ -442,6 +447,8 @@ async fn json_endpoint(
             meta,
             deployment,
             request,
+            raw,
+            large,
             fwd,
             include_usage,
         })
@@ -451,7 +458,11 @@ async fn json_endpoint(
     let st2 = st.clone();
     let result = prepared
         .get_or_fetch(|| async move {
-            let body = upstream_body(request, &deployment);
+            let body = upstream_body_with(request, raw, &deployment);
+            // The bulk is now one buffer on its way upstream: the share goes back.
+            if let Some(l) = &large {
+                l.release();
+            }
             st2.upstream
                 .post_json(&deployment, ep.path, body, &fwd)
                 .await

@@ -64,36 +64,82 @@ pub struct AppState {
 /// [`AppState::large_bodies`].
 pub const LARGE_BODY_BYTES: usize = 1024 * 1024;
 
-/// For a large body: waits for its share of the large-body budget (twice the body limit, in
-/// KiB), so that a few huge requests cannot take all the memory and CPU while parsed and keyed.
-/// `None` for a small body (no wait).
-pub(crate) async fn large_body_permit(
-    st: &AppState,
-    len: usize,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    if len < LARGE_BODY_BYTES {
-        return None;
+/// A large request's share of the large-request budget ([`AppState::large_bodies`], in KiB):
+/// taken before its body is read, given back once its upstream body is built or when the
+/// request ends. A few huge requests thus cannot take all the memory and CPU: others wait,
+/// their bodies unread (in the client's socket buffers, not in the proxy).
+#[derive(Clone, Debug)]
+pub(crate) struct LargeBody(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl LargeBody {
+    /// Gives the share back (the request's bulk is no longer held).
+    pub(crate) fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
-    let budget = large_body_budget_kib(st.settings.max_request_body_bytes);
-    let want = u32::try_from(len / 1024).unwrap_or(u32::MAX).min(budget);
-    st.large_bodies.clone().acquire_many_owned(want).await.ok()
 }
 
+/// The large-request budget, in KiB: the body limit (at least 8 MiB) per two cores (at least
+/// one): a 2-core machine parses and keys one maximal body at a time.
 fn large_body_budget_kib(body_limit: usize) -> u32 {
-    u32::try_from((body_limit / 1024).saturating_mul(2))
-        .unwrap_or(u32::MAX)
-        .max(8 * 1024)
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let per = body_limit.max(8 << 20) / 1024;
+    u32::try_from(per.saturating_mul((cores / 2).max(1))).unwrap_or(u32::MAX)
 }
 
-/// Runs CPU-heavy synchronous work (parsing or keying a large body) without stalling the async
-/// worker it is on: `block_in_place` hands the worker's other tasks (cache hits, streams) to
-/// another thread. Inline on a current-thread runtime or when `heavy` is false.
-pub(crate) fn off_worker<R>(heavy: bool, f: impl FnOnce() -> R) -> R {
+/// Waits for `len` bytes' share of the large-request budget (capped at the whole budget).
+async fn large_share(st: &AppState, len: usize) -> Option<LargeBody> {
+    let budget = large_body_budget_kib(st.settings.max_request_body_bytes);
+    let want = u32::try_from(len / 1024)
+        .unwrap_or(u32::MAX)
+        .clamp(1, budget);
+    let permit = st
+        .large_bodies
+        .clone()
+        .acquire_many_owned(want)
+        .await
+        .ok()?;
+    Some(LargeBody(Arc::new(std::sync::Mutex::new(Some(permit)))))
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10; Linux only, best effort).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+    }
+}
+
+/// Runs CPU-heavy synchronous work (parsing or keying a large body) without delaying the
+/// requests beside it: `block_in_place` hands the async worker's other tasks (cache hits,
+/// streams) to another thread, and the work itself runs on a thread of its own at a lower
+/// scheduling priority (nice 10, Linux), so that on a busy machine the kernel runs hits first.
+/// Inline on a current-thread runtime or when `heavy` is false.
+pub(crate) fn off_worker<R: Send>(heavy: bool, f: impl FnOnce() -> R + Send) -> R {
     if heavy
         && tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
     {
-        tokio::task::block_in_place(f)
+        tokio::task::block_in_place(|| {
+            // The job stays here if no thread can be had: it then runs on this one.
+            let job = std::sync::Mutex::new(Some(f));
+            let take = || job.lock().unwrap_or_else(|p| p.into_inner()).take();
+            std::thread::scope(|scope| {
+                let worker = std::thread::Builder::new()
+                    .name("llm-cache-large-body".to_owned())
+                    .spawn_scoped(scope, || {
+                        lower_priority();
+                        take().map(|f| f())
+                    });
+                let done = match worker {
+                    Ok(w) => w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    Err(_) => None,
+                };
+                match done {
+                    Some(r) => r,
+                    None => take().map(|f| f()).expect("the job runs once"),
+                }
+            })
+        })
     } else {
         f()
     }
@@ -174,11 +220,72 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large();
     }
-    let (parts, body) = req.into_parts();
     let timeout = st.settings.request_body_timeout;
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+    let body_timeout = |path: &str| {
+        st.metrics
+            .request_body_timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            path,
+            timeout_s = timeout.as_secs_f64(),
+            "request body not received in time (request_body_timeout): 408"
+        );
+        let mut r = error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (request_body_timeout)",
+                timeout.as_secs_f64()
+            ),
+            "invalid_request_error",
+            None,
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    // A declared large body waits for its share before a byte of it is read.
+    let mut large = None;
+    if let Some(n) = declared.filter(|n| *n >= LARGE_BODY_BYTES as u64) {
+        match tokio::time::timeout(timeout, large_share(&st, n as usize)).await {
+            Ok(share) => large = share,
+            Err(_) => {
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many large requests in flight: retry shortly",
+                    "server_busy",
+                    None,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        }
+    }
+    let (mut parts, body) = req.into_parts();
+    let read = async {
+        let mut body = body;
+        let mut buf =
+            bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let frame = frame.map_err(ReadError::Body)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(ReadError::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+                // A body of unknown length that turns out large takes a share too (the
+                // largest it may be).
+                if large.is_none() && buf.len() >= LARGE_BODY_BYTES {
+                    large = large_share(&st, limit).await;
+                }
+            }
+        }
+        Ok(buf.freeze())
+    };
+    let bytes = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
+        Ok(Err(ReadError::TooLarge)) => return too_large(),
+        Ok(Err(ReadError::Body(e))) => {
             if is_length_limit(&e) {
                 return too_large();
             }
@@ -189,34 +296,24 @@ async fn read_body(
                 None,
             );
         }
-        Err(_) => {
-            st.metrics
-                .request_body_timeouts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(
-                path = %parts.uri.path(),
-                timeout_s = timeout.as_secs_f64(),
-                "request body not received in time (request_body_timeout): 408"
-            );
-            let mut r = error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s (request_body_timeout)",
-                    timeout.as_secs_f64()
-                ),
-                "invalid_request_error",
-                None,
-            );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
-        }
+        Err(_) => return body_timeout(parts.uri.path()),
     };
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes),
-    ))
-    .await
+    if let Some(share) = &large {
+        parts.extensions.insert(share.clone());
+    }
+    let resp = next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes),
+        ))
+        .await;
+    drop(large);
+    resp
+}
+
+enum ReadError {
+    TooLarge,
+    Body(axum::Error),
 }
 
 /// Whether a body error is the length limit (`http_body_util::LengthLimitError`, boxed).
@@ -462,11 +559,72 @@ async fn models(
 
 /// What every cacheable endpoint extracts from a request.
 pub(crate) struct Incoming {
+    /// The parsed members (all of them, but for a large body's bulk).
     pub(crate) request: Value,
     pub(crate) cc: CacheControl,
     pub(crate) model: String,
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
+    /// A large body's bulk members, kept as raw JSON text: keyed and forwarded without a tree.
+    pub(crate) raw: Vec<crate::upstream::RawMember>,
+}
+
+/// In a large body, a top-level member at least this large is kept as raw JSON text (keyed by
+/// a streaming canonical writer, forwarded verbatim) instead of parsed into a
+/// `serde_json::Value`, which costs up to 20 times the text for many small objects.
+pub const RAW_MEMBER_BYTES: usize = 16 * 1024;
+
+/// Members always parsed: the proxy and the cache read them.
+const PARSED_MEMBERS: &[&str] = &[
+    "model",
+    "cache",
+    "metadata",
+    "stream",
+    "stream_options",
+    "extra_headers",
+    "cache_key",
+    "conversation",
+    "background",
+];
+
+/// Parses a request body: wholly into a tree, or (`raw_ok`) with its large members kept as raw
+/// JSON text (slices of `body`, not copies).
+fn parse_body(
+    body: &Bytes,
+    raw_ok: bool,
+) -> Result<(Value, Vec<crate::upstream::RawMember>), String> {
+    let not_object = || "the request body must be a JSON object".to_owned();
+    if !raw_ok {
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+        return if v.is_object() {
+            Ok((v, Vec::new()))
+        } else {
+            Err(not_object())
+        };
+    }
+    // Duplicate members: the last wins, as in a parsed object.
+    let top: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => not_object(),
+            _ => format!("invalid JSON body: {e}"),
+        })?;
+    let mut parsed = serde_json::Map::new();
+    let mut raw = Vec::new();
+    let base = body.as_ptr() as usize;
+    for (k, v) in top {
+        let text = v.get();
+        if text.len() >= RAW_MEMBER_BYTES && !PARSED_MEMBERS.contains(&k.as_str()) {
+            // The member's text borrows from the body: its slice, shared, not copied.
+            let start = text.as_ptr() as usize - base;
+            raw.push((k, body.slice(start..start + text.len())));
+        } else {
+            let value =
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON body: {e}"))?;
+            parsed.insert(k, value);
+        }
+    }
+    Ok((Value::Object(parsed), raw))
 }
 
 /// The request's `Cache-Control` directives: every field line, combined (RFC 9110 §5.3), read
@@ -485,16 +643,16 @@ pub(crate) fn header_cache_control(
     CacheControl::from_header(&text)
 }
 
+/// Parses a cacheable request; `raw_ok`: a large body's bulk may stay raw JSON text (see
+/// [`RAW_MEMBER_BYTES`]).
 #[allow(clippy::result_large_err)]
-pub(crate) fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incoming, Response> {
-    let request: Value = serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid JSON body: {e}"),
-            "invalid_request_error",
-            None,
-        )
-    })?;
+pub(crate) fn parse_incoming(
+    headers: &HeaderMap,
+    body: &Bytes,
+    raw_ok: bool,
+) -> Result<Incoming, Response> {
+    let (request, raw) = parse_body(body, raw_ok)
+        .map_err(|m| error(StatusCode::BAD_REQUEST, m, "invalid_request_error", None))?;
     let Some(obj) = request.as_object() else {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -552,6 +710,7 @@ pub(crate) fn parse_incoming(headers: &HeaderMap, body: &[u8]) -> Result<Incomin
         model,
         stream,
         include_usage,
+        raw,
     })
 }
 
@@ -565,14 +724,29 @@ pub(crate) struct Accepted<'a> {
 
 impl<'a> Accepted<'a> {
     /// The cache context; `headers` are the forwarded headers that are keyed.
-    pub(crate) fn context<'b>(&'b self, headers: &'b [(&'b str, &'b str)]) -> RequestContext<'b> {
+    pub(crate) fn context<'b>(
+        &'b self,
+        headers: &'b [(&'b str, &'b str)],
+        raw: &'b [(&'b str, &'b str)],
+    ) -> RequestContext<'b> {
         RequestContext {
             model_group: Some(self.route.model_group(&self.inc.model)),
             partition: self.partition.as_deref(),
             forwarded: self.route.deployment.forwarded(),
             bypass: self.bypass,
             headers,
+            raw,
         }
+    }
+
+    /// The raw members, as the key reads them.
+    pub(crate) fn raw_refs(&self) -> Vec<(&str, &str)> {
+        // Slices of a parsed body: UTF-8 (were one not, it would key as an error).
+        self.inc
+            .raw
+            .iter()
+            .map(|(k, v)| (k.as_str(), std::str::from_utf8(v).unwrap_or("")))
+            .collect()
     }
 }
 
@@ -583,11 +757,22 @@ pub(crate) fn accept<'a>(
     st: &'a AppState,
     headers: &HeaderMap,
     caller: &Caller,
-    body: &[u8],
+    body: &Bytes,
     api: Api,
+    raw_ok: bool,
 ) -> Result<Accepted<'a>, Response> {
-    let inc = parse_incoming(headers, body)?;
+    let inc = parse_incoming(headers, body, raw_ok)?;
     route_incoming(st, headers, caller, inc, api)
+}
+
+/// Whether a body may keep its bulk as raw JSON text: a large one, for a cache that reads only
+/// the key (no semantic layer, no `max_messages` gate: they read the parsed messages).
+pub(crate) fn raw_allowed(st: &AppState, len: usize) -> bool {
+    len >= LARGE_BODY_BYTES
+        && st
+            .cache
+            .engine()
+            .is_none_or(|e| e.semantic().is_none() && e.settings().max_messages.is_none())
 }
 
 /// Routes a parsed request (see [`accept`]).
@@ -730,19 +915,18 @@ pub(crate) fn not_cached(key: Option<&llm_cache::CacheKey>) -> Response {
 async fn embeddings(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    large: Option<Extension<LargeBody>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
-    let large = large_body_permit(&st, body.len()).await;
     let acc = match off_worker(large.is_some(), || {
-        accept(&st, &headers, &caller, &body, Api::OpenAi)
+        accept(&st, &headers, &caller, &body, Api::OpenAi, false)
     }) {
         Ok(x) => x,
         Err(r) => return r,
     };
     drop(body);
-    drop(large);
     let meta = endpoints::Meta::new(&acc, &caller, CallKind::Embedding, started);
     let fwd = endpoints::forward(&st, &headers, acc.route.deployment, &[]);
     let deployment = acc.route.deployment.clone();
@@ -752,7 +936,7 @@ async fn embeddings(
         .embeddings(
             &acc.inc.request,
             &acc.inc.cc,
-            &acc.context(&[]),
+            &acc.context(&[], &[]),
             |sub| async move {
                 upstream
                     .post_json(

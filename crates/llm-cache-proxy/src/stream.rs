@@ -22,7 +22,7 @@ use crate::fanout::{ChunkSink, Join};
 use crate::metrics::status_label;
 use crate::server::{AppState, cache_headers, not_cached, upstream_error};
 use crate::sse::SseParser;
-use crate::upstream::{Forward, upstream_body};
+use crate::upstream::{Forward, upstream_body_with};
 
 /// Everything a streaming request needs.
 pub(crate) struct StreamCall {
@@ -33,6 +33,10 @@ pub(crate) struct StreamCall {
     pub(crate) meta: Meta,
     pub(crate) deployment: Deployment,
     pub(crate) request: Value,
+    /// The request's raw members (a large body's bulk).
+    pub(crate) raw: Vec<crate::upstream::RawMember>,
+    /// Its share of the large-request budget, given back once the upstream body is built.
+    pub(crate) large: Option<crate::server::LargeBody>,
     pub(crate) fwd: Forward,
     pub(crate) include_usage: bool,
 }
@@ -46,9 +50,16 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         meta,
         deployment,
         request,
+        raw,
+        large,
         fwd,
         include_usage,
     } = call;
+    let release = move || {
+        if let Some(l) = &large {
+            l.release();
+        }
+    };
     let label = endpoint.label;
     let reason = match prepared.lookup().await {
         Lookup::Hit(hit) => match serde_json::from_slice::<Value>(&hit.entry.body) {
@@ -121,7 +132,8 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                         meta.clone(),
                         status.clone(),
                     ));
-                    let body = upstream_body(request, &deployment);
+                    let body = upstream_body_with(request, raw, &deployment);
+                    release();
                     let st2 = st.clone();
                     let path = endpoint.path;
                     let open = async move {
@@ -180,14 +192,11 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         }
     }
 
+    let body = upstream_body_with(request, raw, &deployment);
+    release();
     let resp = match st
         .upstream
-        .post_stream(
-            &deployment,
-            endpoint.path,
-            upstream_body(request, &deployment),
-            &fwd,
-        )
+        .post_stream(&deployment, endpoint.path, body, &fwd)
         .await
     {
         Ok(r) => r,

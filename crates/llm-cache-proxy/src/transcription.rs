@@ -161,6 +161,7 @@ pub(crate) async fn transcriptions(
         model,
         stream: false,
         include_usage: false,
+        raw: Vec::new(),
     };
     let acc = match route_incoming(&st, &headers, &caller, inc, Api::OpenAi) {
         Ok(x) => x,
@@ -170,7 +171,7 @@ pub(crate) async fn transcriptions(
         CallKind::Transcription,
         &acc.inc.request,
         &acc.inc.cc,
-        &acc.context(&[]),
+        &acc.context(&[], &[]),
     ) {
         Ok(p) => p,
         Err(e) => return bad(e.to_string(), None),

@@ -214,13 +214,15 @@ impl Upstream {
         &self,
         d: &Deployment,
         path: &str,
-        body: Vec<u8>,
+        body: impl Into<UpstreamBody>,
         fwd: &Forward,
     ) -> Result<Bytes, UpstreamError> {
         let start = Instant::now();
+        let (body, len) = body.into().into_reqwest();
         let resp = self
             .request(reqwest::Method::POST, d, path, fwd, false)
             .header("content-type", "application/json")
+            .header("content-length", len)
             .body(body)
             .send()
             .await
@@ -264,13 +266,15 @@ impl Upstream {
         &self,
         d: &Deployment,
         path: &str,
-        body: Vec<u8>,
+        body: impl Into<UpstreamBody>,
         fwd: &Forward,
     ) -> Result<reqwest::Response, UpstreamError> {
         let start = Instant::now();
+        let (body, len) = body.into().into_reqwest();
         let resp = self
             .request(reqwest::Method::POST, d, path, fwd, true)
             .header("content-type", "application/json")
+            .header("content-length", len)
             .header("accept", "text/event-stream")
             .body(body)
             .send()
@@ -343,13 +347,74 @@ pub struct Forward {
 /// deployment opts in to forwarding, and top-level `null`s removed. Everything else is keyed:
 /// what reaches the upstream is exactly what the cache key covers (plus `stream`,
 /// `stream_options` and the model, keyed as its model group).
-pub fn upstream_body(mut request: Value, d: &Deployment) -> Vec<u8> {
+pub fn upstream_body(request: Value, d: &Deployment) -> UpstreamBody {
+    upstream_body_with(request, Vec::new(), d)
+}
+
+/// A top-level member of a large request kept as raw JSON text: a slice of the request body
+/// (see [`crate::server::RAW_MEMBER_BYTES`]).
+pub type RawMember = (String, Bytes);
+
+/// A request body on its way upstream: pieces sent one after the other (a large request's raw
+/// members are slices of the client's body, never copied).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamBody {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl UpstreamBody {
+    fn push(&mut self, chunk: impl Into<Bytes>) {
+        let chunk = chunk.into();
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole body in one buffer (tests, small bodies).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+
+    /// The body for reqwest, with its length (sent as `Content-Length`, as for one buffer).
+    fn into_reqwest(self) -> (reqwest::Body, usize) {
+        let len = self.len;
+        let body = match <[Bytes; 1]>::try_from(self.chunks) {
+            Ok([one]) => reqwest::Body::from(one),
+            Err(chunks) => reqwest::Body::wrap_stream(futures::stream::iter(
+                chunks.into_iter().map(Ok::<_, std::io::Error>),
+            )),
+        };
+        (body, len)
+    }
+}
+
+impl From<Vec<u8>> for UpstreamBody {
+    fn from(v: Vec<u8>) -> Self {
+        let mut b = UpstreamBody::default();
+        b.push(v);
+        b
+    }
+}
+
+/// [`upstream_body`] for a request whose bulk members are raw JSON text: they are sent
+/// verbatim (after the same filtering), as slices of the client's body.
+pub fn upstream_body_with(mut request: Value, raw: Vec<RawMember>, d: &Deployment) -> UpstreamBody {
+    let forwarded = d.forwarded();
+    let sent = |k: &str, null: bool| {
+        !null && (!llm_cache::core::key::is_stripped(k) || forwarded.contains(&k))
+    };
     if let Some(obj) = request.as_object_mut() {
-        let forwarded = d.forwarded();
-        obj.retain(|k, v| {
-            !v.is_null()
-                && (!llm_cache::core::key::is_stripped(k) || forwarded.contains(&k.as_str()))
-        });
+        obj.retain(|k, v| sent(k, v.is_null()));
         if let Some(m) = &d.model {
             obj.insert("model".to_owned(), Value::String(m.clone()));
         } else if let Some(Value::String(m)) = obj.get("model")
@@ -360,5 +425,29 @@ pub fn upstream_body(mut request: Value, d: &Deployment) -> Vec<u8> {
             obj.insert("model".to_owned(), Value::String(rest));
         }
     }
-    serde_json::to_vec(&request).expect("JSON values serialize")
+    let mut head = serde_json::to_vec(&request).expect("JSON values serialize");
+    let mut body = UpstreamBody::default();
+    if raw.is_empty() || head.last() != Some(&b'}') {
+        body.push(head);
+        return body;
+    }
+    head.pop();
+    let mut empty = head.len() == 1;
+    let mut piece = head;
+    for (k, v) in raw {
+        if !sent(&k, v.trim_ascii() == b"null") {
+            continue;
+        }
+        if !empty {
+            piece.push(b',');
+        }
+        empty = false;
+        serde_json::to_writer(&mut piece, &k).expect("a string serializes");
+        piece.push(b':');
+        body.push(std::mem::take(&mut piece));
+        body.push(v);
+    }
+    piece.push(b'}');
+    body.push(piece);
+    body
 }

@@ -380,3 +380,99 @@ async fn cache_control_is_read_as_rfc_9111_asks() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_large_body_is_keyed_and_forwarded_as_if_parsed_whole() {
+    let up = FakeUpstream::start().await;
+    let cfg = |extra: &str| config(&up, &format!("{{type: local, ttl: 600{extra}}}"), None);
+    // Large bodies keep their bulk as raw JSON text; `max_messages` makes the proxy parse them
+    // whole (the gate counts messages): both must key and forward alike.
+    let raw_path = Proxy::start(&cfg("")).await;
+    let tree_path = Proxy::start(&cfg(", max_messages: 1000000")).await;
+    let messages: Vec<Value> = (0..16_000)
+        .map(|i: u32| {
+            json!({
+                "role": if i.is_multiple_of(2) { "user" } else { "assistant" },
+                "content": format!("turn {i}: caf\u{e9} \"quoted\" \\ back\nslash and a float {}.5", i),
+                "name": null,
+            })
+        })
+        .collect();
+    let tools: Vec<Value> = (0..200)
+        .map(|i| json!({"type": "function", "function": {"name": format!("f{i}"), "parameters": {"type": "object", "properties": {"x": {"type": "number", "minimum": 1.0, "maximum": 1e3}}}}}))
+        .collect();
+    let request = json!({
+        "model": "gpt-test",
+        "messages": messages,
+        "tools": tools,
+        "temperature": 0.25,
+        "metadata": {"trace": "t-1"},
+        "user": "u-1",
+        "seed": null,
+    });
+    let compact = serde_json::to_vec(&request).unwrap();
+    assert!(compact.len() > 1_500_000, "{}", compact.len());
+    let client = reqwest::Client::new();
+    let send = |proxy: &Proxy, body: Vec<u8>| {
+        client
+            .post(proxy.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let a = send(&raw_path, compact.clone()).await.unwrap();
+    assert_eq!(a.status(), 200);
+    let key_a = a.headers()["x-litellm-cache-key"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let b = send(&tree_path, compact.clone()).await.unwrap();
+    assert_eq!(b.status(), 200);
+    let key_b = b.headers()["x-litellm-cache-key"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(key_a, key_b, "the raw path keys as the parsed one");
+    let bodies = up.bodies();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(
+        bodies[0], bodies[1],
+        "the raw path forwards as the parsed one"
+    );
+    assert_eq!(bodies[0]["messages"], request["messages"]);
+    assert!(
+        bodies[0].get("seed").is_none(),
+        "top-level nulls are not forwarded"
+    );
+
+    // The same request, pretty-printed: a hit. One character changed deep inside: a miss.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pretty = serde_json::to_vec_pretty(&request).unwrap();
+    let c = send(&raw_path, pretty).await.unwrap();
+    assert_eq!(
+        c.headers()["cache-status"].to_str().unwrap(),
+        "llm-cache; hit"
+    );
+    assert_eq!(c.headers()["x-litellm-cache-key"].to_str().unwrap(), key_a);
+    let mut changed = request.clone();
+    changed["messages"][15_999]["content"] = json!("turn 15999: something else");
+    let d = send(&raw_path, serde_json::to_vec(&changed).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(d.status(), 200);
+    assert_ne!(d.headers()["x-litellm-cache-key"].to_str().unwrap(), key_a);
+    assert_eq!(up.chat_calls(), 3);
+    // A large body that is not an object, or not JSON: the same clear 400s.
+    let not_object = format!("[{}]", "1,".repeat(700_000) + "1");
+    let r = send(&raw_path, not_object.into_bytes()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "the request body must be a JSON object"
+    );
+    let mut broken = compact.clone();
+    broken.truncate(compact.len() - 10);
+    let r = send(&raw_path, broken).await.unwrap();
+    assert_eq!(r.status(), 400);
+}

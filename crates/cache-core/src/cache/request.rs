@@ -47,6 +47,9 @@ pub struct RequestContext<'a> {
     /// Forwarded request headers that can change the answer: keyed (see
     /// [`KeyContext::headers`]).
     pub headers: &'a [(&'a str, &'a str)],
+    /// Members kept as raw JSON text, not in the request value (see [`KeyContext::raw`]). Only
+    /// for a cache without a semantic layer or `max_messages` (both read the parsed request).
+    pub raw: &'a [(&'a str, &'a str)],
 }
 
 impl<'a> RequestContext<'a> {
@@ -58,6 +61,7 @@ impl<'a> RequestContext<'a> {
             partition: self.partition,
             forwarded: self.forwarded,
             headers: self.headers,
+            raw: self.raw,
         }
     }
 }
