@@ -583,11 +583,7 @@ enum Member<'a> {
 }
 
 fn estimate_len(v: &Value, ctx: &KeyContext<'_>) -> usize {
-    let raw: usize = ctx
-        .raw
-        .iter()
-        .map(|(k, r)| k.len() + r.len() + 4)
-        .sum();
+    let raw: usize = ctx.raw.iter().map(|(k, r)| k.len() + r.len() + 4).sum();
     raw + estimate_value_len(v)
 }
 
