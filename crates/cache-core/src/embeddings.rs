@@ -132,12 +132,17 @@ impl Cache {
         }
         let cached = found.iter().filter(|f| f.is_some()).count();
         let saved = found.iter().flatten().fold(Usage::default(), |mut acc, f| {
-            acc.prompt_tokens += f.usage.prompt_tokens;
-            acc.completion_tokens += f.usage.completion_tokens;
-            acc.total_tokens += f.usage.total_tokens;
+            acc.prompt_tokens = acc.prompt_tokens.saturating_add(f.usage.prompt_tokens);
+            acc.completion_tokens = acc
+                .completion_tokens
+                .saturating_add(f.usage.completion_tokens);
+            acc.total_tokens = acc.total_tokens.saturating_add(f.usage.total_tokens);
             acc
         });
-        let saved_upstream_ms: u64 = found.iter().flatten().map(|f| f.upstream_ms).sum();
+        let saved_upstream_ms: u64 = found
+            .iter()
+            .flatten()
+            .fold(0u64, |acc, f| acc.saturating_add(f.upstream_ms));
         let stats = self.stats();
         let lookup_time = start.elapsed();
         stats.lookup_latency.observe(lookup_time);
@@ -376,8 +381,8 @@ fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> B
     for (index, slot) in slots.into_iter().enumerate() {
         let mut item = match slot {
             Slot::Cached(c) => {
-                prompt += c.usage.prompt_tokens;
-                total += c.usage.total_tokens;
+                prompt = prompt.saturating_add(c.usage.prompt_tokens);
+                total = total.saturating_add(c.usage.total_tokens);
                 if model.is_none() {
                     model = c.model;
                 }
@@ -391,8 +396,8 @@ fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> B
         data.push(Value::Object(item));
     }
     if let Some((parsed, usage)) = fresh {
-        prompt += usage.prompt_tokens;
-        total += usage.total_tokens;
+        prompt = prompt.saturating_add(usage.prompt_tokens);
+        total = total.saturating_add(usage.total_tokens);
         if let Some(m) = parsed.get("model").and_then(Value::as_str) {
             model = Some(m.to_owned());
         }

@@ -63,7 +63,7 @@ impl Usage {
         let total = u
             .get("total_tokens")
             .and_then(Value::as_u64)
-            .unwrap_or(prompt + completion);
+            .unwrap_or(prompt.saturating_add(completion));
         Some(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,

@@ -159,8 +159,12 @@ impl Accounting {
             }
             t.cost += r.cost.unwrap_or(0.0);
             t.saved_cost += r.saved_cost.unwrap_or(0.0);
-            t.saved_prompt_tokens += r.saved_prompt_tokens.unwrap_or(0);
-            t.saved_completion_tokens += r.saved_completion_tokens.unwrap_or(0);
+            t.saved_prompt_tokens = t
+                .saved_prompt_tokens
+                .saturating_add(r.saved_prompt_tokens.unwrap_or(0));
+            t.saved_completion_tokens = t
+                .saved_completion_tokens
+                .saturating_add(r.saved_completion_tokens.unwrap_or(0));
             t.saved_upstream_seconds += r.saved_upstream_s.unwrap_or(0.0);
         }
         if let Some(tx) = &self.log {
@@ -199,8 +203,12 @@ impl Accounting {
                 acc.hits += t.hits;
                 acc.cost += t.cost;
                 acc.saved_cost += t.saved_cost;
-                acc.saved_prompt_tokens += t.saved_prompt_tokens;
-                acc.saved_completion_tokens += t.saved_completion_tokens;
+                acc.saved_prompt_tokens = acc
+                    .saved_prompt_tokens
+                    .saturating_add(t.saved_prompt_tokens);
+                acc.saved_completion_tokens = acc
+                    .saved_completion_tokens
+                    .saturating_add(t.saved_completion_tokens);
                 acc.saved_upstream_seconds += t.saved_upstream_seconds;
             }
         }

@@ -15,9 +15,15 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 /// Splits an SSE byte stream into events and collects their `data:` payloads.
+///
+/// Linear in the bytes fed, however they are chunked: the search for an event's end resumes where
+/// the last one stopped, and consumed events are dropped from the buffer once per `feed`.
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for an event end without finding one (minus the few a
+    /// separator split across chunks may still need).
+    scanned: usize,
 }
 
 /// One parsed event payload.
@@ -36,46 +42,69 @@ impl SseParser {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseData> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some((end, sep)) = find_event_end(&self.buf) {
-            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
-            let event = &event[..end];
-            let mut data = Vec::new();
-            for line in event.split(|b| *b == b'\n') {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if let Some(rest) = line.strip_prefix(b"data:") {
-                    if !data.is_empty() {
-                        data.push(b'\n');
-                    }
-                    data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        let mut start = 0;
+        loop {
+            let from = self.scanned.max(start);
+            match find_event_end(&self.buf, from) {
+                Some((end, sep)) => {
+                    parse_event(&self.buf[start..end], &mut out);
+                    start = end + sep;
+                    self.scanned = start;
+                }
+                None => {
+                    // A separator is at most 4 bytes: 3 may already be here.
+                    self.scanned = self.buf.len().saturating_sub(3).max(start);
+                    break;
                 }
             }
-            if data.is_empty() {
-                continue;
-            }
-            if data == b"[DONE]" {
-                out.push(SseData::Done);
-            } else {
-                out.push(
-                    serde_json::from_slice(&data)
-                        .map(SseData::Json)
-                        .unwrap_or(SseData::Other),
-                );
-            }
         }
+        self.buf.drain(..start);
+        self.scanned -= start;
         out
     }
 }
 
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+fn parse_event(event: &[u8], out: &mut Vec<SseData>) {
+    let mut data = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
     }
+    if data.is_empty() {
+        return;
+    }
+    if data == b"[DONE]" {
+        out.push(SseData::Done);
+    } else {
+        out.push(
+            serde_json::from_slice(&data)
+                .map(SseData::Json)
+                .unwrap_or(SseData::Other),
+        );
+    }
+}
+
+/// The first event end (`\n\n` or `\r\n\r\n`) starting at or after `from`: its position and
+/// length. One pass over the newlines from `from`.
+fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while let Some(off) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let p = i + off;
+        // `\r\n\r\n` starting just before this newline comes first, then `\n\n` starting at it.
+        if p > from && buf[p - 1] == b'\r' && buf.get(p + 1..p + 3) == Some(b"\r\n") {
+            return Some((p - 1, 4));
+        }
+        if buf.get(p + 1) == Some(&b'\n') {
+            return Some((p, 2));
+        }
+        i = p + 1;
+    }
+    None
 }
 
 #[derive(Debug, Default)]
@@ -549,6 +578,21 @@ mod tests {
         let got = p.feed(b":1}\n\ndata: [DONE]\r\n\r\n");
         assert_eq!(got, vec![SseData::Json(json!({"a": 1})), SseData::Done]);
         assert_eq!(p.feed(b": comment\n\n"), vec![]);
+    }
+
+    #[test]
+    fn parser_is_independent_of_chunking() {
+        // Every split point of every chunk size, across both separators and mixed line ends.
+        let stream: &[u8] = b"data: {\"a\":1}\n\n\r\n\r\ndata: {\"b\":\ndata: 2}\r\n\r\n: c\n\n\
+            data: x\r\n\n\ndata: [DONE]\n\ndata: {\"t\":3}";
+        let whole = SseParser::default().feed(stream);
+        assert_eq!(whole.len(), 4, "{whole:?}");
+        for size in 1..stream.len() {
+            let mut p = SseParser::default();
+            let got: Vec<SseData> = stream.chunks(size).flat_map(|c| p.feed(c)).collect();
+            assert_eq!(got, whole, "chunks of {size}");
+            assert_eq!(p.feed(b"\n\n"), vec![SseData::Json(json!({"t": 3}))]);
+        }
     }
 
     fn stream_of(chunks: &[Value], done: bool) -> Vec<SseData> {
