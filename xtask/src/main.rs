@@ -242,7 +242,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         }
         "proxy" => bench_proxy(&args[1..]),
         // Huge request bodies beside cache hits: peak RSS and hit latency (docs/reliability.md).
-        // Extra args: --clients N --mb M --rounds R --shape messages|text.
+        // Extra args: --clients N --mb M --rounds R --shape messages|text --load-nice N.
         "bodies" => {
             run(
                 "cargo build --release (proxy and the large-body bench)",

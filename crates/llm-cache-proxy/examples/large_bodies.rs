@@ -5,9 +5,13 @@
 //!
 //! ```text
 //! large_bodies [--proxy PATH] [--clients 6] [--mb 30] [--rounds 2] [--shape messages|text]
+//!              [--load-nice N]
 //! ```
 //! `messages`: a long conversation (many small messages, the worst case for a JSON tree);
-//! `text`: one huge message.
+//! `text`: one huge message. `--load-nice N` runs the large-body senders and the fake upstream
+//! at nice N (the measuring client and the proxy stay at 0): on a machine with few cores this
+//! models them being on other hosts, so the hit latency shows what the proxy's own large-body
+//! work costs a hit rather than what the load generator takes from the proxy's cores.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +83,16 @@ async fn hit_loop(url: String, until: Instant, stop: Arc<AtomicBool>) -> Vec<Dur
     out
 }
 
+/// Lowers the calling thread's priority (Linux: nice applies per thread).
+fn renice_this_thread(nice: i32) {
+    if nice != 0 {
+        #[cfg(target_os = "linux")]
+        {
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+        }
+    }
+}
+
 /// Runs `f` on a runtime of its own, on its own thread: the fake upstream, the large-body
 /// senders and the measuring client must not delay each other's tasks.
 fn on_own_runtime<F, T>(f: impl FnOnce() -> F + Send + 'static) -> T
@@ -104,6 +118,7 @@ async fn main() {
     let mb: usize = arg(&args, "--mb", "30").parse().unwrap();
     let rounds: usize = arg(&args, "--rounds", "2").parse().unwrap();
     let shape = arg(&args, "--shape", "messages");
+    let load_nice: i32 = arg(&args, "--load-nice", "0").parse().unwrap();
     let bin = std::path::PathBuf::from(arg(
         &args,
         "--proxy",
@@ -112,6 +127,7 @@ async fn main() {
     // The fake upstream on its own runtime (a thread that lives as long as the process).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        renice_this_thread(load_nice);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -150,7 +166,7 @@ async fn main() {
     let baseline_rss = rss_kib(pid, "VmRSS:");
     let bodies: Vec<Vec<u8>> = (0..clients).map(|i| body(&shape, mb, i)).collect();
     println!(
-        "proxy pid {pid}: {clients} clients × {rounds} rounds of {:.1} MB `{shape}` bodies; RSS before: {} MiB",
+        "proxy pid {pid}: {clients} clients × {rounds} rounds of {:.1} MB `{shape}` bodies (load at nice {load_nice}); RSS before: {} MiB",
         bodies[0].len() as f64 / 1e6,
         baseline_rss / 1024
     );
@@ -172,9 +188,15 @@ async fn main() {
         .collect();
     drop(bodies);
     let started = Instant::now();
-    let big = tokio::spawn({
+    let big = std::thread::spawn({
         let url = url.clone();
-        async move {
+        move || {
+            renice_this_thread(load_nice);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
             let http = reqwest::Client::new();
             let mut times = Vec::new();
             for round in rounds_bodies {
@@ -203,6 +225,7 @@ async fn main() {
                 times.extend(futures::future::join_all(sends).await);
             }
             times
+                })
         }
     });
     let mut peak_sampled = 0;
@@ -220,7 +243,7 @@ async fn main() {
     stop.store(true, Ordering::Relaxed);
     // The hits answered while the large requests ran.
     let loud = hits.join().unwrap();
-    let times = big.await.unwrap();
+    let times = big.join().unwrap();
     let elapsed = started.elapsed();
     println!(
         "large requests: {} in {:.1} s; statuses {:?}",
