@@ -428,10 +428,42 @@ impl KeyBuilder {
         };
         let mut buf = Vec::with_capacity(256);
         let mut keys = Vec::with_capacity(inputs.len());
+        // The preimages differ only in the input: the part before it is hashed once (a blake3
+        // state cloned per input), the part after it is written once, so N inputs beside a large
+        // rest of the request cost the rest about once, not N times.
+        let mut shared: Option<(blake3::Hasher, Vec<u8>)> = None;
+        // A null input is an absent one: every null input has the same key.
+        let mut null_key: Option<CacheKey> = None;
+        let mut item = Vec::new();
         for input in inputs {
+            if let (Some(key), true) = (&null_key, input.is_null()) {
+                keys.push((key.clone(), input));
+                continue;
+            }
+            if let (Some((before, after)), false) = (&shared, input.is_null()) {
+                item.clear();
+                write_canonical(&mut item, &input);
+                let mut h = before.clone();
+                h.update(&item);
+                h.update(after);
+                let hex = h.finalize().to_hex();
+                keys.push((CacheKey::new(ctx.namespace, &hex), input));
+                continue;
+            }
             buf.clear();
-            self.write_preimage(&mut buf, CallKind::Embedding, obj, ctx, Some(&input))?;
-            keys.push((CacheKey::new(ctx.namespace, &hash_hex(&buf)), input));
+            let at = self.write_preimage(&mut buf, CallKind::Embedding, obj, ctx, Some(&input))?;
+            if shared.is_none()
+                && let Some((start, end)) = at
+            {
+                let mut before = blake3::Hasher::new();
+                before.update(&buf[..start]);
+                shared = Some((before, buf[end..].to_vec()));
+            }
+            let key = CacheKey::new(ctx.namespace, &hash_hex(&buf));
+            if input.is_null() {
+                null_key = Some(key.clone());
+            }
+            keys.push((key, input));
         }
         Ok(keys)
     }
@@ -461,7 +493,8 @@ impl KeyBuilder {
         Ok(None)
     }
 
-    /// Writes the preimage. With `item = Some(v)`, `input` is replaced by `v` (embedding items).
+    /// Writes the preimage. With `item = Some(v)`, `input` is replaced by `v` (embedding items),
+    /// and the returned range is where `v` was written.
     fn write_preimage(
         &self,
         buf: &mut Vec<u8>,
@@ -469,7 +502,7 @@ impl KeyBuilder {
         obj: &Map<String, Value>,
         ctx: &KeyContext<'_>,
         item: Option<&Value>,
-    ) -> Result<()> {
+    ) -> Result<Option<(usize, usize)>> {
         write_tag(buf, "key");
         buf.extend_from_slice(kind.as_str().as_bytes());
         buf.push(b'\n');
@@ -520,6 +553,7 @@ impl KeyBuilder {
 
         buf.push(b'{');
         let mut first = true;
+        let mut item_at = None;
         for (k, v) in members {
             if !first {
                 buf.push(b',');
@@ -529,6 +563,11 @@ impl KeyBuilder {
             buf.push(b':');
             match (k, &model_override, v) {
                 ("model", Some(m), _) => write_str(buf, m),
+                ("input", _, Member::Value(v)) if item.is_some() => {
+                    let start = buf.len();
+                    write_canonical(buf, v);
+                    item_at = Some((start, buf.len()));
+                }
                 (_, _, Member::Value(v)) => write_canonical(buf, v),
                 (_, _, Member::Raw(raw)) => write_canonical_raw(buf, raw).map_err(|e| {
                     CacheError::Config(format!("request member `{k}` is not valid JSON: {e}"))
@@ -536,7 +575,7 @@ impl KeyBuilder {
             }
         }
         buf.push(b'}');
-        Ok(())
+        Ok(item_at)
     }
 
     fn model_value<'a>(
@@ -1151,6 +1190,35 @@ mod tests {
             .embedding_item_keys(&json!({"model": "e", "input": [1, 2, 3]}), &ctx)
             .unwrap();
         assert_eq!(tokens.len(), 1);
+    }
+
+    #[test]
+    fn every_item_keys_as_if_sent_alone() {
+        // Item keys after the first reuse the shared parts of the preimage: each must equal the
+        // key of a request with that input alone (nulls, nested lists, members on both sides of
+        // `input`, a partition, an alias).
+        let kb = KeyBuilder::new(KeyOptions {
+            model_aliases: [("e".to_owned(), "emb".to_owned())].into(),
+            ..KeyOptions::default()
+        });
+        let ctx = KeyContext {
+            partition: Some("t1"),
+            ..KeyContext::default()
+        };
+        let inputs = json!(["a", null, "b", ["x", 1], {"k": [null]}, "", null, "a"]);
+        let request = json!({"model": "e", "dimensions": 8, "user": "u", "zz": {"big": "rest"},
+            "encoding_format": "float", "input": inputs});
+        let keys = kb.embedding_item_keys(&request, &ctx).unwrap();
+        assert_eq!(keys.len(), 8);
+        for (i, (key, item)) in keys.iter().enumerate() {
+            assert_eq!(item, &inputs[i]);
+            let mut alone = request.clone();
+            alone["input"] = json!([item]);
+            let single = kb.embedding_item_keys(&alone, &ctx).unwrap();
+            assert_eq!(&single[0].0, key, "input {i}: {item}");
+        }
+        assert_eq!(keys[0].0, keys[7].0);
+        assert_ne!(keys[0].0, keys[2].0);
     }
 
     #[test]

@@ -197,34 +197,34 @@ async fn main() {
                 .build()
                 .unwrap()
                 .block_on(async move {
-            let http = reqwest::Client::new();
-            let mut times = Vec::new();
-            for round in rounds_bodies {
-                let sends = round.into_iter().enumerate().map(|(i, b)| {
-                    let http = http.clone();
-                    let url = url.clone();
-                    async move {
-                        let t = Instant::now();
-                        let r = http
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(b)
-                            .send()
-                            .await;
-                        let status = match r {
-                            Ok(r) => {
-                                let s = r.status().as_u16();
-                                let _ = r.bytes().await;
-                                s
+                    let http = reqwest::Client::new();
+                    let mut times = Vec::new();
+                    for round in rounds_bodies {
+                        let sends = round.into_iter().enumerate().map(|(i, b)| {
+                            let http = http.clone();
+                            let url = url.clone();
+                            async move {
+                                let t = Instant::now();
+                                let r = http
+                                    .post(&url)
+                                    .header("content-type", "application/json")
+                                    .body(b)
+                                    .send()
+                                    .await;
+                                let status = match r {
+                                    Ok(r) => {
+                                        let s = r.status().as_u16();
+                                        let _ = r.bytes().await;
+                                        s
+                                    }
+                                    Err(_) => 0,
+                                };
+                                (i, status, t.elapsed())
                             }
-                            Err(_) => 0,
-                        };
-                        (i, status, t.elapsed())
+                        });
+                        times.extend(futures::future::join_all(sends).await);
                     }
-                });
-                times.extend(futures::future::join_all(sends).await);
-            }
-            times
+                    times
                 })
         }
     });

@@ -16,7 +16,7 @@ use std::io::Write as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::sse::{SseData, word_pieces};
+use crate::sse::{SseData, replay_pieces};
 
 /// Collects a Responses stream; the stored value is the `response` of `response.completed`.
 #[derive(Debug, Default)]
@@ -87,6 +87,8 @@ pub fn replay(stored: &Value) -> Bytes {
         .unwrap_or_default();
     for (output_index, item) in items.iter().enumerate() {
         let item_id = item.get("id").cloned().unwrap_or(Value::Null);
+        // Every delta repeats the item's id.
+        let overhead = item_id.to_string().len();
         match item.get("type").and_then(Value::as_str) {
             Some("message") => {
                 let mut added = item.clone();
@@ -121,7 +123,7 @@ pub fn replay(stored: &Value) -> Bytes {
                                 "response.content_part.added",
                                 with(ids.clone(), json!({"part": empty})),
                             );
-                            for piece in word_pieces(text) {
+                            for piece in replay_pieces(text, overhead) {
                                 w.event(
                                     "response.output_text.delta",
                                     with(ids.clone(), json!({"delta": piece, "logprobs": []})),

@@ -347,6 +347,35 @@ pub fn word_pieces(text: &str) -> Vec<&str> {
     pieces
 }
 
+/// Per-event bytes a replay repeats (ids, model) up to which text is replayed word by word.
+const FREE_EVENT_OVERHEAD: usize = 256;
+
+/// The pieces a replay sends `text` in: word pieces, as LiteLLM does, unless each event repeats
+/// more than [`FREE_EVENT_OVERHEAD`] bytes (a stored response with a huge `id` or `model`):
+/// then consecutive pieces are joined until each is at least that overhead long, so a replay
+/// stays within about twice the stored text plus its events' fixed parts, never the text's
+/// word count times the overhead.
+pub fn replay_pieces(text: &str, overhead: usize) -> Vec<&str> {
+    let words = word_pieces(text);
+    if overhead <= FREE_EVENT_OVERHEAD {
+        return words;
+    }
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut end = 0;
+    for w in words {
+        end += w.len();
+        if end - start >= overhead {
+            pieces.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < end {
+        pieces.push(&text[start..end]);
+    }
+    pieces
+}
+
 struct ChunkWriter {
     out: Vec<u8>,
     prefix: Vec<u8>,
@@ -444,7 +473,7 @@ pub fn replay_chat(stored: &Value, include_usage: bool) -> Bytes {
         let null = Value::Null;
         for field in ["reasoning_content", "reasoning"] {
             if let Some(text) = msg.get(field).and_then(Value::as_str) {
-                for piece in word_pieces(text) {
+                for piece in replay_pieces(text, w.prefix.len()) {
                     let d = delta(
                         Map::from_iter([(field.to_owned(), Value::String(piece.to_owned()))]),
                         &mut first,
@@ -461,7 +490,7 @@ pub fn replay_chat(stored: &Value, include_usage: bool) -> Bytes {
             w.event(&chat_delta(index, &d, &null, &null));
         }
         if let Some(text) = msg.get("content").and_then(Value::as_str) {
-            for piece in word_pieces(text) {
+            for piece in replay_pieces(text, w.prefix.len()) {
                 let d = delta(
                     Map::from_iter([("content".to_owned(), Value::String(piece.to_owned()))]),
                     &mut first,
@@ -543,7 +572,7 @@ pub fn replay_text(stored: &Value, include_usage: bool) -> Bytes {
             c
         };
         if let Some(text) = choice.get("text").and_then(Value::as_str) {
-            for p in word_pieces(text) {
+            for p in replay_pieces(text, w.prefix.len()) {
                 w.event(&piece(p, &Value::Null));
             }
         }
@@ -724,5 +753,29 @@ mod tests {
         assert_eq!(again["choices"][0]["text"], "one two three");
         assert_eq!(again["choices"][0]["finish_reason"], "length");
         assert_eq!(again["object"], "text_completion");
+    }
+
+    #[test]
+    fn a_huge_id_does_not_multiply_the_replay() {
+        // Every chunk repeats `id`: 20,000 words under a 100 KB id would replay as 2 GB.
+        let text = "word ".repeat(20_000);
+        let id = "i".repeat(100_000);
+        let stored = json!({"id": id, "created": 1, "model": "m", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
+        let body = replay_chat(&stored, false);
+        assert!(
+            body.len() < 6 * (text.len() + id.len()),
+            "{} bytes",
+            body.len()
+        );
+        let mut a = Assembler::new(false);
+        for d in SseParser::default().feed(&body) {
+            a.push(&d);
+        }
+        let again = a.finish().unwrap();
+        assert_eq!(again["choices"][0]["message"]["content"], text.as_str());
+        // A usual id keeps LiteLLM's word-by-word shape.
+        assert_eq!(replay_pieces("a b c", 40), vec!["a ", "b ", "c"]);
+        assert_eq!(replay_pieces("a b c", 1000), vec!["a b c"]);
     }
 }
