@@ -7,6 +7,7 @@
 //!
 //! An item entry's body is `{"model": M, "item": {...the data element without index...}}`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -42,6 +43,7 @@ pub struct EmbeddingOutcome {
     pub saved_upstream_ms: u64,
 }
 
+#[derive(Clone)]
 struct CachedItem {
     model: Option<String>,
     upstream_ms: u64,
@@ -252,6 +254,12 @@ impl Cache {
                     (items[missing[j]].0.as_str().to_owned(), entry.encode())
                 })
                 .collect();
+            // Identical inputs share a key: write it once.
+            let mut seen = std::collections::HashSet::with_capacity(entries.len());
+            let entries: Vec<(String, Bytes)> = entries
+                .into_iter()
+                .filter(|(k, _)| seen.insert(k.clone()))
+                .collect();
             let budget = engine.settings().read_timeout.saturating_sub(lookup_time);
             self.write_many(&engine, entries, ttl, budget).await
         };
@@ -307,8 +315,16 @@ impl Cache {
         max_age: Option<Duration>,
     ) {
         let now = now_ms();
+        // Identical inputs share a key: each key is looked up and decoded once.
+        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+        let mut copies: Vec<(usize, usize)> = Vec::new();
         let mut remote: Vec<usize> = Vec::new();
         for (i, (key, _)) in items.iter().enumerate() {
+            if let Some(&first) = first_of.get(key.as_str()) {
+                copies.push((i, first));
+                continue;
+            }
+            first_of.insert(key.as_str(), i);
             let hit = engine
                 .l1()
                 .and_then(|l1| l1.get_sync(key.as_str()))
@@ -318,14 +334,15 @@ impl Cache {
                 None => remote.push(i),
             }
         }
-        if remote.is_empty() {
-            return;
-        }
         let keys: Vec<String> = remote
             .iter()
             .map(|i| items[*i].0.as_str().to_owned())
             .collect();
-        let res = engine.guarded_get_many(&keys, self.stats()).await;
+        let res = if keys.is_empty() {
+            None
+        } else {
+            engine.guarded_get_many(&keys, self.stats()).await
+        };
         if let Some(values) = res {
             for (slot, raw) in remote.iter().zip(values) {
                 if let Some(raw) = raw {
@@ -339,6 +356,9 @@ impl Cache {
                     }
                 }
             }
+        }
+        for (i, first) in copies {
+            found[i] = found[first].clone();
         }
     }
 }
@@ -410,12 +430,16 @@ fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> B
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    let body = json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt, "total_tokens": total},
-    });
+    // Built by moving `data` in (`json!` would serialize a deep copy of every item).
+    let body = Value::Object(Map::from_iter([
+        ("object".to_owned(), Value::String("list".to_owned())),
+        ("data".to_owned(), Value::Array(data)),
+        ("model".to_owned(), Value::String(model)),
+        (
+            "usage".to_owned(),
+            json!({"prompt_tokens": prompt, "total_tokens": total}),
+        ),
+    ]));
     Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"))
 }
 

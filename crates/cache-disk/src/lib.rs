@@ -26,7 +26,7 @@
 //! * **A full disk fails writes, not calls**: a write that cannot reach the disk is an error (a
 //!   miss for the cache), reads go on where sled can, and once the disk takes writes again the
 //!   backend reopens the database by itself (sled keeps its first write error for good).
-//! * **Footprint**: under churn the directory stays under `4 × disk_cache_max_bytes + 16 MiB`
+//! * **Footprint**: under churn the directory stays under `4 × disk_cache_max_bytes + 32 MiB`
 //!   (measured: 2.3–2.7 × for bounds of 32 MiB and more with 1–8 KiB values, up to 3.9 × in
 //!   bursts of large values; values over 6 KiB are stored in chunks).
 //!

@@ -1,5 +1,5 @@
 //! The disk footprint under churn stays within the documented bound of
-//! `4 × disk_cache_max_bytes + 16 MiB` (docs/reliability.md): 10 × the bound of distinct
+//! `4 × disk_cache_max_bytes + 32 MiB` (docs/reliability.md): 10 × the bound of distinct
 //! keys is written with no TTL, so the size bound evicts all along, and the directory's
 //! allocated size (what `du` counts) is checked after every 1/8 of the bound written. Not
 //! timed; the longer measurement is `examples/footprint.rs`.
@@ -14,7 +14,7 @@ const MAX_BYTES: u64 = 4 << 20;
 
 /// The documented bound on the directory's size.
 fn bound(max_bytes: u64) -> u64 {
-    4 * max_bytes + (16 << 20)
+    4 * max_bytes + (32 << 20)
 }
 
 /// Allocated bytes of every file under `path`.
@@ -34,6 +34,9 @@ fn dir_size(path: &Path) -> u64 {
 /// Churns `rounds` × [`MAX_BYTES`] of values of `min..=max` bytes through a fresh cache and
 /// returns the largest directory size seen.
 async fn churn(min: u64, max: u64, rounds: u64) -> u64 {
+    // One churn at a time: two at once on a small machine starve each other's flusher.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cache");
     let b = DiskBackend::open(
