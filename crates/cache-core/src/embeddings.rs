@@ -7,7 +7,7 @@
 //!
 //! An item entry's body is `{"model": M, "item": {...the data element without index...}}`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -133,14 +133,10 @@ impl Cache {
                 .await;
         }
         let cached = found.iter().filter(|f| f.is_some()).count();
-        let saved = found.iter().flatten().fold(Usage::default(), |mut acc, f| {
-            acc.prompt_tokens = acc.prompt_tokens.saturating_add(f.usage.prompt_tokens);
-            acc.completion_tokens = acc
-                .completion_tokens
-                .saturating_add(f.usage.completion_tokens);
-            acc.total_tokens = acc.total_tokens.saturating_add(f.usage.total_tokens);
-            acc
-        });
+        let saved = found
+            .iter()
+            .flatten()
+            .fold(Usage::default(), |acc, f| acc.saturating_add(f.usage));
         let saved_upstream_ms: u64 = found
             .iter()
             .flatten()
@@ -234,9 +230,12 @@ impl Cache {
             let per = fresh_usage.prompt_tokens.checked_div(n).unwrap_or(0);
             let rem = fresh_usage.prompt_tokens.checked_rem(n).unwrap_or(0);
             let ttl = prepared.ttl();
+            // Identical inputs share a key: it is encoded and written once.
+            let mut seen = HashSet::with_capacity(fresh.len());
             let entries: Vec<(String, Bytes)> = fresh
                 .iter()
                 .enumerate()
+                .filter(|(j, _)| seen.insert(items[missing[*j]].0.as_str()))
                 .map(|(j, item)| {
                     let tokens = per + u64::from((j as u64) < rem);
                     let body = serde_json::to_vec(&json!({"model": model, "item": item}))
@@ -253,12 +252,6 @@ impl Cache {
                             .with_upstream_time(Some(share));
                     (items[missing[j]].0.as_str().to_owned(), entry.encode())
                 })
-                .collect();
-            // Identical inputs share a key: write it once.
-            let mut seen = std::collections::HashSet::with_capacity(entries.len());
-            let entries: Vec<(String, Bytes)> = entries
-                .into_iter()
-                .filter(|(k, _)| seen.insert(k.clone()))
                 .collect();
             let budget = engine.settings().read_timeout.saturating_sub(lookup_time);
             self.write_many(&engine, entries, ttl, budget).await
@@ -394,15 +387,13 @@ fn fresh_items(parsed: &Value, expected: usize) -> Option<Vec<Map<String, Value>
 }
 
 fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> Bytes {
-    let mut prompt = 0u64;
-    let mut total = 0u64;
+    let mut sum = Usage::default();
     let mut model: Option<String> = None;
     let mut data = Vec::with_capacity(slots.len());
     for (index, slot) in slots.into_iter().enumerate() {
         let mut item = match slot {
             Slot::Cached(c) => {
-                prompt = prompt.saturating_add(c.usage.prompt_tokens);
-                total = total.saturating_add(c.usage.total_tokens);
+                sum = sum.saturating_add(c.usage);
                 if model.is_none() {
                     model = c.model;
                 }
@@ -416,8 +407,7 @@ fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> B
         data.push(Value::Object(item));
     }
     if let Some((parsed, usage)) = fresh {
-        prompt = prompt.saturating_add(usage.prompt_tokens);
-        total = total.saturating_add(usage.total_tokens);
+        sum = sum.saturating_add(usage);
         if let Some(m) = parsed.get("model").and_then(Value::as_str) {
             model = Some(m.to_owned());
         }
@@ -437,7 +427,7 @@ fn merge(request: &Value, slots: Vec<Slot>, fresh: Option<(&Value, Usage)>) -> B
         ("model".to_owned(), Value::String(model)),
         (
             "usage".to_owned(),
-            json!({"prompt_tokens": prompt, "total_tokens": total}),
+            json!({"prompt_tokens": sum.prompt_tokens, "total_tokens": sum.total_tokens}),
         ),
     ]));
     Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"))

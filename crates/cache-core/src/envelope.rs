@@ -48,6 +48,17 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Member by member, saturating: an upstream's absurd counts cannot overflow a sum.
+    pub fn saturating_add(self, other: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+            total_tokens: self.total_tokens.saturating_add(other.total_tokens),
+        }
+    }
+
     /// Reads the `usage` object of an OpenAI-style response (`prompt_tokens`/`completion_tokens`,
     /// or the Responses/Anthropic `input_tokens`/`output_tokens`).
     pub fn from_response(response: &Value) -> Option<Usage> {
