@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::coordination::Coordinator;
 use crate::error::Result;
 
 /// What a backend can do. The orchestration and the conformance kit read these flags.
@@ -179,6 +180,12 @@ pub trait CacheBackend: Send + Sync + Debug + 'static {
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Cross-process coordination (leases for coalescing across replicas, L1 invalidation),
+    /// when this shared store offers it. Default: none. See [`crate::coordination`].
+    fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        None
+    }
 }
 
 /// Shared handle to a backend: the currency of the orchestration.
@@ -215,6 +222,9 @@ impl<T: CacheBackend + ?Sized> CacheBackend for Arc<T> {
     }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await
+    }
+    fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        (**self).coordinator()
     }
 }
 

@@ -319,7 +319,7 @@ impl Cache {
             }
             first_of.insert(key.as_str(), i);
             let hit = engine
-                .l1()
+                .l1_active()
                 .and_then(|l1| l1.get_sync(key.as_str()))
                 .and_then(|raw| decode_item(&raw, max_age, now));
             match hit {

@@ -37,6 +37,7 @@
 pub mod backend;
 mod breaker;
 mod cache;
+pub mod coordination;
 pub mod directives;
 mod embeddings;
 pub mod envelope;
@@ -57,9 +58,10 @@ pub use backend::{CacheBackend, Capabilities, Health, SharedBackend};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{
     Cache, CacheBuilder, CacheEngine, CacheMode, CacheSettings, CacheStatus, Cached, CallError,
-    DEFAULT_L1_MAX_BYTES, Hit, L1Config, Lookup, MissReason, PingReport, Prepared, RequestContext,
-    StoreFailure, StoreOutcome, Tier,
+    Coordinated, DEFAULT_L1_MAX_BYTES, Hit, L1Config, Lookup, MissReason, PingReport, Prepared,
+    RequestContext, StoreFailure, StoreOutcome, Tier,
 };
+pub use coordination::{Coordinator, Invalidation, InvalidationSink, Lease, LeaseAttempt};
 pub use directives::{CacheControl, DirectiveError};
 pub use embeddings::EmbeddingOutcome;
 pub use envelope::{Entry, Usage};

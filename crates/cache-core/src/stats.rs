@@ -73,6 +73,9 @@ pub struct Stats {
     pub bypasses: AtomicU64,
     /// Requests answered by another request's upstream call (single-flight followers).
     pub coalesced: AtomicU64,
+    /// Of [`Stats::coalesced`], those answered by another process's upstream call (a lease held
+    /// by another replica; see [`crate::coordination`]).
+    pub coalesced_remote: AtomicU64,
     /// Entries written (the backend accepted the write).
     pub stores: AtomicU64,
     /// Writes the backend did not accept: breaker open, too large, error or timeout.

@@ -50,6 +50,7 @@ macro_rules! __conformance_checks {
             [ttl_expiry] [no_ttl_persists] [delete (delete)] [namespaces_are_isolated]
             [clear_namespace (clear)] [clear_all (clear)] [batch] [large_value]
             [concurrent_writers] [ping] [cache_round_trip] [corrupt_entry_is_a_miss]
+            [coordination (coordinator)]
         }
     };
     (local $callback:ident ! { $($args:tt)* }) => {
@@ -58,6 +59,7 @@ macro_rules! __conformance_checks {
             [ttl_expiry] [no_ttl_persists] [delete (delete)] [namespaces_are_isolated]
             [clear_namespace (clear)] [clear_all (clear)] [batch] [large_value]
             [concurrent_writers] [ping] [cache_round_trip] [corrupt_entry_is_a_miss]
+            [coordination (coordinator)]
         }
     };
 }
@@ -67,7 +69,8 @@ macro_rules! __conformance_checks {
 pub struct Check {
     /// The check's name (also its function and its test's name).
     pub name: &'static str,
-    /// The [`crate::Capabilities`] field it needs (`native_ttl`, `delete`, `clear`).
+    /// The [`crate::Capabilities`] field it needs (`native_ttl`, `delete`, `clear`), or
+    /// `coordinator` for a backend that offers [`CacheBackend::coordinator`].
     pub needs: Option<&'static str>,
 }
 
@@ -107,6 +110,7 @@ pub fn claims(b: &SharedBackend, check: &str, capability: Option<&str>) -> bool 
         "clear" => c.clear,
         "shared" => c.shared,
         "persistent" => c.persistent,
+        "coordinator" => b.coordinator().is_some(),
         other => panic!("unknown capability `{other}` in the conformance list"),
     };
     if !claimed {
@@ -754,4 +758,131 @@ macro_rules! cache_conformance {
     };
     (@cap) => { ::core::option::Option::None };
     (@cap $cap:ident) => { ::core::option::Option::Some(stringify!($cap)) };
+}
+
+/// The backend's [`crate::Coordinator`] keeps its contract: one lease holder at a time, a
+/// release (or a dropped lease) wakes waiters and frees the key, an existing entry is reported
+/// or the lease granted, and published invalidations reach a subscribed sink, keys and clears
+/// alike.
+pub async fn coordination(b: &SharedBackend) {
+    use crate::coordination::{Invalidation, InvalidationSink, LeaseAttempt};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Sink {
+        live: Mutex<Option<bool>>,
+        heard: Mutex<Vec<Invalidation>>,
+    }
+    impl InvalidationSink for Sink {
+        fn invalidate(&self, what: &Invalidation) {
+            self.heard.lock().unwrap().push(what.clone());
+        }
+        fn connection(&self, live: bool) {
+            *self.live.lock().unwrap() = Some(live);
+        }
+    }
+    async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f()
+    }
+
+    let c = b.coordinator().expect("coordinator");
+    let ns = unique_namespace("coordination");
+    let key = k(&ns, "leased");
+    let ttl = Duration::from_secs(3);
+
+    // One holder at a time.
+    let LeaseAttempt::Acquired(first) = c.try_lease(&key, ttl).await.expect("try_lease") else {
+        panic!("a free key's lease is granted");
+    };
+    assert!(
+        matches!(
+            c.try_lease(&key, ttl).await.expect("try_lease"),
+            LeaseAttempt::Held
+        ),
+        "a held lease is not granted twice"
+    );
+    assert!(
+        !c.wait_lease(&key, Duration::from_millis(200))
+            .await
+            .expect("wait_lease"),
+        "wait_lease reports a lease still held after `max`"
+    );
+
+    // A release wakes a waiter.
+    let waiter = {
+        let c = c.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let freed = c.wait_lease(&key, Duration::from_secs(10)).await;
+            (freed, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.release().await.expect("release");
+    let (freed, after) = waiter.await.expect("waiter");
+    assert!(freed.expect("wait_lease"), "the waiter sees the release");
+    assert!(
+        after < Duration::from_secs(2),
+        "the waiter woke {after:?} after the wait began (release at ~100 ms)"
+    );
+
+    // A lease dropped without release is freed too (in the background, or by expiry).
+    let LeaseAttempt::Acquired(second) = c.try_lease(&key, ttl).await.expect("try_lease") else {
+        panic!("a released lease is granted again");
+    };
+    drop(second);
+    let freed = c
+        .wait_lease(&key, ttl + Duration::from_secs(2))
+        .await
+        .expect("wait_lease");
+    assert!(freed, "a dropped lease is freed within its ttl");
+
+    // An entry already stored is reported (or the lease granted).
+    let entry_key = k(&ns, "stored");
+    b.set(
+        &entry_key,
+        Bytes::from_static(b"entry"),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("set");
+    match c.try_lease(&entry_key, ttl).await.expect("try_lease") {
+        LeaseAttempt::Stored(v) => assert_eq!(&v[..], b"entry", "the stored entry's bytes"),
+        LeaseAttempt::Acquired(l) => l.release().await.expect("release"),
+        LeaseAttempt::Held => panic!("nobody holds this lease"),
+    }
+
+    // Invalidations reach a subscriber.
+    let sink = Arc::new(Sink::default());
+    let dyn_sink: Arc<dyn InvalidationSink> = sink.clone();
+    c.subscribe(Arc::downgrade(&dyn_sink));
+    assert!(
+        until(Duration::from_secs(10), || *sink.live.lock().unwrap()
+            == Some(true))
+        .await,
+        "the subscriber goes live"
+    );
+    let keys = Invalidation::Keys(vec![k(&ns, "a"), k(&ns, "b")]);
+    let clear = Invalidation::Clear(Some(ns.clone()));
+    c.publish(&keys).await.expect("publish keys");
+    c.publish(&clear).await.expect("publish clear");
+    assert!(
+        until(Duration::from_secs(5), || {
+            let heard = sink.heard.lock().unwrap();
+            heard.contains(&keys) && heard.contains(&clear)
+        })
+        .await,
+        "published invalidations are heard: {:?}",
+        sink.heard.lock().unwrap()
+    );
+    drop(dyn_sink);
+    cleanup(b, &ns).await;
 }

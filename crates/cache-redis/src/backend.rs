@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::params::Params;
-use cache_core::{CacheBackend, CacheError, Capabilities, Health, Result};
+use cache_core::{CacheBackend, CacheError, Capabilities, Coordinator, Health, Result};
 use fred::clients::WithOptions;
 use fred::prelude::{
     Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, EventInterface,
@@ -22,6 +23,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::config::{RedisConfig, Topology};
+use crate::coordination::RedisCoordinator;
 use crate::keys::{escape_glob, is_entry_key};
 
 const NAME: &str = "redis";
@@ -69,6 +71,9 @@ pub struct RedisBackend {
     summary: String,
     command_timeout: Duration,
     tasks: Vec<JoinHandle<std::result::Result<(), FredError>>>,
+    /// The configuration, to open the coordinator's subscriber connection when first asked.
+    config: RedisConfig,
+    coordinator: OnceLock<Option<Arc<RedisCoordinator>>>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -177,6 +182,8 @@ impl RedisBackend {
             summary,
             command_timeout: config.command_timeout,
             tasks,
+            config,
+            coordinator: OnceLock::new(),
         })
     }
 
@@ -351,7 +358,29 @@ pub fn connection_pool(config: &RedisConfig, size: usize) -> Result<Pool> {
     build_pool(config, size).map(|(pool, _)| pool)
 }
 
+/// fred's configuration of one connection to `config`'s store.
+struct Parts {
+    config: Config,
+    perf: PerformanceConfig,
+    connection: ConnectionConfig,
+    policy: ReconnectPolicy,
+    kind: Kind,
+}
+
 fn build_pool(config: &RedisConfig, size: usize) -> Result<(Pool, Kind)> {
+    let p = parts(config)?;
+    let pool = Pool::new(
+        p.config,
+        Some(p.perf),
+        Some(p.connection),
+        Some(p.policy),
+        size.max(1),
+    )
+    .map_err(|e| CacheError::Config(format!("cache_params: redis client: {e}")))?;
+    Ok((pool, p.kind))
+}
+
+fn parts(config: &RedisConfig) -> Result<Parts> {
     let (fred_config, kind) = fred_config(config)?;
     let perf = PerformanceConfig {
         default_command_timeout: config.command_timeout,
@@ -377,15 +406,13 @@ fn build_pool(config: &RedisConfig, size: usize) -> Result<(Pool, Kind)> {
         millis(config.reconnect_max_delay).max(1),
         2,
     );
-    let pool = Pool::new(
-        fred_config,
-        Some(perf),
-        Some(connection),
-        Some(policy),
-        size.max(1),
-    )
-    .map_err(|e| CacheError::Config(format!("cache_params: redis client: {e}")))?;
-    Ok((pool, kind))
+    Ok(Parts {
+        config: fred_config,
+        perf,
+        connection,
+        policy,
+        kind,
+    })
 }
 
 /// Translates our configuration into fred's.
@@ -678,6 +705,23 @@ impl CacheBackend for RedisBackend {
             // Dropping `page` requests the next one.
         }
         Ok(removed)
+    }
+
+    fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        let c = self.coordinator.get_or_init(|| {
+            // The subscriber task needs a runtime; without one there is no coordination.
+            tokio::runtime::Handle::try_current().ok()?;
+            let p = parts(&self.config).ok()?;
+            let subscriber =
+                Client::new(p.config, Some(p.perf), Some(p.connection), Some(p.policy));
+            Some(Arc::new(RedisCoordinator::start(
+                self.pool.clone(),
+                self.options.clone(),
+                self.kind == Kind::Cluster,
+                subscriber,
+            )))
+        });
+        c.clone().map(|c| c as Arc<dyn Coordinator>)
     }
 
     async fn ping(&self) -> Result<Health> {

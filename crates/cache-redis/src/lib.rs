@@ -21,6 +21,8 @@
 //! * batches use `MGET` and pipelines, grouped by hash slot on a Cluster;
 //! * `clear(Some(ns))` removes `ns:*` (glob-escaped) by `SCAN` + `UNLINK` on every master;
 //!   `clear(None)` removes the keys shaped like entries ([`is_entry_key`]); never `FLUSHALL`;
+//! * several processes over one store coalesce their misses and invalidate each other's L1
+//!   through [`RedisCoordinator`] (a lease per key, one pub/sub channel);
 //! * connecting never blocks or fails when Redis is down: commands fail fast while the pool
 //!   reconnects with backoff.
 
@@ -29,6 +31,7 @@
 
 mod backend;
 pub mod config;
+pub mod coordination;
 pub mod factory;
 mod keys;
 
@@ -36,5 +39,6 @@ mod keys;
 pub use backend::tls_config;
 pub use backend::{RedisBackend, connection_pool};
 pub use config::{Node, RedisConfig, Topology};
+pub use coordination::RedisCoordinator;
 pub use factory::RedisFactory;
 pub use keys::{escape_glob, is_entry_key};

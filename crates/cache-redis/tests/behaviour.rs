@@ -296,6 +296,16 @@ fn l1_in_front_of_redis_and_delete_clear_reach_both_tiers() {
             ))
             .configure(|s| s.read_timeout = Duration::from_secs(2))
             .build();
+        // L1 is used once the coordinator hears other replicas' invalidations.
+        let engine = cache.engine().unwrap();
+        let start = std::time::Instant::now();
+        while !engine.l1_live() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "L1 never went live"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let req = json!({"model": "m", "messages": [{"role": "user", "content": "tiers"}]});
         assert!(!fetch(&cache, &req).await.is_hit());
         cache.flush(Duration::from_secs(5)).await.unwrap();

@@ -198,6 +198,12 @@ impl Collector for CacheCollector {
         )?;
         counter(
             enc,
+            "llm_cache_coalesced_remote_total",
+            "Of llm_cache_coalesced_total, requests answered by another replica's upstream call (a lease held elsewhere).",
+            s.coalesced_remote.load(Relaxed),
+        )?;
+        counter(
+            enc,
             "llm_cache_stores_total",
             "Entries written (the backend accepted the write).",
             s.stores.load(Relaxed),
@@ -273,6 +279,22 @@ impl Collector for CacheCollector {
             )?;
             let labels = [("backend", engine.backend().name())];
             ConstGauge::new(state).encode(family.encode_family(&labels)?)?;
+            if engine.coordinator().is_some() && engine.l1().is_some() {
+                let mut family = enc.encode_descriptor(
+                    "llm_cache_l1_live",
+                    "1 while the L1 tier is in use; 0 while invalidations from other replicas cannot be heard (L1 emptied and bypassed).",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                ConstGauge::new(i64::from(engine.l1_live()))
+                    .encode(family.encode_family(&labels)?)?;
+                counter(
+                    enc,
+                    "llm_cache_invalidations_received_total",
+                    "Invalidations (deletes, clears, refreshes) heard from the replicas and applied to L1.",
+                    engine.invalidations_received(),
+                )?;
+            }
         }
         if let Some(sem) = engine.and_then(|e| e.semantic().and_then(|s| s.stats())) {
             encode_semantic(enc, &sem)?;
@@ -1018,6 +1040,7 @@ mod tests {
                 "# TYPE llm_cache_misses_total counter",
                 "# TYPE llm_cache_bypasses_total counter",
                 "# TYPE llm_cache_coalesced_total counter",
+                "# TYPE llm_cache_coalesced_remote_total counter",
                 "# TYPE llm_cache_stores_total counter",
                 "# TYPE llm_cache_store_failures_total counter",
                 "# TYPE llm_cache_corrupt_entries_total counter",

@@ -13,7 +13,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use llm_cache::CacheStatus;
-use llm_cache::core::{Lookup, Prepared, StoreOutcome};
+use llm_cache::core::{Coordinated, Hit, Lookup, Prepared, StoreOutcome};
 use serde_json::Value;
 
 use crate::config::Deployment;
@@ -41,6 +41,50 @@ pub(crate) struct StreamCall {
     pub(crate) include_usage: bool,
 }
 
+/// Answers with a stored entry replayed as a stream (a hit, or another replica's stored
+/// answer); `None` when the entry is not JSON.
+#[allow(clippy::too_many_arguments)]
+fn replay_entry(
+    st: &AppState,
+    label: &'static str,
+    format: StreamFormat,
+    include_usage: bool,
+    prepared: &Prepared,
+    hit: &Hit,
+    status: CacheStatus,
+    meta: &Meta,
+) -> Option<Response> {
+    let stored = serde_json::from_slice::<Value>(&hit.entry.body).ok()?;
+    let body = replay(format, &stored, include_usage);
+    st.metrics.stream_replays.fetch_add(1, Relaxed);
+    st.metrics.request(
+        label,
+        if matches!(status, CacheStatus::Coalesced) {
+            "coalesced"
+        } else {
+            "hit"
+        },
+    );
+    let bytes = body.len() as u64;
+    let mut resp = sse_response(Body::from(body));
+    cache_headers(&mut resp, prepared.key(), &status, Some(&hit.entry));
+    account(
+        st,
+        meta,
+        Some(&mut resp),
+        &status,
+        prepared.key(),
+        Answer {
+            body: Some(&stored),
+            entry: Some(&hit.entry),
+            bytes,
+            upstream_s: None,
+            partial_saved: None,
+        },
+    );
+    Some(resp)
+}
+
 pub(crate) async fn stream_flow(call: StreamCall) -> Response {
     let StreamCall {
         st,
@@ -62,37 +106,26 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
     };
     let label = endpoint.label;
     let reason = match prepared.lookup().await {
-        Lookup::Hit(hit) => match serde_json::from_slice::<Value>(&hit.entry.body) {
-            Ok(stored) => {
-                let body = replay(format, &stored, include_usage);
-                st.metrics.stream_replays.fetch_add(1, Relaxed);
-                st.metrics.request(label, "hit");
-                let status = CacheStatus::Hit {
-                    tier: hit.tier,
-                    age: hit.age,
-                    similarity: hit.similarity,
-                };
-                let bytes = body.len() as u64;
-                let mut resp = sse_response(Body::from(body));
-                cache_headers(&mut resp, prepared.key(), &status, Some(&hit.entry));
-                account(
-                    &st,
-                    &meta,
-                    Some(&mut resp),
-                    &status,
-                    prepared.key(),
-                    Answer {
-                        body: Some(&stored),
-                        entry: Some(&hit.entry),
-                        bytes,
-                        upstream_s: None,
-                        partial_saved: None,
-                    },
-                );
-                return resp;
+        Lookup::Hit(hit) => {
+            let status = CacheStatus::Hit {
+                tier: hit.tier,
+                age: hit.age,
+                similarity: hit.similarity,
+            };
+            match replay_entry(
+                &st,
+                label,
+                format,
+                include_usage,
+                &prepared,
+                &hit,
+                status,
+                &meta,
+            ) {
+                Some(resp) => return resp,
+                None => llm_cache::core::MissReason::Unusable,
             }
-            Err(_) => llm_cache::core::MissReason::Unusable,
-        },
+        }
         Lookup::Miss(r) => r,
         Lookup::Bypass(_) => llm_cache::core::MissReason::NotFound,
     };
@@ -125,6 +158,22 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         for _ in 0..3 {
             match st.stream_flights.join(&flight) {
                 Join::Lead(leader) => {
+                    // Across replicas: wait while another replica streams this request, then
+                    // replay the entry it stored (docs/deployment.md).
+                    if let Coordinated::Answer(hit) = prepared.coordinate().await
+                        && let Some(resp) = replay_entry(
+                            &st,
+                            label,
+                            format,
+                            include_usage,
+                            &prepared,
+                            &hit,
+                            CacheStatus::Coalesced,
+                            &meta,
+                        )
+                    {
+                        return resp;
+                    }
                     let sink = Box::new(StreamSink::new(
                         st.clone(),
                         prepared,
@@ -186,7 +235,27 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                         );
                         return resp;
                     }
-                    // The leader's upstream refused, or the wait timed out: try again.
+                    // The leader's upstream refused, the wait timed out, or the leader answered
+                    // from another replica's entry: look again, then try again.
+                    if let Lookup::Hit(hit) = prepared.lookup().await {
+                        let status = CacheStatus::Hit {
+                            tier: hit.tier,
+                            age: hit.age,
+                            similarity: hit.similarity,
+                        };
+                        if let Some(resp) = replay_entry(
+                            &st,
+                            label,
+                            format,
+                            include_usage,
+                            &prepared,
+                            &hit,
+                            status,
+                            &meta,
+                        ) {
+                            return resp;
+                        }
+                    }
                 }
             }
         }

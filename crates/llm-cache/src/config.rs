@@ -43,6 +43,8 @@ pub const CORE_KEYS: &[&str] = &[
     "circuit_breaker_open_seconds",
     "coalesce_requests",
     "coalesce_timeout",
+    "coalesce_across_replicas",
+    "coalesce_lease",
     "l1_cache",
     "l1_ttl",
     "l1_max_items",
@@ -326,6 +328,17 @@ impl CacheConfig {
         }
         if let Some(t) = p.seconds("coalesce_timeout")? {
             s.coalesce_timeout = t;
+        }
+        if let Some(c) = p.bool("coalesce_across_replicas")? {
+            s.coalesce_across_replicas = c;
+        }
+        if let Some(t) = p.seconds("coalesce_lease")? {
+            if t.is_zero() {
+                return Err(CacheError::Config(
+                    "cache_params.coalesce_lease: must be more than 0 seconds".to_owned(),
+                ));
+            }
+            s.coalesce_lease = t;
         }
         if p.bool("l1_cache")?.unwrap_or(false) && !profile.in_memory {
             let mut l1 = L1Config::default();

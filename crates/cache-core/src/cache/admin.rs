@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::{Cache, PingReport};
 use crate::backend::CacheBackend;
+use crate::coordination::Invalidation;
 use crate::envelope::Entry;
 use crate::error::{CacheError, Result};
 use crate::key::{CacheKey, CallKind};
@@ -45,6 +46,9 @@ impl Cache {
             engine.l1_invalidate(k);
             deleted += u64::from(existed?);
         }
+        engine
+            .publish_invalidation(Invalidation::Keys(targets), &self.shared.stats)
+            .await;
         Ok(deleted)
     }
 
@@ -64,6 +68,12 @@ impl Cache {
             .await;
         engine.l1_clear(ns);
         let n = n?;
+        engine
+            .publish_invalidation(
+                Invalidation::Clear(ns.map(str::to_owned)),
+                &self.shared.stats,
+            )
+            .await;
         if let Some(sem) = &engine.semantic {
             engine
                 .admin(sem.clear(ns), "clear", &self.shared.stats)

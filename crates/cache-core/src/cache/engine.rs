@@ -6,8 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::{CacheSettings, StoreFailure, StoreOutcome};
 use crate::backend::{CacheBackend, SharedBackend};
 use crate::breaker::{Breaker, BreakerState};
+use crate::coordination::{Coordinator, Invalidation, InvalidationSink};
 use crate::directives::{CacheControl, encode_namespace};
 use crate::error::{CacheError, Result};
 use crate::flight::Flights;
@@ -39,6 +40,12 @@ pub struct CacheEngine {
     /// Invalidation generations of the L1 tier, sharded by key: a delete, clear or store bumps
     /// its shard, so a lookup that read the backend before it cannot put the old entry back.
     pub(super) l1_generations: Box<[AtomicU64]>,
+    /// Whether L1 may be read and filled: always without a coordinator; with one, only while
+    /// it can hear other processes' invalidations.
+    pub(super) l1_live: AtomicBool,
+    pub(super) invalidations_received: AtomicU64,
+    /// The backend's cross-process coordination, if it offers one.
+    pub(super) coordinator: Option<Arc<dyn Coordinator>>,
 }
 
 pub(super) const L1_GENERATION_SHARDS: usize = 64;
@@ -95,6 +102,36 @@ impl CacheEngine {
         self.l1.as_ref()
     }
 
+    /// The L1 tier when it may be used: not while invalidations from other processes cannot
+    /// be heard (see [`crate::coordination`]).
+    pub(crate) fn l1_active(&self) -> Option<&MemoryBackend> {
+        self.l1.as_ref().filter(|_| self.l1_live.load(SeqCst))
+    }
+
+    /// Whether L1 is in use (see [`CacheEngine::l1_active`]): false while this process
+    /// cannot hear other processes' invalidations.
+    pub fn l1_live(&self) -> bool {
+        self.l1_active().is_some()
+    }
+
+    /// Invalidations heard from other processes (and this one) and applied to L1.
+    pub fn invalidations_received(&self) -> u64 {
+        self.invalidations_received.load(Relaxed)
+    }
+
+    /// The coordinator used to coalesce misses across processes, when the backend offers one
+    /// and the settings ask for it.
+    pub fn coalescing_coordinator(&self) -> Option<&Arc<dyn Coordinator>> {
+        self.coordinator
+            .as_ref()
+            .filter(|_| self.settings.coalesce && self.settings.coalesce_across_replicas)
+    }
+
+    /// The backend's coordinator, if any.
+    pub fn coordinator(&self) -> Option<&Arc<dyn Coordinator>> {
+        self.coordinator.as_ref()
+    }
+
     pub(super) fn l1_shard(&self, key: &str) -> &AtomicU64 {
         // FNV-1a: cheap, and keys are already hashes or caller-chosen strings.
         let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -130,7 +167,7 @@ impl CacheEngine {
     /// read began (`seen` is the generation then). The check runs again after the write: a
     /// delete that raced with it removes what was just put.
     pub(super) fn l1_fill(&self, key: &str, raw: &Bytes, ttl: Option<Duration>, seen: u64) {
-        if self.l1.is_none() || self.l1_generation(key) != seen {
+        if self.l1_active().is_none() || self.l1_generation(key) != seen {
             return;
         }
         self.l1_write(key, raw, ttl);
@@ -144,7 +181,7 @@ impl CacheEngine {
     /// Writes a new entry (a store or a refresh) to L1: bumps the generation first, so a lookup
     /// in flight cannot overwrite it with the old entry.
     pub(super) fn l1_store(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
-        if self.l1.is_some() {
+        if self.l1_active().is_some() {
             self.l1_shard(key).fetch_add(1, SeqCst);
             self.l1_write(key, raw, ttl);
         }
@@ -154,7 +191,7 @@ impl CacheEngine {
     /// remaining lifetime): L1 never outlives the backend entry. An entry L1 refuses (too
     /// large) removes the old copy, so L1 never keeps serving what was replaced.
     pub(super) fn l1_write(&self, key: &str, raw: &Bytes, ttl: Option<Duration>) {
-        if let (Some(l1), Some(cfg)) = (&self.l1, &self.settings.l1) {
+        if let (Some(l1), Some(cfg)) = (self.l1_active(), &self.settings.l1) {
             let ttl = ttl.map_or(cfg.ttl, |t| t.min(cfg.ttl));
             if l1.set_sync(key, raw.clone(), Some(ttl)).is_err() {
                 l1.delete_sync(key);
@@ -182,7 +219,61 @@ impl CacheEngine {
     }
 }
 
+impl InvalidationSink for CacheEngine {
+    fn invalidate(&self, what: &Invalidation) {
+        self.invalidations_received.fetch_add(1, Relaxed);
+        match what {
+            Invalidation::Keys(keys) => {
+                for k in keys {
+                    self.l1_invalidate(k);
+                }
+            }
+            Invalidation::Clear(ns) => self.l1_clear(ns.as_deref()),
+        }
+    }
+
+    fn connection(&self, live: bool) {
+        if !live {
+            self.l1_live.store(false, SeqCst);
+        }
+        // Emptied either way: what L1 holds may have been invalidated unheard.
+        self.l1_clear(None);
+        if live {
+            self.l1_live.store(true, SeqCst);
+        }
+        tracing::info!(
+            live,
+            "L1 tier {}",
+            if live {
+                "in use: invalidations from other replicas are heard"
+            } else {
+                "emptied and bypassed: invalidations from other replicas cannot be heard"
+            }
+        );
+    }
+}
+
 impl CacheEngine {
+    /// Tells the other processes (through the coordinator) to drop `what` from their L1.
+    /// Bounded by the admin deadline; a failure is logged and counted, never returned (the
+    /// store itself changed).
+    pub(super) async fn publish_invalidation(&self, what: Invalidation, stats: &Stats) {
+        let Some(c) = &self.coordinator else { return };
+        let timeout = self.settings.admin_timeout;
+        let res = match tokio::time::timeout(timeout, c.publish(&what)).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout {
+                backend: c.name().to_owned(),
+                operation: "publish",
+                after: timeout,
+            }),
+        };
+        if let Err(e) = res {
+            stats.record_error(c.name(), "publish", e.kind_label());
+            tracing::warn!(backend = c.name(), error = %e, ?what, "invalidation not published: other replicas keep their L1 copy until l1_ttl");
+        }
+    }
+
     pub(super) async fn admin<T>(
         &self,
         fut: impl Future<Output = Result<T>>,

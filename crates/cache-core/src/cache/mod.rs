@@ -27,7 +27,7 @@ pub(crate) use engine::StoreWrite;
 pub use request::{Prepared, RequestContext};
 pub use settings::{CacheBuilder, CacheMode, CacheSettings, DEFAULT_L1_MAX_BYTES, L1Config};
 pub use status::{
-    CacheStatus, Cached, CallError, Hit, Lookup, MissReason, PingReport, StoreFailure,
+    CacheStatus, Cached, CallError, Coordinated, Hit, Lookup, MissReason, PingReport, StoreFailure,
     StoreOutcome, Tier,
 };
 

@@ -5,9 +5,9 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,10 +17,11 @@ use serde_json::Value;
 
 use super::engine::{contain_panics, store_outcome};
 use super::{
-    Cache, CacheEngine, CacheMode, CacheStatus, Cached, CallError, Hit, Lookup, MissReason,
-    StoreOutcome, StoreWrite, Tier,
+    Cache, CacheEngine, CacheMode, CacheStatus, Cached, CallError, Coordinated, Hit, Lookup,
+    MissReason, StoreOutcome, StoreWrite, Tier,
 };
 use crate::backend::CacheBackend;
+use crate::coordination::{Invalidation, Lease, LeaseAttempt};
 use crate::directives::CacheControl;
 use crate::envelope::{Entry, Usage, now_ms};
 use crate::error::{CacheError, Result};
@@ -84,6 +85,9 @@ pub struct Prepared {
     lookup_nanos: AtomicU64,
     /// Milliseconds + 1 the upstream call took (0: unknown), recorded with the stored entry.
     upstream_ms: AtomicU64,
+    /// The cross-replica lease this request holds ([`Prepared::coordinate`]), released once
+    /// its entry is written, or when dropped.
+    lease: Mutex<Option<Box<dyn Lease>>>,
 }
 
 #[derive(Clone)]
@@ -166,6 +170,7 @@ impl Cache {
             semantic: None,
             lookup_nanos: AtomicU64::new(0),
             upstream_ms: AtomicU64::new(0),
+            lease: Mutex::new(None),
         };
         let Some(engine) = engine else {
             p.bypass = Some("disabled");
@@ -386,7 +391,7 @@ impl Prepared {
         let now = now_ms();
         let mut reason = MissReason::NotFound;
 
-        if let Some(l1) = &engine.l1
+        if let Some(l1) = engine.l1_active()
             && let Some(raw) = l1.get_sync(key.as_str())
         {
             match validate(&raw, self.kind, self.max_age, now) {
@@ -592,6 +597,96 @@ impl Prepared {
         })
     }
 
+    /// Coalesces a miss across processes (see [`crate::coordination`]). Called by the
+    /// process-local leader of a miss (in-process followers wait for it), before it goes
+    /// upstream: takes the key's lease ([`Coordinated::Lead`]), or waits while another process
+    /// holds it and answers from the entry that process stored ([`Coordinated::Answer`]).
+    /// Every step is bounded (the read deadline per store call, `coalesce_timeout` in all) and
+    /// fails open ([`Coordinated::Alone`]).
+    pub async fn coordinate(&self) -> Coordinated {
+        let (Some(engine), Some(key)) = (&self.engine, &self.key) else {
+            return Coordinated::Alone;
+        };
+        let Some(coord) = engine.coalescing_coordinator() else {
+            return Coordinated::Alone;
+        };
+        // A request that would not store the answer cannot lead others; one that skips the
+        // lookup must not be answered from an entry.
+        if !self.reads() || !self.writes() {
+            return Coordinated::Alone;
+        }
+        let stats = &self.cache.shared.stats;
+        let start = Instant::now();
+        let deadline = start + engine.settings.coalesce_timeout;
+        loop {
+            let generation = engine.l1_generation(key.as_str());
+            let attempt = engine
+                .guarded(
+                    coord.try_lease(key.as_str(), engine.settings.coalesce_lease),
+                    "lease",
+                    engine.settings.read_timeout,
+                    stats,
+                )
+                .await;
+            match attempt {
+                Ok(LeaseAttempt::Acquired(lease)) => {
+                    *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                    return Coordinated::Lead;
+                }
+                Ok(LeaseAttempt::Stored(raw)) => {
+                    let now = now_ms();
+                    let Ok((entry, age)) = validate(&raw, self.kind, self.max_age, now) else {
+                        return Coordinated::Alone;
+                    };
+                    engine.l1_fill(key.as_str(), &raw, entry.remaining_ttl(now), generation);
+                    stats.coalesced.fetch_add(1, Relaxed);
+                    stats.coalesced_remote.fetch_add(1, Relaxed);
+                    self.cache.emit_with(|emit| {
+                        emit(&CacheEvent {
+                            kind: EventKind::Coalesced,
+                            key: Some(key.as_str()),
+                            backend: coord.name(),
+                            latency: start.elapsed(),
+                            age: Some(age),
+                            similarity: None,
+                            bytes: entry.body.len(),
+                            detail: Some("replica"),
+                        })
+                    });
+                    return Coordinated::Answer(Hit {
+                        entry,
+                        age,
+                        tier: Tier::Backend,
+                        similarity: None,
+                    });
+                }
+                Ok(LeaseAttempt::Held) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Coordinated::Alone;
+                    }
+                    match tokio::time::timeout(left, coord.wait_lease(key.as_str(), left)).await {
+                        // Released (or expired): the entry is there, or the lease is free.
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) | Err(_) => {
+                            tracing::debug!(
+                                key = key.as_str(),
+                                "waited coalesce_timeout for another replica; going upstream"
+                            );
+                            return Coordinated::Alone;
+                        }
+                        Ok(Err(e)) => {
+                            stats.record_error(coord.name(), "wait_lease", e.kind_label());
+                            tracing::warn!(backend = coord.name(), error = %e, "waiting for another replica failed; going upstream");
+                            return Coordinated::Alone;
+                        }
+                    }
+                }
+                Err(_) => return Coordinated::Alone,
+            }
+        }
+    }
+
     fn delete_in_background(&self, engine: &Arc<CacheEngine>, key: &CacheKey) {
         let engine = engine.clone();
         let key = key.as_str().to_owned();
@@ -701,6 +796,9 @@ impl Prepared {
         let semantic = self.semantic.clone();
         let kind = self.kind;
         let bytes = raw.len();
+        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // A refresh (`no-cache`) replaces an entry other replicas may hold in L1.
+        let refresh = !self.read && engine.coordinator.is_some();
         let write = async move {
             let start = Instant::now();
             let stats = cache.stats();
@@ -733,6 +831,33 @@ impl Prepared {
                 eng.l1_store(&key_s, &raw, ttl);
             } else {
                 eng.l1_invalidate(&key_s);
+            }
+            // After the write: the waiters the release wakes find the entry. In the
+            // background: the caller's acknowledgement does not wait for it.
+            if lease.is_some() || (refresh && outcome.is_stored()) {
+                let eng2 = eng.clone();
+                let key2 = key_s.clone();
+                let cache2 = cache.clone();
+                eng.writes.spawn(async move {
+                    if refresh && outcome.is_stored() {
+                        eng2.publish_invalidation(Invalidation::Keys(vec![key2]), cache2.stats())
+                            .await;
+                    }
+                    if let Some(lease) = lease {
+                        let timeout = eng2.settings.write_timeout;
+                        match tokio::time::timeout(timeout, lease.release()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                cache2.stats().record_error(eng2.backend.name(), "release", e.kind_label());
+                                tracing::warn!(error = %e, "lease not released; it expires by itself");
+                            }
+                            Err(_) => {
+                                cache2.stats().record_error(eng2.backend.name(), "release", "timeout");
+                                tracing::warn!("lease release timed out; it expires by itself");
+                            }
+                        }
+                    }
+                });
             }
             if let (Some(_), Some(input)) = (&eng.semantic, semantic) {
                 let eng2 = eng.clone();
@@ -839,6 +964,17 @@ impl Prepared {
             for _ in 0..3 {
                 match engine.flights.join(key.as_str()) {
                     Join::Lead(leader) => {
+                        if let Coordinated::Answer(hit) = self.coordinate().await
+                            && let Some(value) = decode(&hit.entry.body)
+                        {
+                            leader.publish(hit.entry.body.clone());
+                            return Ok(Cached {
+                                value,
+                                status: CacheStatus::Coalesced,
+                                key: self.key.clone(),
+                                entry: Some(hit.entry),
+                            });
+                        }
                         let f = fetch.take().expect("fetch is called once");
                         let started = Instant::now();
                         let value = f().await.map_err(CallError::Upstream)?;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
@@ -11,6 +11,7 @@ use super::engine::L1_GENERATION_SHARDS;
 use super::{Cache, CacheEngine};
 use crate::backend::{CacheBackend, SharedBackend};
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::coordination::InvalidationSink;
 use crate::flight::Flights;
 use crate::key::{CallKind, KeyBuilder, KeyOptions};
 use crate::memory::{MemoryBackend, MemoryConfig};
@@ -88,6 +89,12 @@ pub struct CacheSettings {
     pub coalesce: bool,
     /// Longest a follower waits for the leader's upstream call before going alone.
     pub coalesce_timeout: Duration,
+    /// Coalesce misses across processes too, through the backend's
+    /// [`Coordinator`](crate::Coordinator) when it has one (Redis). Needs [`Self::coalesce`].
+    pub coalesce_across_replicas: bool,
+    /// Lifetime of a cross-replica lease: renewed while its holder lives, so a holder that
+    /// dies frees the key within this time.
+    pub coalesce_lease: Duration,
     /// Optional in-memory tier in front of the backend.
     pub l1: Option<L1Config>,
     /// Key computation.
@@ -109,6 +116,8 @@ impl Default for CacheSettings {
             breaker: BreakerConfig::default(),
             coalesce: true,
             coalesce_timeout: Duration::from_secs(120),
+            coalesce_across_replicas: true,
+            coalesce_lease: Duration::from_secs(5),
             l1: None,
             keys: KeyOptions::default(),
         }
@@ -183,7 +192,9 @@ impl CacheBuilder {
     /// Builds an engine (to pass to [`Cache::update`]).
     pub fn build_engine(self) -> Arc<CacheEngine> {
         let settings = self.settings;
-        Arc::new(CacheEngine {
+        let coordinator = self.backend.coordinator();
+        let l1_listens = coordinator.is_some() && settings.l1.is_some();
+        let engine = Arc::new(CacheEngine {
             keys: KeyBuilder::new(settings.keys.clone()),
             l1: settings
                 .l1
@@ -198,8 +209,17 @@ impl CacheBuilder {
             l1_generations: (0..L1_GENERATION_SHARDS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            // With other processes able to invalidate, L1 waits until it can hear them.
+            l1_live: AtomicBool::new(!l1_listens),
+            invalidations_received: AtomicU64::new(0),
+            coordinator,
             settings,
-        })
+        });
+        if l1_listens && let Some(c) = &engine.coordinator {
+            let sink: Arc<dyn InvalidationSink> = engine.clone();
+            c.subscribe(Arc::downgrade(&sink));
+        }
+        engine
     }
 
     /// Builds the cache.

@@ -74,6 +74,19 @@ pub enum Lookup {
     Bypass(&'static str),
 }
 
+/// What cross-replica coalescing decided for a miss ([`crate::Prepared::coordinate`]).
+#[derive(Debug)]
+pub enum Coordinated {
+    /// This request holds the key's lease: call upstream and store; the lease is released
+    /// once the entry is written (or the request is dropped).
+    Lead,
+    /// Another process's upstream call stored the entry while this one waited: answer from it.
+    Answer(Hit),
+    /// No coordination (none configured, not applicable, a coordinator error, or waited
+    /// `coalesce_timeout` in vain): call upstream alone.
+    Alone,
+}
+
 /// What the cache did for a request: the `Cache-Status` (RFC 9211) of the response.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CacheStatus {

@@ -1,0 +1,472 @@
+//! Many replicas, one cache: three `llm-cache` processes on loopback over one Redis (standalone,
+//! and the Redis Cluster test service) behave like one cache.
+//!
+//! * A burst of identical misses spread over the replicas makes exactly one upstream call
+//!   (cross-replica coalescing through a lease in Redis), streaming requests too.
+//! * The replica holding the lease killed with SIGKILL mid-call: every client is answered (a
+//!   client whose replica died retries on the next one, as a load balancer would), with at most
+//!   two upstream calls, within the lease bound.
+//! * A delete, a flush and a `no-cache` refresh on one replica reach the other replicas' L1.
+//!
+//! `cargo xtask bench replicas` runs [`invalidation_latency`] (1,000 deletes) for
+//! docs/deployment.md.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use llm_cache_tests::{FakeUpstream, Proxy};
+use serde_json::{Value, json};
+
+const REDIS: &str = "host: 127.0.0.1, port: 17001";
+
+fn cluster_nodes() -> String {
+    let nodes: Vec<String> = (17101..=17106)
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
+    format!("redis_startup_nodes: [{}]", nodes.join(", "))
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("replicas-{name}-{}-{nanos:x}", std::process::id())
+}
+
+/// `n` proxies over one store; `extra` is appended to `cache_params`.
+async fn replicas(n: usize, up: &FakeUpstream, store: &str, extra: &str) -> Vec<Proxy> {
+    let params = format!(
+        "{{type: redis, {store}, namespace: {ns}, ttl: 600, cache_read_timeout: 1, socket_timeout: 1{extra}}}",
+        ns = unique("ns")
+    );
+    let config = llm_cache_tests::config(up, &params, None);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Proxy::start(&config).await);
+    }
+    // As a load balancer would: traffic once a replica is ready (its store reachable); L1
+    // starts once the replica hears invalidations.
+    for p in &out {
+        wait_ready(p).await;
+        wait_l1_live(p, extra.contains("l1_cache: true")).await;
+    }
+    out
+}
+
+async fn wait_ready(p: &Proxy) {
+    let start = Instant::now();
+    while !reqwest::get(p.url("/health/readiness"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "a replica never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_l1_live(p: &Proxy, l1: bool) {
+    if !l1 {
+        return;
+    }
+    let start = Instant::now();
+    loop {
+        let text = reqwest::get(p.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("llm_cache_l1_live{backend=\"redis\"} 1") {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "L1 of a replica never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn chat_body(prompt: &str) -> Value {
+    json!({"model": "gpt-test", "messages": [{"role": "user", "content": prompt}]})
+}
+
+struct Answer {
+    status: u16,
+    cache_status: String,
+    content: String,
+    key: String,
+}
+
+async fn ask(http: &reqwest::Client, p: &Proxy, body: &Value, headers: &[(&str, &str)]) -> Answer {
+    let mut req = http.post(p.url("/v1/chat/completions")).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let cache_status = header("cache-status");
+    let key = header("x-litellm-cache-key");
+    let v: Value = r.json().await.unwrap_or_default();
+    Answer {
+        status,
+        cache_status,
+        content: v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        key,
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// 100 concurrent identical misses spread over 3 replicas: one upstream call, every answer the
+/// same (and the right one).
+async fn burst(store: &str) {
+    let up = FakeUpstream::start().await;
+    up.set_latency(Duration::from_millis(500));
+    let proxies = replicas(3, &up, store, "").await;
+    let prompt = unique("burst");
+    let body = chat_body(&prompt);
+    let http = http();
+    let answers = join_all((0..100).map(|i| {
+        let (http, body, p) = (http.clone(), body.clone(), &proxies[i % 3]);
+        async move { ask(&http, p, &body, &[]).await }
+    }))
+    .await;
+    assert_eq!(up.chat_calls(), 1, "one upstream call for the whole burst");
+    let first = &answers[0].content;
+    assert!(first.ends_with(&format!("to: {prompt}")), "{first}");
+    for a in &answers {
+        assert_eq!(a.status, 200);
+        assert_eq!(&a.content, first, "every replica answers the same");
+    }
+    let collapsed = answers
+        .iter()
+        .filter(|a| a.cache_status.contains("collapsed"))
+        .count();
+    let hits = answers
+        .iter()
+        .filter(|a| a.cache_status.contains("; hit"))
+        .count();
+    assert_eq!(
+        collapsed + hits,
+        99,
+        "all but the leader wait for it (or, arriving after it stored, hit)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn burst_across_replicas_makes_one_upstream_call() {
+    burst(REDIS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis-cluster (cargo xtask services up)"]
+async fn burst_across_cluster_replicas_makes_one_upstream_call() {
+    burst(&cluster_nodes()).await;
+}
+
+/// Streaming followers on other replicas wait for the stored entry and replay it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn streaming_burst_across_replicas_makes_one_upstream_call() {
+    let up = FakeUpstream::start().await;
+    up.set_latency(Duration::from_millis(500));
+    let proxies = replicas(3, &up, REDIS, "").await;
+    let prompt = unique("stream");
+    let mut body = chat_body(&prompt);
+    body["stream"] = json!(true);
+    let http = http();
+    let texts = join_all((0..30).map(|i| {
+        let (http, body, p) = (http.clone(), body.clone(), &proxies[i % 3]);
+        async move {
+            let r = http
+                .post(p.url("/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.unwrap();
+            // The streamed words, joined.
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|v| {
+                    v["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect::<String>()
+        }
+    }))
+    .await;
+    assert_eq!(up.chat_calls(), 1, "one upstream stream for all replicas");
+    for t in &texts {
+        assert!(t.ends_with(&format!("to: {prompt}")), "{t}");
+        assert_eq!(t, &texts[0]);
+    }
+}
+
+/// The lease holder killed with SIGKILL mid-call: the others take over within the lease bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn a_replica_killed_holding_the_lease_frees_the_key_within_the_lease() {
+    let up = FakeUpstream::start().await;
+    let upstream = Duration::from_millis(1500);
+    up.set_latency(upstream);
+    let lease = Duration::from_secs(2);
+    let mut proxies = replicas(3, &up, REDIS, ", coalesce_lease: 2").await;
+    let prompt = unique("kill");
+    let body = chat_body(&prompt);
+    let http = http();
+    let ports: Vec<u16> = proxies.iter().map(|p| p.port).collect();
+    // One client on replica 0 first: it takes the lease.
+    let ask_any = |first: usize| {
+        let (http, body, ports) = (http.clone(), body.clone(), ports.clone());
+        async move {
+            // A load balancer's retry: on a connection error, the next replica.
+            for attempt in 0..3 {
+                let port = ports[(first + attempt) % 3];
+                let r = http
+                    .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+                    .json(&body)
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    let status = r.status().as_u16();
+                    let v: Value = r.json().await.unwrap_or_default();
+                    return (
+                        status,
+                        v["choices"][0]["message"]["content"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned(),
+                        Instant::now(),
+                    );
+                }
+            }
+            panic!("no replica answered");
+        }
+    };
+    let leader = tokio::spawn(ask_any(0));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(up.chat_calls(), 1, "replica 0 called upstream");
+    let followers: Vec<_> = (1..100).map(|i| tokio::spawn(ask_any(i % 3))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGKILL: no release; the lease expires by itself.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &proxies[0].pid().to_string()])
+        .status();
+    let killed_at = Instant::now();
+    let mut answers = vec![leader.await.unwrap()];
+    for f in followers {
+        answers.push(f.await.unwrap());
+    }
+    for (status, content, _) in &answers {
+        assert_eq!(*status, 200);
+        assert!(content.ends_with(&format!("to: {prompt}")), "{content}");
+    }
+    let calls = up.chat_calls();
+    assert!(
+        calls <= 2,
+        "{calls} upstream calls (the killed one and its successor at most)"
+    );
+    let last = answers.iter().map(|a| a.2).max().unwrap();
+    let took = last.duration_since(killed_at);
+    // The lease expires within its TTL of the kill, waiters see it within 250 ms, then one
+    // upstream call; the margin covers a busy two-core machine.
+    let bound = lease + Duration::from_millis(250) + upstream + Duration::from_secs(2);
+    assert!(
+        took <= bound,
+        "all answered {took:?} after the kill (bound {bound:?})"
+    );
+    println!("all 100 answered {took:?} after the kill; {calls} upstream calls");
+    proxies.remove(0);
+}
+
+async fn assert_l1_hit(http: &reqwest::Client, p: &Proxy, body: &Value) -> Answer {
+    let _ = ask(http, p, body, &[]).await;
+    let a = ask(http, p, body, &[]).await;
+    assert!(
+        a.cache_status.contains("hit; detail=l1"),
+        "served from L1: {}",
+        a.cache_status
+    );
+    a
+}
+
+async fn assert_l1_gone(http: &reqwest::Client, p: &Proxy, body: &Value) {
+    // `only-if-cached`: a 504 says no tier has it.
+    let start = Instant::now();
+    loop {
+        let a = ask(http, p, body, &[("cache-control", "only-if-cached")]).await;
+        if a.status == 504 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "still served ({}) 2 s after the invalidation",
+            a.cache_status
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn delete_flush_and_refresh_on_one_replica_reach_the_others_l1() {
+    let up = FakeUpstream::start().await;
+    let proxies = replicas(3, &up, REDIS, ", l1_cache: true, l1_ttl: 300").await;
+    let (a, b, c) = (&proxies[0], &proxies[1], &proxies[2]);
+    let http = http();
+
+    // delete on A.
+    let body = chat_body(&unique("delete"));
+    let first = ask(&http, a, &body, &[]).await;
+    assert!(first.cache_status.contains("fwd=miss"));
+    assert_l1_hit(&http, b, &body).await;
+    assert_l1_hit(&http, c, &body).await;
+    let r = http
+        .post(a.url("/cache/delete"))
+        .json(&json!({"keys": [first.key]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_l1_gone(&http, b, &body).await;
+    assert_l1_gone(&http, c, &body).await;
+    let calls = up.chat_calls();
+    assert!(
+        ask(&http, b, &body, &[])
+            .await
+            .cache_status
+            .contains("fwd=miss")
+    );
+    assert_eq!(
+        up.chat_calls(),
+        calls + 1,
+        "B went upstream after the delete"
+    );
+
+    // flushall on B.
+    let body = chat_body(&unique("flush"));
+    let _ = ask(&http, b, &body, &[]).await;
+    assert_l1_hit(&http, a, &body).await;
+    assert_l1_hit(&http, c, &body).await;
+    let r = http.post(b.url("/cache/flushall")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_l1_gone(&http, a, &body).await;
+    assert_l1_gone(&http, c, &body).await;
+
+    // A `no-cache` refresh on C: A and B serve the new answer.
+    let body = chat_body(&unique("refresh"));
+    let old = ask(&http, c, &body, &[]).await;
+    assert_eq!(assert_l1_hit(&http, a, &body).await.content, old.content);
+    assert_eq!(assert_l1_hit(&http, b, &body).await.content, old.content);
+    let new = ask(&http, c, &body, &[("cache-control", "no-cache")]).await;
+    assert_ne!(
+        new.content, old.content,
+        "the refresh is a new upstream answer"
+    );
+    for p in [a, b] {
+        let start = Instant::now();
+        loop {
+            let got = ask(&http, p, &body, &[]).await;
+            if got.content == new.content {
+                break;
+            }
+            assert_eq!(got.content, old.content);
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "a replica still serves the replaced answer 2 s after the refresh"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Invalidation latency: from sending a delete to replica A until replica B's L1 no longer
+/// serves the entry (B polled with `only-if-cached`). `INVALIDATIONS` deletes (default 1,000;
+/// the smoke run in `cargo test` does 50). Printed as a table row for docs/deployment.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn invalidation_latency() {
+    let n: usize = std::env::var("INVALIDATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let up = FakeUpstream::start().await;
+    let proxies = replicas(2, &up, REDIS, ", l1_cache: true, l1_ttl: 300").await;
+    let (a, b) = (&proxies[0], &proxies[1]);
+    let http = http();
+    let mut delete_rtt = Vec::with_capacity(n);
+    let mut to_miss = Vec::with_capacity(n);
+    let mut polls = 0usize;
+    for i in 0..n {
+        let body = chat_body(&format!("{} {i}", unique("latency")));
+        let stored = ask(&http, a, &body, &[]).await;
+        assert_l1_hit(&http, b, &body).await;
+        let sent = Instant::now();
+        let r = http
+            .post(a.url("/cache/delete"))
+            .json(&json!({"keys": [stored.key]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        delete_rtt.push(sent.elapsed());
+        loop {
+            polls += 1;
+            let got = ask(&http, b, &body, &[("cache-control", "only-if-cached")]).await;
+            if got.status == 504 {
+                break;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(2),
+                "B still served after 2 s"
+            );
+        }
+        to_miss.push(sent.elapsed());
+    }
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+    println!(
+        "| deletes | delete response p50 / p99 ms | miss on B p50 / p99 / max ms | polls of B per delete |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| {n} | {} / {} | {} / {} / {} | {:.2} |",
+        ms(percentile(&mut delete_rtt, 0.5)),
+        ms(percentile(&mut delete_rtt, 0.99)),
+        ms(percentile(&mut to_miss, 0.5)),
+        ms(percentile(&mut to_miss, 0.99)),
+        ms(*to_miss.iter().max().unwrap()),
+        polls as f64 / n as f64
+    );
+}
