@@ -86,6 +86,9 @@ fn every_example_config_is_valid() {
         "qdrant-semantic.yaml",
         "local-semantic.yaml",
         "tenants.yaml",
+        "fleet-redis.yaml",
+        "fleet-redis-cluster.yaml",
+        "fleet-redis-sentinel.yaml",
     ] {
         assert!(
             checked.iter().any(|c| c == backend),

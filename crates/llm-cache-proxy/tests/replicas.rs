@@ -200,23 +200,33 @@ async fn streaming_burst_across_replicas_makes_one_upstream_call() {
     let up = FakeUpstream::start().await;
     up.set_latency(Duration::from_millis(500));
     let proxies = replicas(3, &up, REDIS, "").await;
-    let prompt = unique("stream");
+    // A long answer (~150 upstream events, 2 ms apart): the stream lasts ~300 ms after the
+    // first byte, which shows what the followers on other replicas wait.
+    let prompt = format!("{} {}", unique("stream"), "word ".repeat(80));
     let mut body = chat_body(&prompt);
     body["stream"] = json!(true);
     let http = http();
-    let texts = join_all((0..30).map(|i| {
+    let started = Instant::now();
+    let results = join_all((0..30).map(|i| {
         let (http, body, p) = (http.clone(), body.clone(), &proxies[i % 3]);
         async move {
-            let r = http
+            let mut r = http
                 .post(p.url("/v1/chat/completions"))
                 .json(&body)
                 .send()
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200);
-            let text = r.text().await.unwrap();
+            let mut text = Vec::new();
+            let mut first = None;
+            while let Some(chunk) = r.chunk().await.unwrap() {
+                first.get_or_insert_with(|| started.elapsed());
+                text.extend_from_slice(&chunk);
+            }
+            let text = String::from_utf8(text).unwrap();
             // The streamed words, joined.
-            text.lines()
+            let words = text
+                .lines()
                 .filter_map(|l| l.strip_prefix("data: "))
                 .filter(|d| *d != "[DONE]")
                 .filter_map(|d| serde_json::from_str::<Value>(d).ok())
@@ -225,14 +235,33 @@ async fn streaming_burst_across_replicas_makes_one_upstream_call() {
                         .as_str()
                         .map(str::to_owned)
                 })
-                .collect::<String>()
+                .collect::<String>();
+            (i % 3, words, first.unwrap(), started.elapsed())
         }
     }))
     .await;
     assert_eq!(up.chat_calls(), 1, "one upstream stream for all replicas");
-    for t in &texts {
+    for (_, t, _, _) in &results {
         assert!(t.ends_with(&format!("to: {prompt}")), "{t}");
-        assert_eq!(t, &texts[0]);
+        assert_eq!(t, &results[0].1);
+    }
+    // Time to first byte and to the end, per replica (the leader's replica streams live; the
+    // others replay the stored answer once it is complete): docs/deployment.md.
+    for replica in 0..3 {
+        let span = |f: fn(&(usize, String, Duration, Duration)) -> Duration| {
+            let mut v: Vec<u128> = results
+                .iter()
+                .filter(|r| r.0 == replica)
+                .map(|r| f(r).as_millis())
+                .collect();
+            v.sort_unstable();
+            format!("{}-{} ms", v[0], v[v.len() - 1])
+        };
+        println!(
+            "replica {replica}: first byte {}, end {}",
+            span(|r| r.2),
+            span(|r| r.3)
+        );
     }
 }
 
@@ -422,7 +451,8 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 }
 
 /// Invalidation latency: from sending a delete to replica A until replica B's L1 no longer
-/// serves the entry (B polled with `only-if-cached`). `INVALIDATIONS` deletes (default 1,000;
+/// serves the entry (B polled with `only-if-cached`, back to back, from the moment the delete
+/// is sent: the figure includes up to one poll's round trip). `INVALIDATIONS` deletes (default 1,000;
 /// the smoke run in `cargo test` does 50). Printed as a table row for docs/deployment.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "service: redis (cargo xtask services up)"]
@@ -443,15 +473,21 @@ async fn invalidation_latency() {
         let body = chat_body(&format!("{} {i}", unique("latency")));
         let stored = ask(&http, a, &body, &[]).await;
         assert_l1_hit(&http, b, &body).await;
+        // B is polled from the moment the delete is sent, concurrently with it.
         let sent = Instant::now();
-        let r = http
-            .post(a.url("/cache/delete"))
-            .json(&json!({"keys": [stored.key]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        delete_rtt.push(sent.elapsed());
+        let delete = {
+            let (http, url, key) = (http.clone(), a.url("/cache/delete"), stored.key.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .post(url)
+                    .json(&json!({"keys": [key]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                sent.elapsed()
+            })
+        };
         loop {
             polls += 1;
             let got = ask(&http, b, &body, &[("cache-control", "only-if-cached")]).await;
@@ -464,6 +500,7 @@ async fn invalidation_latency() {
             );
         }
         to_miss.push(sent.elapsed());
+        delete_rtt.push(delete.await.unwrap());
     }
     let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
     println!(
