@@ -269,8 +269,22 @@ impl RedisCoordinator {
         let listener = tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             let sub = subscriber;
+            // A safety net: a connection that is up while the subscription is not (an error
+            // event with no reconnection after it) is subscribed again.
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = check.tick() => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        if !inner.live.load(Ordering::SeqCst)
+                            && sub.is_connected()
+                            && sub.subscribe(CHANNEL).await.is_ok()
+                        {
+                            inner.set_live(true);
+                            tracing::info!(backend = NAME, channel = CHANNEL, "subscribed again: invalidations from other replicas are heard");
+                        }
+                    }
                     r = reconnects.recv() => match r {
                         Ok(_) | Err(RecvError::Lagged(_)) => {
                             match sub.subscribe(CHANNEL).await {
