@@ -232,7 +232,7 @@ impl Cache {
             let ttl = prepared.ttl();
             // Identical inputs share a key: it is encoded and written once.
             let mut seen = HashSet::with_capacity(fresh.len());
-            let entries: Vec<(String, Bytes)> = fresh
+            let entries: Vec<(String, Entry)> = fresh
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| seen.insert(items[missing[*j]].0.as_str()))
@@ -250,7 +250,7 @@ impl Cache {
                     let entry =
                         Entry::new(CallKind::Embedding, Bytes::from(body), Some(usage), ttl)
                             .with_upstream_time(Some(share));
-                    (items[missing[j]].0.as_str().to_owned(), entry.encode())
+                    (items[missing[j]].0.as_str().to_owned(), entry)
                 })
                 .collect();
             let budget = engine.settings().read_timeout.saturating_sub(lookup_time);

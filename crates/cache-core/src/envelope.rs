@@ -17,6 +17,17 @@
 //!
 //! The whole envelope is valid JSON (object stores serve it as `application/json`), and a decode
 //! borrows the body from the stored buffer without copying it.
+//!
+//! A second, **compact** form ([`Entry::encode_with`], module `compact`) is what shared and
+//! persistent backends store by default: a binary header, the body compressed with zstd (and a
+//! built-in dictionary of LLM answer skeletons) when that saves bytes, and embeddings stored as
+//! packed floats when they print back exactly. [`Entry::decode`] reads both forms, so entries
+//! written before and after coexist; the in-memory tiers keep the JSON form (no decompression on
+//! a memory hit).
+
+mod compact;
+mod floats;
+mod varint;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +43,57 @@ pub const ENVELOPE_VERSION: u32 = 1;
 const BODY_MARKER: &[u8] = b",\"body\":";
 /// Headers are far smaller than this; a marker further in means the value is not ours.
 const MAX_HEADER_LEN: usize = 1024;
+
+/// How an entry is written to a backend ([`Entry::encode_with`]). Reads accept every form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Encoding {
+    /// The compact binary envelope (else the JSON one, and the fields below are ignored).
+    pub compact: bool,
+    /// Compress bodies with zstd when that saves bytes.
+    pub compress: bool,
+    /// Bodies (after float packing) shorter than this are not compressed.
+    pub compress_min_bytes: usize,
+    /// Store `"embedding": [...]` arrays as packed floats when they print back exactly.
+    pub pack_floats: bool,
+}
+
+impl Encoding {
+    /// The JSON envelope ([`Entry::encode`]).
+    pub const JSON: Encoding = Encoding {
+        compact: false,
+        compress: false,
+        compress_min_bytes: 0,
+        pack_floats: false,
+    };
+
+    /// The compact envelope with compression and packed floats: the default of shared and
+    /// persistent backends.
+    pub const COMPACT: Encoding = Encoding {
+        compact: true,
+        compress: true,
+        compress_min_bytes: 64,
+        pack_floats: true,
+    };
+
+    /// Sets [`Encoding::compress`].
+    pub const fn with_compress(mut self, v: bool) -> Self {
+        self.compress = v;
+        self
+    }
+
+    /// Sets [`Encoding::compress_min_bytes`].
+    pub const fn with_compress_min_bytes(mut self, v: usize) -> Self {
+        self.compress_min_bytes = v;
+        self
+    }
+
+    /// Sets [`Encoding::pack_floats`].
+    pub const fn with_pack_floats(mut self, v: bool) -> Self {
+        self.pack_floats = v;
+        self
+    }
+}
 
 /// Token usage recorded with an entry (what a hit saves).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,12 +301,31 @@ impl Entry {
         out.freeze()
     }
 
-    /// Decodes an envelope, borrowing the body from `raw`.
+    /// Encodes the envelope in the form `enc` asks for: [`Entry::encode`] for
+    /// [`Encoding::JSON`], else the compact form.
+    pub fn encode_with(&self, enc: &Encoding) -> Bytes {
+        if enc.compact {
+            compact::encode(self, enc)
+        } else {
+            self.encode()
+        }
+    }
+
+    /// Whether `raw` is a compact envelope (a memory tier re-encodes it as JSON).
+    pub fn is_compact(raw: &[u8]) -> bool {
+        raw.starts_with(compact::MAGIC)
+    }
+
+    /// Decodes an envelope (either form), borrowing the body from `raw` when it is stored
+    /// as is.
     ///
     /// # Errors
     /// A [`DecodeError`] for anything that is not an intact envelope of this version. Never
     /// panics, whatever the input.
     pub fn decode(raw: &Bytes) -> Result<Entry, DecodeError> {
+        if raw.starts_with(compact::MAGIC) {
+            return compact::decode(raw);
+        }
         if !raw.starts_with(b"{\"llmc\":") {
             return Err(DecodeError::Foreign);
         }
@@ -367,6 +448,88 @@ mod tests {
             br#"{"llmc":1,"kind":"video","stored_at":1,"len":2,"crc":0,"body":{}}"#,
         ] {
             assert!(Entry::decode(&Bytes::copy_from_slice(raw)).is_err());
+        }
+    }
+
+    fn answer(words: usize) -> Bytes {
+        let text: Vec<String> = (0..words)
+            .map(|i| {
+                [
+                    "the", "cache", "answers", "quickly", "when", "asked", "again",
+                ][i % 7]
+                    .to_owned()
+            })
+            .collect();
+        Bytes::from(format!(
+            r#"{{"id":"chatcmpl-AbC123","object":"chat.completion","created":1795000000,"model":"gpt-4o-mini-2024-07-18","choices":[{{"index":0,"message":{{"role":"assistant","content":"{}","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":12,"completion_tokens":{words},"total_tokens":{}}},"system_fingerprint":"fp_1"}}"#,
+            text.join(" "),
+            words + 12
+        ))
+    }
+
+    #[test]
+    fn compact_round_trips_and_is_smaller() {
+        for body in [
+            sample().body,
+            answer(5),
+            answer(400),
+            Bytes::from_static(b"{}"),
+            Bytes::new(),
+        ] {
+            let e = Entry {
+                body: body.clone(),
+                ..sample()
+            };
+            for enc in [
+                Encoding::COMPACT,
+                Encoding::COMPACT.with_compress(false),
+                Encoding::COMPACT.with_pack_floats(false),
+            ] {
+                let raw = e.encode_with(&enc);
+                assert!(Entry::is_compact(&raw));
+                assert_eq!(Entry::decode(&raw).unwrap(), e);
+            }
+            let plain = Entry {
+                expires_at_ms: None,
+                usage: None,
+                ..e.clone()
+            };
+            assert_eq!(
+                Entry::decode(&plain.encode_with(&Encoding::COMPACT)).unwrap(),
+                plain
+            );
+        }
+        let e = Entry {
+            body: answer(400),
+            ..sample()
+        };
+        let (json, compact) = (e.encode().len(), e.encode_with(&Encoding::COMPACT).len());
+        assert!(compact * 4 < json, "{compact} vs {json}");
+        // The header alone is much smaller than the JSON one.
+        let tiny = Entry {
+            body: Bytes::from_static(b"{}"),
+            ..sample()
+        };
+        assert!(tiny.encode_with(&Encoding::COMPACT).len() + 60 < tiny.encode().len());
+    }
+
+    #[test]
+    fn compact_truncations_and_corruptions_are_detected() {
+        for body in [answer(40), answer(3)] {
+            let e = Entry { body, ..sample() };
+            let raw = e.encode_with(&Encoding::COMPACT);
+            for cut in 0..raw.len() {
+                assert!(Entry::decode(&raw.slice(..cut)).is_err(), "cut at {cut}");
+            }
+            for i in 0..raw.len() {
+                for flip in [0x01u8, 0x20, 0x80] {
+                    let mut bad = raw.to_vec();
+                    bad[i] ^= flip;
+                    if let Ok(d) = Entry::decode(&Bytes::from(bad)) {
+                        assert_eq!(d, e, "byte {i} flip {flip:#x} decoded to another entry");
+                    }
+                }
+            }
         }
     }
 

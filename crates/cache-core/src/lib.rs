@@ -64,7 +64,7 @@ pub use cache::{
 pub use coordination::{Coordinator, Invalidation, InvalidationSink, Lease, LeaseAttempt};
 pub use directives::{CacheControl, DirectiveError};
 pub use embeddings::EmbeddingOutcome;
-pub use envelope::{Entry, Usage};
+pub use envelope::{Encoding, Entry, Usage};
 pub use error::{BoxError, CacheError, Result};
 pub use key::{CacheKey, CallKind, KeyBuilder, KeyContext, KeyOptions};
 pub use memory::{MemoryBackend, MemoryConfig};

@@ -21,7 +21,7 @@ use cache_core::params::{Params, resolve_env_refs, suggest};
 use cache_core::registry::{BackendFactory, BuildContext, Registry, TypeProfile};
 use cache_core::{
     BreakerConfig, Cache, CacheBuilder, CacheEngine, CacheError, CacheMode, CacheSettings,
-    CallKind, KeyOptions, L1Config, MemoryBackend, MemoryConfig, Result, SharedBackend,
+    CallKind, Encoding, KeyOptions, L1Config, MemoryBackend, MemoryConfig, Result, SharedBackend,
 };
 use serde_json::{Map, Value};
 
@@ -45,6 +45,9 @@ pub const CORE_KEYS: &[&str] = &[
     "coalesce_timeout",
     "coalesce_across_replicas",
     "coalesce_lease",
+    "entry_format",
+    "compression",
+    "compression_min_bytes",
     "l1_cache",
     "l1_ttl",
     "l1_max_items",
@@ -328,6 +331,34 @@ impl CacheConfig {
         }
         if let Some(t) = p.seconds("coalesce_timeout")? {
             s.coalesce_timeout = t;
+        }
+        let format = p.string("entry_format")?;
+        let compress = p.bool("compression")?;
+        let min_bytes = p.u64("compression_min_bytes")?;
+        if format.is_some() || compress.is_some() || min_bytes.is_some() {
+            let mut enc = match format.as_deref() {
+                None | Some("auto") => {
+                    if profile.in_memory {
+                        Encoding::JSON
+                    } else {
+                        Encoding::COMPACT
+                    }
+                }
+                Some("compact") => Encoding::COMPACT,
+                Some("json") => Encoding::JSON,
+                Some(other) => {
+                    return Err(CacheError::Config(format!(
+                        "cache_params.entry_format: `{other}` is not one of auto, compact, json"
+                    )));
+                }
+            };
+            if let Some(c) = compress {
+                enc = enc.with_compress(c);
+            }
+            if let Some(n) = min_bytes {
+                enc = enc.with_compress_min_bytes(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            s.encoding = Some(enc);
         }
         if let Some(c) = p.bool("coalesce_across_replicas")? {
             s.coalesce_across_replicas = c;

@@ -18,6 +18,7 @@ use crate::backend::{CacheBackend, SharedBackend};
 use crate::breaker::{Breaker, BreakerState};
 use crate::coordination::{Coordinator, Invalidation, InvalidationSink};
 use crate::directives::{CacheControl, encode_namespace};
+use crate::envelope::{Encoding, Entry};
 use crate::error::{CacheError, Result};
 use crate::flight::Flights;
 use crate::key::KeyBuilder;
@@ -46,6 +47,8 @@ pub struct CacheEngine {
     pub(super) invalidations_received: AtomicU64,
     /// The backend's cross-process coordination, if it offers one.
     pub(super) coordinator: Option<Arc<dyn Coordinator>>,
+    /// How entries are written to the backend.
+    pub(super) encoding: Encoding,
 }
 
 pub(super) const L1_GENERATION_SHARDS: usize = 64;
@@ -68,6 +71,21 @@ impl CacheEngine {
     /// The settings.
     pub fn settings(&self) -> &CacheSettings {
         &self.settings
+    }
+
+    /// How entries are written to the backend (resolved from
+    /// [`CacheSettings::encoding`] and the backend's capabilities).
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The backend's form of an entry whose JSON form is `json`.
+    pub(crate) fn encode_for_store(&self, entry: &Entry, json: Bytes) -> Bytes {
+        if self.encoding.compact {
+            entry.encode_with(&self.encoding)
+        } else {
+            json
+        }
     }
 
     /// The main backend.
@@ -166,11 +184,23 @@ impl CacheEngine {
     /// Fills L1 with an entry read from the backend, unless `key` was invalidated since the
     /// read began (`seen` is the generation then). The check runs again after the write: a
     /// delete that raced with it removes what was just put.
-    pub(super) fn l1_fill(&self, key: &str, raw: &Bytes, ttl: Option<Duration>, seen: u64) {
+    pub(super) fn l1_fill(
+        &self,
+        key: &str,
+        raw: &Bytes,
+        entry: &Entry,
+        ttl: Option<Duration>,
+        seen: u64,
+    ) {
         if self.l1_active().is_none() || self.l1_generation(key) != seen {
             return;
         }
-        self.l1_write(key, raw, ttl);
+        // L1 keeps the JSON form: a memory hit never decompresses.
+        if Entry::is_compact(raw) {
+            self.l1_write(key, &entry.encode(), ttl);
+        } else {
+            self.l1_write(key, raw, ttl);
+        }
         if self.l1_generation(key) != seen
             && let Some(l1) = &self.l1
         {

@@ -415,7 +415,13 @@ impl Prepared {
         {
             Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
                 Ok((entry, age)) => {
-                    engine.l1_fill(key.as_str(), &raw, entry.remaining_ttl(now), generation);
+                    engine.l1_fill(
+                        key.as_str(),
+                        &raw,
+                        &entry,
+                        entry.remaining_ttl(now),
+                        generation,
+                    );
                     return self.hit(engine, key, entry, age, Tier::Backend, None, start);
                 }
                 Err(r) => {
@@ -661,7 +667,13 @@ impl Prepared {
                     let Ok((entry, age)) = validate(&raw, self.kind, self.max_age, now) else {
                         return Coordinated::Alone;
                     };
-                    engine.l1_fill(key.as_str(), &raw, entry.remaining_ttl(now), generation);
+                    engine.l1_fill(
+                        key.as_str(),
+                        &raw,
+                        &entry,
+                        entry.remaining_ttl(now),
+                        generation,
+                    );
                     stats.coalesced.fetch_add(1, Relaxed);
                     stats.coalesced_remote.fetch_add(1, Relaxed);
                     self.cache.emit_with(|emit| {
@@ -811,6 +823,9 @@ impl Prepared {
         };
         let raw = entry.encode();
         engine.l1_store(key.as_str(), &raw, self.ttl);
+        // The backend's form (compact: compressed, packed floats); L1 and the semantic index
+        // keep the JSON one.
+        let stored = engine.encode_for_store(&entry, raw.clone());
         let generation = engine.l1_generation(key.as_str());
         let ttl = self.ttl;
         let key_s = key.as_str().to_owned();
@@ -818,7 +833,7 @@ impl Prepared {
         let eng = engine.clone();
         let semantic = self.semantic.clone();
         let kind = self.kind;
-        let bytes = raw.len();
+        let bytes = stored.len();
         let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
         // A refresh (`no-cache`) replaces an entry other replicas may hold in L1.
         let refresh = !self.read && engine.coordinator.is_some();
@@ -827,7 +842,7 @@ impl Prepared {
             let stats = cache.stats();
             let res = eng
                 .guarded(
-                    eng.backend.set(&key_s, raw.clone(), ttl),
+                    eng.backend.set(&key_s, stored, ttl),
                     "set",
                     eng.settings.write_timeout,
                     stats,
@@ -1077,16 +1092,22 @@ impl Cache {
     pub(crate) async fn write_many(
         &self,
         engine: &Arc<CacheEngine>,
-        entries: Vec<(String, Bytes)>,
+        entries: Vec<(String, Entry)>,
         ttl: Option<Duration>,
         budget: Duration,
     ) -> StoreOutcome {
         if entries.is_empty() {
             return StoreOutcome::NotRequested;
         }
-        for (k, v) in &entries {
-            engine.l1_store(k, v, ttl);
-        }
+        let entries: Vec<(String, Bytes)> = entries
+            .into_iter()
+            .map(|(k, e)| {
+                let json = e.encode();
+                engine.l1_store(&k, &json, ttl);
+                let stored = engine.encode_for_store(&e, json);
+                (k, stored)
+            })
+            .collect();
         let eng = engine.clone();
         let cache = self.clone();
         let write = contain_panics(async move {

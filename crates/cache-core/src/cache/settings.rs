@@ -12,6 +12,7 @@ use super::{Cache, CacheEngine};
 use crate::backend::{CacheBackend, SharedBackend};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::coordination::InvalidationSink;
+use crate::envelope::Encoding;
 use crate::flight::Flights;
 use crate::key::{CallKind, KeyBuilder, KeyOptions};
 use crate::memory::{MemoryBackend, MemoryConfig};
@@ -97,6 +98,10 @@ pub struct CacheSettings {
     pub coalesce_lease: Duration,
     /// Optional in-memory tier in front of the backend.
     pub l1: Option<L1Config>,
+    /// How entries are written to the backend. `None` (default): [`Encoding::COMPACT`]
+    /// (compressed, packed floats) for shared or persistent backends, [`Encoding::JSON`] for
+    /// process-local ones (a memory hit then never decompresses). Reads accept both.
+    pub encoding: Option<Encoding>,
     /// Key computation.
     pub keys: KeyOptions,
 }
@@ -119,6 +124,7 @@ impl Default for CacheSettings {
             coalesce_across_replicas: true,
             coalesce_lease: Duration::from_secs(5),
             l1: None,
+            encoding: None,
             keys: KeyOptions::default(),
         }
     }
@@ -193,6 +199,14 @@ impl CacheBuilder {
     pub fn build_engine(self) -> Arc<CacheEngine> {
         let settings = self.settings;
         let coordinator = self.backend.coordinator();
+        let caps = self.backend.capabilities();
+        let encoding = settings
+            .encoding
+            .unwrap_or(if caps.shared || caps.persistent {
+                Encoding::COMPACT
+            } else {
+                Encoding::JSON
+            });
         let l1_listens = coordinator.is_some() && settings.l1.is_some();
         let engine = Arc::new(CacheEngine {
             keys: KeyBuilder::new(settings.keys.clone()),
@@ -213,6 +227,7 @@ impl CacheBuilder {
             l1_live: AtomicBool::new(!l1_listens),
             invalidations_received: AtomicU64::new(0),
             coordinator,
+            encoding,
             settings,
         });
         if l1_listens && let Some(c) = &engine.coordinator {

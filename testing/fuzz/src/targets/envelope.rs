@@ -1,9 +1,9 @@
 //! `envelope`: the stored-entry decoder (`Entry::decode`) on arbitrary bytes and on valid
-//! envelopes with bytes flipped, inserted, removed, duplicated and truncated; and
-//! `Usage::from_response` on arbitrary response JSON.
+//! envelopes (JSON and compact: compressed, packed floats) with bytes flipped, inserted,
+//! removed, duplicated and truncated; and `Usage::from_response` on arbitrary response JSON.
 
 use bytes::Bytes;
-use cache_core::envelope::{Entry, Usage};
+use cache_core::envelope::{Encoding, Entry, Usage};
 use cache_core::key::CallKind;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,9 @@ pub struct EntrySpec {
     pub upstream_ms: Option<u64>,
     /// The body.
     pub body: Blob,
+    /// Encoded in the compact form (else JSON).
+    #[serde(default)]
+    pub compact: bool,
 }
 
 impl EntrySpec {
@@ -45,6 +48,45 @@ impl EntrySpec {
         e.upstream_ms = self.upstream_ms;
         e
     }
+
+    fn encode(&self) -> Bytes {
+        let enc = if self.compact {
+            Encoding::COMPACT
+        } else {
+            Encoding::JSON
+        };
+        self.entry().encode_with(&enc)
+    }
+}
+
+/// An embeddings response whose arrays are printed in one style, sometimes spoilt.
+fn embeddings_body() -> BoxedStrategy<Blob> {
+    (
+        proptest::collection::vec(proptest::num::f32::NORMAL | proptest::num::f32::ZERO, 1..64),
+        0u8..4,
+        prop_oneof![Just(","), Just(", "), Just(",\n        ")],
+        proptest::option::weighted(0.2, (any::<usize>(), "[a-z0-9 .e+-]{0,3}")),
+    )
+        .prop_map(|(vals, style, sep, spoil)| {
+            let mut nums: Vec<String> = vals
+                .iter()
+                .map(|v| match style {
+                    0 => ryu::Buffer::new().format_finite(*v).to_owned(),
+                    1 => ryu::Buffer::new().format_finite(f64::from(*v)).to_owned(),
+                    2 => format!("{v:e}"),
+                    _ => format!("{}", f64::from(*v)),
+                })
+                .collect();
+            if let Some((i, junk)) = spoil {
+                let n = nums.len();
+                nums[i % n] = junk;
+            }
+            Blob::Text(format!(
+                "{{\"object\":\"list\",\"data\":[{{\"object\":\"embedding\",\"index\":0,\"embedding\":[{}]}}],\"model\":\"m\"}}",
+                nums.join(sep)
+            ))
+        })
+        .boxed()
 }
 
 /// One case.
@@ -68,6 +110,7 @@ fn body() -> BoxedStrategy<Blob> {
         6 => strategies::json().prop_map(|v| Blob::Text(v.to_string())),
         2 => strategies::bytes().prop_map(Blob::new),
         1 => (0usize..2_000_000).prop_map(|n| Blob::Text(format!("\"{}\"", "x".repeat(n)))),
+        2 => embeddings_body(),
     ]
     .boxed()
 }
@@ -87,15 +130,17 @@ fn entry() -> BoxedStrategy<EntrySpec> {
         proptest::option::of((big(), big(), big())),
         proptest::option::of(big()),
         body(),
+        any::<bool>(),
     )
         .prop_map(
-            |(kind, stored_at, expires_at, usage, upstream_ms, body)| EntrySpec {
+            |(kind, stored_at, expires_at, usage, upstream_ms, body, compact)| EntrySpec {
                 kind,
                 stored_at,
                 expires_at,
                 usage,
                 upstream_ms,
                 body,
+                compact,
             },
         )
         .boxed()
@@ -142,7 +187,7 @@ impl crate::Target for Envelope {
             2 => strategies::bytes().prop_map(|b| Input::Raw(Blob::new(b))),
             1 => (entry(), strategies::mutations(3)).prop_map(|(e, edits)| {
                 // A foreign prefix in front of a valid envelope.
-                let mut raw = e.entry().encode().to_vec();
+                let mut raw = e.encode().to_vec();
                 strategies::apply(&mut raw, &edits);
                 Input::Raw(Blob::new(raw))
             }),
@@ -155,13 +200,15 @@ impl crate::Target for Envelope {
         match input {
             Input::Mutated { entry, edits } => {
                 let e = entry.entry();
-                let raw = e.encode();
+                let raw = entry.encode();
                 match Entry::decode(&raw) {
                     Ok(d) if d == e => {}
                     Ok(d) => return Err(format!("round trip changed the entry: {d:?} vs {e:?}")),
                     Err(err) => return Err(format!("a fresh envelope does not decode: {err}")),
                 }
-                if let Ok(body) = serde_json::from_slice::<Value>(entry.body.bytes()) {
+                if !entry.compact
+                    && let Ok(body) = serde_json::from_slice::<Value>(entry.body.bytes())
+                {
                     let whole: Value = serde_json::from_slice(&raw)
                         .map_err(|err| format!("the envelope of a JSON body is not JSON: {err}"))?;
                     if whole.get("body") != Some(&body) {
@@ -186,12 +233,15 @@ impl crate::Target for Envelope {
             Input::Raw(blob) => {
                 let raw = Bytes::copy_from_slice(blob.bytes());
                 if let Ok(d) = Entry::decode(&raw) {
-                    if crc32(&d.body) != header_crc(&raw) {
+                    if !Entry::is_compact(&raw) && crc32(&d.body) != header_crc(&raw) {
                         return Err("decoded a body whose checksum does not match".to_owned());
                     }
                     // What decodes re-encodes to an envelope that decodes to the same entry.
                     if Entry::decode(&d.encode()).as_ref() != Ok(&d) {
                         return Err("a decoded entry does not round-trip".to_owned());
+                    }
+                    if Entry::decode(&d.encode_with(&Encoding::COMPACT)).as_ref() != Ok(&d) {
+                        return Err("a decoded entry does not round-trip compactly".to_owned());
                     }
                 }
                 Ok(())

@@ -1,0 +1,241 @@
+//! The compact (binary) envelope: what backends store when [`Encoding::compact`] is on.
+//!
+//! ```text
+//! magic "\0LC2"
+//! header:  kind_len kind flags codec format stored_at [expires_at] [usage ×3] [upstream_ms]
+//!          body_len inner_len stored_len body_crc            (integers: LEB128 varints)
+//! header_crc (u32 LE, CRC-32 of magic + header)
+//! payload (stored_len bytes, to the end)
+//! ```
+//!
+//! * `codec`: 0 the payload as is, 1 zstd, 2 zstd with the built-in dictionary v1
+//!   (`dict-v1.txt`: the JSON skeletons of OpenAI, Anthropic and Responses answers; its bytes
+//!   never change: a new dictionary is a new codec).
+//! * `format`: 0 the body's own text, 1 packed floats ([`super::floats`]).
+//! * `body_crc` is the CRC-32 of the body as served, checked after decoding; `header_crc`
+//!   covers every header field, so a damaged length cannot make a decoder allocate wildly.
+//!
+//! Decoding never panics and allocates at most `inner_len` + `body_len` bytes, each bounded by
+//! [`MAX_BODY`]; every failure is a [`DecodeError`], a miss.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+use super::floats;
+use super::varint::{Reader, put_varint};
+use super::{DecodeError, Encoding, Entry, Usage};
+use crate::key::CallKind;
+
+pub(super) const MAGIC: &[u8; 4] = b"\0LC2";
+
+/// The largest body a compact envelope may announce (Redis' own value limit).
+const MAX_BODY: usize = 512 << 20;
+
+const CODEC_NONE: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+const CODEC_ZSTD_DICT1: u8 = 2;
+const FORMAT_TEXT: u8 = 0;
+const FORMAT_PACKED_FLOATS: u8 = 1;
+
+const FLAG_EXPIRES: u8 = 1;
+const FLAG_USAGE: u8 = 2;
+const FLAG_UPSTREAM: u8 = 4;
+
+/// zstd level: fast (hundreds of MB/s) with most of the gain on JSON.
+const LEVEL: i32 = 3;
+
+const DICT_V1: &[u8] = include_bytes!("dict-v1.txt");
+
+fn encoder_dict() -> &'static zstd::dict::EncoderDictionary<'static> {
+    static D: OnceLock<zstd::dict::EncoderDictionary<'static>> = OnceLock::new();
+    D.get_or_init(|| zstd::dict::EncoderDictionary::copy(DICT_V1, LEVEL))
+}
+
+fn decoder_dict() -> &'static zstd::dict::DecoderDictionary<'static> {
+    static D: OnceLock<zstd::dict::DecoderDictionary<'static>> = OnceLock::new();
+    D.get_or_init(|| zstd::dict::DecoderDictionary::copy(DICT_V1))
+}
+
+thread_local! {
+    // One compression and one decompression context per thread (creating one costs more
+    // than compressing a typical answer).
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static PLAIN_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.try_borrow_mut().ok()?;
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::with_prepared_dictionary(encoder_dict()).ok()?);
+        }
+        c.as_mut()?.compress(data).ok()
+    })
+}
+
+fn decompress(codec: u8, data: &[u8], capacity: usize) -> Option<Vec<u8>> {
+    let cell = match codec {
+        CODEC_ZSTD_DICT1 => &DECOMPRESSOR,
+        CODEC_ZSTD => &PLAIN_DECOMPRESSOR,
+        _ => return None,
+    };
+    cell.with(|d| {
+        let mut d = d.try_borrow_mut().ok()?;
+        if d.is_none() {
+            *d = Some(match codec {
+                CODEC_ZSTD_DICT1 => {
+                    zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dict()).ok()?
+                }
+                _ => zstd::bulk::Decompressor::new().ok()?,
+            });
+        }
+        let out = d.as_mut()?.decompress(data, capacity).ok()?;
+        (out.len() == capacity).then_some(out)
+    })
+}
+
+/// Encodes `entry` compactly (see the module docs).
+pub(super) fn encode(entry: &Entry, enc: &Encoding) -> Bytes {
+    let body = &entry.body[..];
+    let (format, inner) = match enc.pack_floats.then(|| floats::pack(body)).flatten() {
+        Some(packed) => (FORMAT_PACKED_FLOATS, std::borrow::Cow::Owned(packed)),
+        None => (FORMAT_TEXT, std::borrow::Cow::Borrowed(body)),
+    };
+    let compressed = (enc.compress && inner.len() >= enc.compress_min_bytes)
+        .then(|| compress(&inner))
+        .flatten()
+        // Worth it only when it saves something.
+        .filter(|c| c.len() + 8 < inner.len());
+    let (codec, payload): (u8, &[u8]) = match &compressed {
+        Some(c) => (CODEC_ZSTD_DICT1, c),
+        None => (CODEC_NONE, &inner),
+    };
+    let kind = entry.kind.as_str().as_bytes();
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    out.extend_from_slice(MAGIC);
+    out.push(kind.len() as u8);
+    out.extend_from_slice(kind);
+    let mut flags = 0;
+    if entry.expires_at_ms.is_some() {
+        flags |= FLAG_EXPIRES;
+    }
+    if entry.usage.is_some() {
+        flags |= FLAG_USAGE;
+    }
+    if entry.upstream_ms.is_some() {
+        flags |= FLAG_UPSTREAM;
+    }
+    out.push(flags);
+    out.push(codec);
+    out.push(format);
+    put_varint(&mut out, entry.stored_at_ms);
+    if let Some(e) = entry.expires_at_ms {
+        put_varint(&mut out, e);
+    }
+    if let Some(u) = &entry.usage {
+        put_varint(&mut out, u.prompt_tokens);
+        put_varint(&mut out, u.completion_tokens);
+        put_varint(&mut out, u.total_tokens);
+    }
+    if let Some(ms) = entry.upstream_ms {
+        put_varint(&mut out, ms);
+    }
+    put_varint(&mut out, body.len() as u64);
+    put_varint(&mut out, inner.len() as u64);
+    put_varint(&mut out, payload.len() as u64);
+    put_varint(&mut out, u64::from(crc32fast::hash(body)));
+    let header_crc = crc32fast::hash(&out);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// Decodes a compact envelope (`raw` starts with [`MAGIC`]).
+pub(super) fn decode(raw: &Bytes) -> Result<Entry, DecodeError> {
+    let bad = |what: &str| DecodeError::Header(what.to_owned());
+    let mut r = Reader::new(&raw[MAGIC.len()..]);
+    let kind_len = r.u8().ok_or_else(|| bad("truncated"))?;
+    let kind = r
+        .bytes(usize::from(kind_len))
+        .ok_or_else(|| bad("truncated"))?;
+    let flags = r.u8().ok_or_else(|| bad("truncated"))?;
+    let codec = r.u8().ok_or_else(|| bad("truncated"))?;
+    let format = r.u8().ok_or_else(|| bad("truncated"))?;
+    let mut next = || r.varint().ok_or_else(|| bad("truncated"));
+    let stored_at = next()?;
+    let expires_at = if flags & FLAG_EXPIRES != 0 {
+        Some(next()?)
+    } else {
+        None
+    };
+    let usage = if flags & FLAG_USAGE != 0 {
+        Some(Usage {
+            prompt_tokens: next()?,
+            completion_tokens: next()?,
+            total_tokens: next()?,
+        })
+    } else {
+        None
+    };
+    let upstream_ms = if flags & FLAG_UPSTREAM != 0 {
+        Some(next()?)
+    } else {
+        None
+    };
+    let body_len = next()?;
+    let inner_len = next()?;
+    let stored_len = next()?;
+    let crc = next()?;
+    let header_end = raw.len() - r.rest().len();
+    let header_crc = r.bytes(4).ok_or_else(|| bad("truncated"))?;
+    if crc32fast::hash(&raw[..header_end]).to_le_bytes() != header_crc {
+        return Err(DecodeError::Corrupt);
+    }
+    let too_big = |n: u64| usize::try_from(n).ok().filter(|&n| n <= MAX_BODY);
+    let (Some(body_len), Some(inner_len), Some(stored_len)) =
+        (too_big(body_len), too_big(inner_len), too_big(stored_len))
+    else {
+        return Err(bad("length out of range"));
+    };
+    let payload_start = raw.len() - r.rest().len();
+    let actual = raw.len() - payload_start;
+    if actual != stored_len {
+        return Err(DecodeError::Truncated {
+            expected: stored_len,
+            actual,
+        });
+    }
+    let kind = std::str::from_utf8(kind)
+        .ok()
+        .and_then(CallKind::parse)
+        .ok_or_else(|| bad("unknown kind"))?;
+    let payload = raw.slice(payload_start..);
+    let inner = match codec {
+        CODEC_NONE if stored_len == inner_len => payload,
+        CODEC_ZSTD | CODEC_ZSTD_DICT1 => {
+            Bytes::from(decompress(codec, &payload, inner_len).ok_or(DecodeError::Corrupt)?)
+        }
+        _ => return Err(bad("unknown codec")),
+    };
+    let body = match format {
+        FORMAT_TEXT if inner.len() == body_len => inner,
+        FORMAT_PACKED_FLOATS => {
+            Bytes::from(floats::unpack(&inner, body_len).ok_or(DecodeError::Corrupt)?)
+        }
+        _ => return Err(bad("unknown format")),
+    };
+    if u64::from(crc32fast::hash(&body)) != crc {
+        return Err(DecodeError::Corrupt);
+    }
+    Ok(Entry {
+        kind,
+        stored_at_ms: stored_at,
+        expires_at_ms: expires_at,
+        usage,
+        upstream_ms,
+        body,
+    })
+}
