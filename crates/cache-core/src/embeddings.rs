@@ -254,7 +254,8 @@ impl Cache {
                 })
                 .collect();
             let budget = engine.settings().read_timeout.saturating_sub(lookup_time);
-            self.write_many(&engine, entries, ttl, budget).await
+            self.write_many(&engine, entries, ttl, budget, prepared.refreshes())
+                .await
         };
 
         if cached == 0 {

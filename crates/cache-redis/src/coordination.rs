@@ -13,7 +13,8 @@
 //!   lease with a bounded backoff (10 ms doubling to 250 ms), so a holder that died (its lease
 //!   expired, with no wake-up) is noticed within the lease TTL plus 250 ms.
 //! * **Connection state.** While the subscription is down (an error, an unresponsive server, a
-//!   lagging receiver) the sinks are told `connection(false)`: the engines empty and bypass L1.
+//!   lagging receiver, or this process's own heartbeat, published every second, not heard back
+//!   within 3 s) the sinks are told `connection(false)`: the engines empty and bypass L1.
 //!   After each (re)subscription they are told `connection(true)` and L1 starts again, empty.
 
 use std::collections::HashMap;
@@ -38,6 +39,10 @@ use tokio::task::AbortHandle;
 pub const CHANNEL: &str = "llm-cache:coordination";
 
 const NAME: &str = "redis-coordinator";
+
+/// How long this process's own heartbeat may take to come back before the subscription is
+/// declared lost (heartbeats go out every second).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The entry if stored (`{2, value}`), else the lease if free (`{1}`), else `{0}`.
 const ACQUIRE: &str = r"
@@ -110,9 +115,70 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// Whether retrying can help: not for a server that refuses the commands (an ACL without
+/// `EVAL`/`PUBLISH`, a proxy without scripting, keys in different slots).
+fn is_transient(e: &FredError) -> bool {
+    match e.kind() {
+        ErrorKind::Config
+        | ErrorKind::Auth
+        | ErrorKind::InvalidCommand
+        | ErrorKind::InvalidArgument
+        | ErrorKind::Url => false,
+        ErrorKind::Unknown => {
+            let d = e.details();
+            ![
+                "NOPERM",
+                "ERR unknown command",
+                "ERR Error running script",
+                "ERR user_script",
+                "CROSSSLOT",
+                "WRONGTYPE",
+                "NOSCRIPT",
+            ]
+            .iter()
+            .any(|p| d.starts_with(p))
+        }
+        _ => true,
+    }
+}
+
 fn error(operation: &'static str, e: FredError) -> CacheError {
-    let transient = !matches!(e.kind(), ErrorKind::Config | ErrorKind::InvalidCommand);
+    let transient = is_transient(&e);
     CacheError::backend(NAME, operation, transient, e)
+}
+
+/// Releases a lease whose acquisition was cut short (a deadline, a client gone) after Redis
+/// may have granted it: nobody would renew or release it, and the others would wait for it to
+/// expire. Fenced by the token: harmless if the lease was never ours.
+struct PendingLease {
+    inner: Option<Arc<Inner>>,
+    lease: String,
+    token: String,
+}
+
+impl PendingLease {
+    fn disarm(mut self) -> (String, String) {
+        self.inner = None;
+        (
+            std::mem::take(&mut self.lease),
+            std::mem::take(&mut self.token),
+        )
+    }
+}
+
+impl Drop for PendingLease {
+    fn drop(&mut self) {
+        if let (Some(inner), Ok(rt)) = (self.inner.take(), tokio::runtime::Handle::try_current()) {
+            let (lease, token) = (
+                std::mem::take(&mut self.lease),
+                std::mem::take(&mut self.token),
+            );
+            rt.spawn(async move {
+                let _: std::result::Result<i64, FredError> =
+                    inner.client().eval(RELEASE, lease.as_str(), token).await;
+            });
+        }
+    }
 }
 
 struct Waiter {
@@ -151,9 +217,12 @@ impl Inner {
         sinks.iter().filter_map(Weak::upgrade).collect()
     }
 
+    /// Under the sinks' lock, so a sink registering meanwhile sees one consistent state.
     fn set_live(&self, live: bool) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
         self.live.store(live, Ordering::SeqCst);
-        for s in self.sinks() {
+        sinks.retain(|s| s.strong_count() > 0);
+        for s in sinks.iter().filter_map(Weak::upgrade) {
             s.connection(live);
         }
     }
@@ -266,21 +335,38 @@ impl RedisCoordinator {
         let mut unresponsive = subscriber.unresponsive_rx();
         let connection = subscriber.connect();
         let weak = Arc::downgrade(&inner);
+        let heartbeat = json!({ "h": inner.origin }).to_string();
         let listener = tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             let sub = subscriber;
-            // A safety net: a connection that is up while the subscription is not (an error
-            // event with no reconnection after it) is subscribed again.
+            // Every second: this process's heartbeat is published (through the pool) and must
+            // come back on the subscription within HEARTBEAT_TIMEOUT, else the subscription is
+            // declared lost (a connection that died without a reset raises no error: its
+            // socket is idle) and reconnected. A connection that is up while the subscription
+            // is not (an error event with no reconnection after it) is subscribed again.
             let mut check = tokio::time::interval(Duration::from_secs(1));
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut heard = Instant::now();
             loop {
                 tokio::select! {
                     _ = check.tick() => {
                         let Some(inner) = weak.upgrade() else { return };
-                        if !inner.live.load(Ordering::SeqCst)
-                            && sub.is_connected()
-                            && sub.subscribe(CHANNEL).await.is_ok()
-                        {
+                        if inner.live.load(Ordering::SeqCst) {
+                            if heard.elapsed() > HEARTBEAT_TIMEOUT {
+                                tracing::warn!(backend = NAME, "coordination subscription silent for {HEARTBEAT_TIMEOUT:?}: L1 emptied and off, reconnecting");
+                                inner.set_live(false);
+                                let sub = sub.clone();
+                                tokio::spawn(async move {
+                                    let _ = sub.force_reconnection().await;
+                                });
+                            } else {
+                                let (inner, msg) = (inner.clone(), heartbeat.clone());
+                                tokio::spawn(async move {
+                                    let _ = inner.publish_raw(msg).await;
+                                });
+                            }
+                        } else if sub.is_connected() && sub.subscribe(CHANNEL).await.is_ok() {
+                            heard = Instant::now();
                             inner.set_live(true);
                             tracing::info!(backend = NAME, channel = CHANNEL, "subscribed again: invalidations from other replicas are heard");
                         }
@@ -290,6 +376,7 @@ impl RedisCoordinator {
                             match sub.subscribe(CHANNEL).await {
                                 Ok(()) => {
                                     let Some(inner) = weak.upgrade() else { return };
+                                    heard = Instant::now();
                                     inner.set_live(true);
                                     tracing::info!(backend = NAME, channel = CHANNEL, "subscribed: invalidations from other replicas are heard");
                                 }
@@ -322,7 +409,11 @@ impl RedisCoordinator {
                         match m {
                             Ok(msg) => {
                                 if let Some(b) = msg.value.as_bytes() {
-                                    inner.dispatch(b);
+                                    if b == heartbeat.as_bytes() {
+                                        heard = Instant::now();
+                                    } else {
+                                        inner.dispatch(b);
+                                    }
                                 }
                             }
                             // Messages were lost: what L1 holds may be stale.
@@ -356,18 +447,23 @@ impl Coordinator for RedisCoordinator {
     }
 
     async fn try_lease(&self, key: &str, ttl: Duration) -> Result<LeaseAttempt> {
-        let lease = lease_key(key, self.inner.cluster);
-        let token = self.inner.token();
-        let reply: Value = self
+        let pending = PendingLease {
+            inner: Some(self.inner.clone()),
+            lease: lease_key(key, self.inner.cluster),
+            token: self.inner.token(),
+        };
+        let reply: std::result::Result<Value, FredError> = self
             .inner
             .client()
             .eval(
                 ACQUIRE,
-                vec![lease.clone(), key.to_owned()],
-                vec![token.clone(), millis(ttl).to_string()],
+                vec![pending.lease.clone(), key.to_owned()],
+                vec![pending.token.clone(), millis(ttl).to_string()],
             )
-            .await
-            .map_err(|e| error("lease", e))?;
+            .await;
+        // An answer (even an error reply): the script ran or not, nothing is left pending.
+        let (lease, token) = pending.disarm();
+        let reply = reply.map_err(|e| error("lease", e))?;
         let mut parts = reply.into_array().into_iter();
         match parts.next().and_then(|v| v.as_i64()) {
             Some(1) => Ok(LeaseAttempt::Acquired(Box::new(RedisLease::start(
@@ -432,17 +528,15 @@ impl Coordinator for RedisCoordinator {
     }
 
     fn subscribe(&self, sink: Weak<dyn InvalidationSink>) {
-        let live = self.inner.live.load(Ordering::SeqCst);
+        // Under the lock `set_live` takes: the sink cannot be told "live" while the
+        // connection is being declared lost, nor miss the next change.
+        let mut sinks = self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = sink.upgrade()
-            && live
+            && self.inner.live.load(Ordering::SeqCst)
         {
             s.connection(true);
         }
-        self.inner
-            .sinks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sink);
+        sinks.push(sink);
     }
 }
 

@@ -36,6 +36,7 @@ impl Cache {
             }
         }
         let mut deleted = 0;
+        let mut failed = None;
         for k in &targets {
             engine.l1_invalidate(k);
             let existed = engine
@@ -44,12 +45,24 @@ impl Cache {
             // Again after the backend delete: a lookup that read the entry in between must not
             // leave it in L1.
             engine.l1_invalidate(k);
-            deleted += u64::from(existed?);
+            match existed {
+                Ok(e) => deleted += u64::from(e),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
+        // Published even after an error: the backend may have deleted some keys (or all of
+        // them, and timed out answering). An extra invalidation costs a miss; a missing one
+        // leaves other replicas serving deleted entries.
         engine
             .publish_invalidation(Invalidation::Keys(targets), &self.shared.stats)
             .await;
-        Ok(deleted)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
     }
 
     /// Removes every entry of a namespace from every tier (default: the configured namespace;
@@ -67,13 +80,14 @@ impl Cache {
             .admin(engine.backend.clear(ns), "clear", &self.shared.stats)
             .await;
         engine.l1_clear(ns);
-        let n = n?;
+        // Published even after an error (a clear that timed out has removed part of the keys).
         engine
             .publish_invalidation(
                 Invalidation::Clear(ns.map(str::to_owned)),
                 &self.shared.stats,
             )
             .await;
+        let n = n?;
         if let Some(sem) = &engine.semantic {
             engine
                 .admin(sem.clear(ns), "clear", &self.shared.stats)

@@ -49,6 +49,8 @@ pub struct CacheEngine {
     pub(super) coordinator: Option<Arc<dyn Coordinator>>,
     /// How entries are written to the backend.
     pub(super) encoding: Encoding,
+    /// Set when the coordinator failed for good ([`CacheEngine::disable_coordination`]).
+    pub(super) coordination_off: AtomicBool,
 }
 
 pub(super) const L1_GENERATION_SHARDS: usize = 64;
@@ -137,12 +139,22 @@ impl CacheEngine {
         self.invalidations_received.load(Relaxed)
     }
 
-    /// The coordinator used to coalesce misses across processes, when the backend offers one
-    /// and the settings ask for it.
+    /// The coordinator used to coalesce misses across processes, when the backend offers one,
+    /// the settings ask for it and it has not failed for good.
     pub fn coalescing_coordinator(&self) -> Option<&Arc<dyn Coordinator>> {
-        self.coordinator
-            .as_ref()
-            .filter(|_| self.settings.coalesce && self.settings.coalesce_across_replicas)
+        self.coordinator.as_ref().filter(|_| {
+            self.settings.coalesce
+                && self.settings.coalesce_across_replicas
+                && !self.coordination_off.load(Relaxed)
+        })
+    }
+
+    /// Turns cross-process coalescing off after an error retrying cannot cure (the server
+    /// refuses the commands): logged once.
+    pub(super) fn disable_coordination(&self, e: &CacheError) {
+        if !self.coordination_off.swap(true, Relaxed) {
+            tracing::error!(error = %e, "cross-replica coalescing turned off for this configuration: the store refuses its commands (check the Redis ACL: EVAL, EXISTS, PUBLISH, SUBSCRIBE)");
+        }
     }
 
     /// The backend's coordinator, if any.

@@ -336,6 +336,11 @@ impl Prepared {
         self.bypass.is_none() && self.write
     }
 
+    /// Whether this request replaces an entry without reading it (`no-cache`).
+    pub(crate) fn refreshes(&self) -> bool {
+        self.writes() && !self.read
+    }
+
     /// Whether a miss must not go upstream.
     pub fn only_if_cached(&self) -> bool {
         self.only_if_cached
@@ -621,20 +626,47 @@ impl Prepared {
         if !self.reads() || !self.writes() {
             return Coordinated::Alone;
         }
+        // The store is failing: no coordination either (it would fail the same way).
+        if engine.breaker_state() == crate::BreakerState::Open {
+            return Coordinated::Alone;
+        }
         let stats = &self.cache.shared.stats;
         let start = Instant::now();
-        let deadline = start + engine.settings.coalesce_timeout;
+        // Half of `coalesce_timeout`: the in-process followers waiting for this request (for
+        // `coalesce_timeout`) still get its own upstream answer if the other replica never
+        // delivers.
+        let deadline = start + engine.settings.coalesce_timeout / 2;
         let mut waited = false;
+        // Waits that ended with no entry (the holder's answer was not stored): after two, go
+        // upstream rather than queue behind one replica after another.
+        let mut empty_waits = 0;
         loop {
             let generation = engine.l1_generation(key.as_str());
-            let attempt = engine
-                .guarded(
-                    coord.try_lease(key.as_str(), engine.settings.coalesce_lease),
-                    "lease",
-                    engine.settings.read_timeout,
-                    stats,
-                )
-                .await;
+            let attempt = match tokio::time::timeout(
+                engine.settings.read_timeout,
+                coord.try_lease(key.as_str(), engine.settings.coalesce_lease),
+            )
+            .await
+            {
+                Ok(Ok(a)) => Ok(a),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(CacheError::Timeout {
+                    backend: coord.name().to_owned(),
+                    operation: "lease",
+                    after: engine.settings.read_timeout,
+                }),
+            };
+            // Coordination errors are counted and logged, never fed to the store's breaker (a
+            // server refusing scripts must not turn the cache off); one that cannot pass by
+            // retrying turns coordination off for this configuration.
+            let attempt = attempt.map_err(|e| {
+                stats.record_error(coord.name(), "lease", e.kind_label());
+                if e.is_transient() {
+                    tracing::debug!(backend = coord.name(), error = %e, "lease attempt failed; going upstream alone");
+                } else {
+                    engine.disable_coordination(&e);
+                }
+            });
             let attempt = match attempt {
                 // A coordinator that cannot read the entry with the lease: after a wait, the
                 // entry is read here first.
@@ -697,7 +729,10 @@ impl Prepared {
                 }
                 Ok(LeaseAttempt::Held) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    if waited {
+                        empty_waits += 1;
+                    }
+                    if left.is_zero() || empty_waits >= 2 {
                         return Coordinated::Alone;
                     }
                     match tokio::time::timeout(left, coord.wait_lease(key.as_str(), left)).await {
@@ -717,7 +752,7 @@ impl Prepared {
                         }
                     }
                 }
-                Err(_) => return Coordinated::Alone,
+                Err(()) => return Coordinated::Alone,
             }
         }
     }
@@ -872,12 +907,14 @@ impl Prepared {
             }
             // After the write: the waiters the release wakes find the entry. In the
             // background: the caller's acknowledgement does not wait for it.
-            if lease.is_some() || (refresh && outcome.is_stored()) {
+            // A refresh is published whatever became of the write: one that timed out may
+            // still have replaced the entry.
+            if lease.is_some() || refresh {
                 let eng2 = eng.clone();
                 let key2 = key_s.clone();
                 let cache2 = cache.clone();
                 eng.writes.spawn(async move {
-                    if refresh && outcome.is_stored() {
+                    if refresh {
                         eng2.publish_invalidation(Invalidation::Keys(vec![key2]), cache2.stats())
                             .await;
                     }
@@ -1005,7 +1042,12 @@ impl Prepared {
                         if let Coordinated::Answer(hit) = self.coordinate().await
                             && let Some(value) = decode(&hit.entry.body)
                         {
-                            leader.publish(hit.entry.body.clone());
+                            // In-process followers take what the leader gets without their
+                            // own `max-age` check: only a fresh entry is handed on (an older
+                            // one drops them back to their own lookup).
+                            if hit.age < Duration::from_secs(1) {
+                                leader.publish(hit.entry.body.clone());
+                            }
                             return Ok(Cached {
                                 value,
                                 status: CacheStatus::Coalesced,
@@ -1095,6 +1137,7 @@ impl Cache {
         entries: Vec<(String, Entry)>,
         ttl: Option<Duration>,
         budget: Duration,
+        refresh: bool,
     ) -> StoreOutcome {
         if entries.is_empty() {
             return StoreOutcome::NotRequested;
@@ -1110,6 +1153,12 @@ impl Cache {
             .collect();
         let eng = engine.clone();
         let cache = self.clone();
+        // A refresh (`no-cache`) tells the other processes to drop their L1 copies.
+        let refreshed: Vec<String> = if refresh && engine.coordinator.is_some() {
+            entries.iter().map(|(k, _)| k.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let write = contain_panics(async move {
             let n = entries.len() as u64;
             let stats = cache.stats();
@@ -1121,6 +1170,13 @@ impl Cache {
                     stats,
                 )
                 .await;
+            if !refreshed.is_empty() {
+                let (eng2, cache2) = (eng.clone(), cache.clone());
+                eng.writes.spawn(async move {
+                    eng2.publish_invalidation(Invalidation::Keys(refreshed), cache2.stats())
+                        .await;
+                });
+            }
             store_outcome(res, stats, n)
         });
         engine.acknowledge(write, budget).await

@@ -228,6 +228,7 @@ impl CacheBuilder {
             invalidations_received: AtomicU64::new(0),
             coordinator,
             encoding,
+            coordination_off: AtomicBool::new(false),
             settings,
         });
         if l1_listens && let Some(c) = &engine.coordinator {
