@@ -235,7 +235,7 @@ def post(url, body):
         return resp.read()
 
 
-def run_llm_cache(proxy_bin, base, r, ns, results):
+def run_llm_cache(proxy_bin, base, r, ns, results, side="llm-cache", extra=""):
     port = 18477
     cfg = f"""model_list:
   - model_name: gpt-4o-mini
@@ -244,7 +244,7 @@ def run_llm_cache(proxy_bin, base, r, ns, results):
     litellm_params: {{model: openai/text-embedding-3-small, api_base: "{base}", api_key: sk-bench}}
 litellm_settings:
   cache: true
-  cache_params: {{type: redis, host: 127.0.0.1, port: {r.connection_pool.connection_kwargs["port"]}, namespace: {ns}}}
+  cache_params: {{type: redis, host: 127.0.0.1, port: {r.connection_pool.connection_kwargs["port"]}, namespace: {ns}{extra}}}
 """
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "config.yaml")
@@ -264,14 +264,14 @@ litellm_settings:
             for name in CASES:
                 before = keys_of(r, ns)
                 post(url + "/v1/chat/completions", request_body(name))
-                results[(name, "llm-cache")] = measure(r, wait_written(r, ns, before, 1))
+                results[(name, side)] = measure(r, wait_written(r, ns, before, 1))
             before = keys_of(r, ns)
             post(url + "/v1/chat/completions", dict(request_body("stream"), stream=True))
-            results[("streamed answer", "llm-cache")] = measure(r, wait_written(r, ns, before, 1))
+            results[("streamed answer", side)] = measure(r, wait_written(r, ns, before, 1))
             before = keys_of(r, ns)
             inputs = [f"document number {i} about caching" for i in range(16)]
             post(url + "/v1/embeddings", {"model": "text-embedding-3-small", "input": inputs})
-            results[("embeddings 16 x 1536", "llm-cache")] = measure(r, wait_written(r, ns, before, 16))
+            results[("embeddings 16 x 1536", side)] = measure(r, wait_written(r, ns, before, 16))
         finally:
             proc.terminate()
             proc.wait(timeout=20)
@@ -302,31 +302,38 @@ def main():
     r = redis.Redis(port=a.redis_port)
     stamp = f"{int(time.time())}"
     results = {}
-    run_llm_cache(a.proxy, base, r, f"bytes-llmc-{stamp}", results)
-    run_litellm(base, r, f"bytes-litellm-{stamp}", results)
-    for ns in (f"bytes-llmc-{stamp}", f"bytes-litellm-{stamp}"):
+    spaces = [f"bytes-llmc-{stamp}", f"bytes-llmc-json-{stamp}", f"bytes-litellm-{stamp}"]
+    run_llm_cache(a.proxy, base, r, spaces[0], results)
+    run_llm_cache(a.proxy, base, r, spaces[1], results, "llm-cache json", ", entry_format: json")
+    run_litellm(base, r, spaces[2], results)
+    for ns in spaces:
         for k in keys_of(r, ns):
             r.delete(k)
     names = list(CASES) + ["streamed answer", "embeddings 16 x 1536"]
     lines = [
         f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Redis "
-        f"{r.info('server')['redis_version']}, litellm {litellm.__version__ if hasattr(litellm, '__version__') else '1.108.7'}; "
-        "per entry (embeddings: one entry per input, 16 entries).",
+        f"{r.info('server')['redis_version']}, LiteLLM 1.108.7, load average "
+        f"{os.getloadavg()[0]:.2f}. Totals per response over all its entries (llm-cache stores "
+        "one entry per embeddings input, LiteLLM one per request); llm-cache with its defaults "
+        "(compact entries) and with `entry_format: json`.",
         "",
-        "| response | upstream body bytes | entries llm-cache / LiteLLM | value bytes llm-cache / LiteLLM | ratio | `MEMORY USAGE` llm-cache / LiteLLM | ratio |",
+        "| response | upstream bytes | entries llm-cache / LiteLLM | value bytes: compact / json / LiteLLM | compact ÷ LiteLLM | `MEMORY USAGE`: compact / json / LiteLLM | compact ÷ LiteLLM |",
         "|---|---|---|---|---|---|---|",
     ]
     upstream = {n: len(json.dumps(CASES[n], separators=(",", ":"))) for n in CASES}
     upstream["streamed answer"] = len(STREAM_CONTENT)
     upstream["embeddings 16 x 1536"] = len(EMBEDDINGS_TEXT)
     for n in names:
-        lc, ll = results.get((n, "llm-cache")), results.get((n, "litellm"))
-        if not lc or not ll or not lc[0] or not ll[0]:
-            lines.append(f"| {n} | {upstream[n]} | {lc and lc[0]} / {ll and ll[0]} | — | — | — | — |")
+        got = [results.get((n, side)) for side in ("llm-cache", "llm-cache json", "litellm")]
+        if any(g is None or not g[0] for g in got):
+            lines.append(f"| {n} | {upstream[n]:,} | missing entries: {got} | | | | |")
             continue
+        val = [g[0] * g[1] for g in got]
+        mem = [g[0] * g[2] for g in got]
         lines.append(
-            f"| {n} | {upstream[n]:,} | {lc[0]} / {ll[0]} | {lc[1]:,.0f} / {ll[1]:,.0f} | "
-            f"**{lc[1] / ll[1]:.0%}** | {lc[2]:,.0f} / {ll[2]:,.0f} | **{lc[2] / ll[2]:.0%}** |")
+            f"| {n} | {upstream[n]:,} | {got[0][0]} / {got[2][0]} | "
+            f"{val[0]:,.0f} / {val[1]:,.0f} / {val[2]:,.0f} | **{val[0] / val[2]:.0%}** | "
+            f"{mem[0]:,.0f} / {mem[1]:,.0f} / {mem[2]:,.0f} | **{mem[0] / mem[2]:.0%}** |")
     out = "\n".join(lines)
     print(out)
     if a.markdown:

@@ -26,6 +26,7 @@
 #   PROXY_EXTRA_ARGS  appended to the default PROXY_CMD (e.g. "--num_workers 2")
 #   FAKE_PORT [18100]  DIRECT_PORT [18101]  REDIS_PORT [18379]
 #   DURATION [15]  CONCS ["1 16 64"]  STREAM_CONC [16] (empty: skip)  UPSTREAM_LATENCY_MS [200]
+#   LARGE_KB [none]  e.g. "51 200": also hits of ~51 KB and ~200 KB requests at LARGE_CONCS ["1 16"]
 #   OUT_DIR [./out-proxy]  TAG [mode name] label in results
 #   PROXY_CPUS / WRK_CPUS  pin the proxy / wrk to these CPUs (taskset -c), so the load generator
 #              does not preempt the proxy;  WRK_THREADS [min(conc, 2)]  wrk threads
@@ -85,6 +86,25 @@ json.dump(body, open(sys.argv[1], "w"))
 json.dump(dict(body, stream=True), open(sys.argv[2], "w"))
 json.dump(dict(body, cache={"no-cache": True}), open(sys.argv[3], "w"))
 EOF
+# LARGE_KB="51 200": agents' requests (whole context resent each turn), as many 120-word turns
+# as make ~N KB of JSON (64 turns: 51 KB, the shape of the key benches' large request).
+for kb in ${LARGE_KB:-}; do
+  $PY - "$OUT_DIR/body-large-$kb.json" "$kb" <<'EOF'
+import json, sys
+words = ("cache latency token request model answer proxy stream vector server client memory python rust "
+         "async hash key value store lookup hit miss expire policy engine query prompt reply window "
+         "budget route retry limit").split()
+def turn(i):
+    return " ".join(words[(i * 7 + j * 13) % len(words)] for j in range(120))
+target = int(sys.argv[2]) * 1000
+msgs = [{"role": "system", "content": "You are a helpful assistant. run=bench"}]
+i = 0
+while len(json.dumps(msgs)) < target:
+    msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: {turn(i)}"})
+    i += 1
+json.dump({"model": "fake", "messages": msgs, "temperature": 0, "max_tokens": 64}, open(sys.argv[1], "w"))
+EOF
+done
 
 run_wrk() { # tag case conc url body upstream_port(or -) pid(or -)
   local tag=$1 case=$2 c=$3 url=$4 body=$5 uport=$6 pid=$7 t before after out delta rss cpu0 cpu
@@ -190,6 +210,12 @@ EOF
   warm "$URL" "$BODY" "$FAKE_PORT"
   grep -i 'cache-key' "$OUT_DIR/hit-headers.txt" | sed 's/^/  hit header: /' | tee -a "$OUT_DIR/notes.txt" || true
   for c in $CONCS; do run_wrk "$tag" chat-hit "$c" "$URL" "$BODY" "$FAKE_PORT" "$PROXY_PID"; done
+  for kb in ${LARGE_KB:-}; do
+    warm "$URL" "$OUT_DIR/body-large-$kb.json" "$FAKE_PORT"
+    for c in ${LARGE_CONCS:-1 16}; do
+      run_wrk "$tag" "chat-hit-${kb}k" "$c" "$URL" "$OUT_DIR/body-large-$kb.json" "$FAKE_PORT" "$PROXY_PID"
+    done
+  done
   if [ -n "$STREAM_CONC" ]; then
     warm "$URL" "$SBODY" "$FAKE_PORT"
     run_wrk "$tag" chat-stream-hit "$STREAM_CONC" "$URL" "$SBODY" "$FAKE_PORT" "$PROXY_PID"

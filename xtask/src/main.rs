@@ -329,6 +329,39 @@ fn bench(args: &[String]) -> Result<(), String> {
                 ]),
             )
         }
+        // Bytes per entry in Redis, llm-cache vs LiteLLM 1.108.7, same answers (docs/benchmarks.md).
+        "bytes" => {
+            let up = services_script("redis", "status")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !up {
+                services(&["up".to_owned(), "redis".to_owned()])?;
+            }
+            let venv = root().join(".bench/venv");
+            if !venv.join("bin/litellm").exists() {
+                return Err(
+                    "bench bytes compares with LiteLLM: python3 -m venv .bench/venv && \
+                     .bench/venv/bin/pip install 'litellm[proxy]==1.108.7' diskcache redis aiohttp"
+                        .to_owned(),
+                );
+            }
+            // Bytes do not depend on the build profile: the debug binary the tests build.
+            run(
+                "cargo build (proxy)",
+                cargo().args(["build", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
+            )?;
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map_or_else(|_| root().join("target"), PathBuf::from);
+            run(
+                "bytes per entry: llm-cache and LiteLLM on one Redis",
+                Command::new(venv.join("bin/python"))
+                    .arg(root().join("bench/bytes_bench.py"))
+                    .arg("--proxy")
+                    .arg(target.join("debug/llm-cache"))
+                    .args(["--redis-port", "17001"])
+                    .args(args.iter().skip(1)),
+            )
+        }
         // Invalidation latency across replicas: a delete on A until B misses, 1,000 deletes.
         "replicas" => {
             let n = args.get(1).cloned().unwrap_or_else(|| "1000".to_owned());
@@ -338,7 +371,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             )
         }
         other => Err(format!(
-            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, bodies, qdrant, semantic, replicas)"
+            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, bodies, qdrant, semantic, replicas, bytes)"
         )),
     }
 }

@@ -121,7 +121,57 @@ fn memory_hit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, keys, memory_hit);
+/// Envelope encode/decode, JSON and compact: a ~2 KB chat answer and one embedding of 1536
+/// floats (what a store and a backend hit pay for compression and float packing).
+fn envelopes(c: &mut Criterion) {
+    use bytes::Bytes;
+    use cache_core::{Encoding, Entry};
+    let answer = {
+        let mut r = response();
+        r["choices"][0]["message"]["content"] = json!(words(330, 5));
+        Bytes::from(serde_json::to_vec(&r).unwrap())
+    };
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let floats: Vec<f64> = (0..1536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            f64::from((((x >> 11) as f64 / (1u64 << 53) as f64) - 0.5) as f32 * 0.1)
+        })
+        .collect();
+    let embedding = Bytes::from(
+        serde_json::to_vec(&json!({"item": {"embedding": floats, "index": 0, "object": "embedding"}, "model": "text-embedding-3-small"}))
+            .unwrap(),
+    );
+    for (name, body, kind) in [
+        ("chat 2KB", answer, CallKind::Chat),
+        ("embedding 1536", embedding, CallKind::Embedding),
+    ] {
+        let entry = Entry::new(kind, body, None, Some(Duration::from_secs(600)));
+        let json_raw = entry.encode();
+        let compact_raw = entry.encode_with(&Encoding::COMPACT);
+        let mut g = c.benchmark_group(format!("envelope/{name}"));
+        g.bench_function("encode json", |b| b.iter(|| black_box(entry.encode())));
+        g.bench_function("encode compact", |b| {
+            b.iter(|| black_box(entry.encode_with(&Encoding::COMPACT)))
+        });
+        g.bench_function("decode json", |b| {
+            b.iter(|| black_box(Entry::decode(&json_raw).unwrap()))
+        });
+        g.bench_function("decode compact", |b| {
+            b.iter(|| black_box(Entry::decode(&compact_raw).unwrap()))
+        });
+        g.finish();
+        eprintln!(
+            "envelope/{name}: json {} bytes, compact {} bytes",
+            json_raw.len(),
+            compact_raw.len()
+        );
+    }
+}
+
+criterion_group!(benches, keys, memory_hit, envelopes);
 criterion_main!(benches, breakdown);
 
 /// Where the large-key time goes: canonicalisation vs hashing.
