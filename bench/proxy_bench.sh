@@ -180,6 +180,9 @@ NGINX
              PIDS+=("$!"); sleep 0.5; fi ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
+  # LiteLLM skips requests with more than 4 messages unless told otherwise (its max_messages
+  # default, F15): lift it for the large requests, on both proxies alike.
+  [ -n "${LARGE_KB:-}" ] && cache_params=$(printf '%s\n    max_messages: 100000' "$cache_params")
   cat >"$CFG" <<EOF
 model_list:
   - model_name: fake

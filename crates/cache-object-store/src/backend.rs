@@ -27,8 +27,10 @@ use crate::settings::DEFAULT_MAX_CONCURRENCY;
 /// `x-ms-meta-llmcexpiresat`.
 pub const EXPIRES_AT_METADATA: &str = "llmcexpiresat";
 
-/// Content type of every stored object: the entry envelope is JSON.
+/// Content type of a JSON entry (the envelope of `entry_format: json`).
 pub const CONTENT_TYPE: &str = "application/json";
+/// Content type of a compact (binary) entry.
+pub const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// Deadline of the background delete of an expired object.
 const EXPIRED_DELETE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +46,8 @@ pub(crate) trait Provisioner: Send + Sync + fmt::Debug + 'static {
 /// [`ObjectStore`].
 ///
 /// * Object names: prefix + one folder per namespace level + the key's hash (see
-///   [`ObjectNaming`]); content type `application/json`.
+///   [`ObjectNaming`]); content type `application/json` for the JSON envelope,
+///   `application/octet-stream` for the compact one (the default: `entry_format`).
 /// * TTL: the expiry is written as user metadata (`llmcexpiresat`, Unix ms) besides the
 ///   envelope's own `expires_at`. `get` treats an expired object as missing and deletes it in
 ///   the background; objects nobody reads again stay until `delete`, `clear` or a bucket
@@ -166,7 +169,13 @@ impl ObjectStoreBackend {
 
     async fn put(&self, path: &Path, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let mut attributes = Attributes::with_capacity(2);
-        attributes.insert(Attribute::ContentType, CONTENT_TYPE.into());
+        // The JSON envelope is served as JSON; the compact (binary) one as bytes.
+        let content_type = if value.first() == Some(&b'{') {
+            CONTENT_TYPE
+        } else {
+            BINARY_CONTENT_TYPE
+        };
+        attributes.insert(Attribute::ContentType, content_type.into());
         if let Some(ttl) = ttl {
             let expires =
                 now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));

@@ -46,7 +46,7 @@ mod gcs;
 #[cfg(feature = "s3")]
 mod s3;
 
-pub use backend::{CONTENT_TYPE, EXPIRES_AT_METADATA, ObjectStoreBackend};
+pub use backend::{BINARY_CONTENT_TYPE, CONTENT_TYPE, EXPIRES_AT_METADATA, ObjectStoreBackend};
 pub use factory::ObjectStoreFactory;
 pub use naming::ObjectNaming;
 pub use settings::{ClientSettings, DEFAULT_MAX_CONCURRENCY, Secret};

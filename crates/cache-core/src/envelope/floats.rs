@@ -109,14 +109,6 @@ fn python_repr(v: f64, out: &mut String) {
     }
 }
 
-fn render(style: Style, v: f64, out: &mut String) {
-    match style {
-        Style::Ryu64 => out.push_str(ryu::Buffer::new().format_finite(v)),
-        Style::Python => python_repr(v, out),
-        Style::Ryu32 => out.push_str(ryu::Buffer::new().format_finite(v as f32)),
-    }
-}
-
 /// The value of `token` if `style` prints it back exactly.
 fn exact(style: Style, token: &str, scratch: &mut String) -> Option<f64> {
     let v: f64 = match style {
@@ -126,9 +118,16 @@ fn exact(style: Style, token: &str, scratch: &mut String) -> Option<f64> {
     if !v.is_finite() {
         return None;
     }
-    scratch.clear();
-    render(style, v, scratch);
-    (scratch == token).then_some(v)
+    let same = match style {
+        Style::Ryu64 => ryu::Buffer::new().format_finite(v) == token,
+        Style::Ryu32 => ryu::Buffer::new().format_finite(v as f32) == token,
+        Style::Python => {
+            scratch.clear();
+            python_repr(v, scratch);
+            scratch == token
+        }
+    };
+    same.then_some(v)
 }
 
 struct Array<'a> {
@@ -386,6 +385,7 @@ pub(super) fn unpack(packed: &[u8], expected_len: usize) -> Option<Vec<u8>> {
     let mut out: Vec<u8> = Vec::with_capacity(expected_len);
     let mut last = 0usize;
     let mut text = String::new();
+    let mut ryu = ryu::Buffer::new();
     for _ in 0..n_arrays {
         let off = r.len()?;
         if off < last || off > skeleton.len() {
@@ -442,9 +442,16 @@ pub(super) fn unpack(packed: &[u8], expected_len: usize) -> Option<Vec<u8>> {
             if !v.is_finite() {
                 return None;
             }
-            text.clear();
-            render(style, v, &mut text);
-            out.extend_from_slice(text.as_bytes());
+            match style {
+                // Straight into the output: no intermediate string.
+                Style::Ryu64 => out.extend_from_slice(ryu.format_finite(v).as_bytes()),
+                Style::Ryu32 => out.extend_from_slice(ryu.format_finite(v as f32).as_bytes()),
+                Style::Python => {
+                    text.clear();
+                    python_repr(v, &mut text);
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
             if out.len() > expected_len {
                 return None;
             }
