@@ -553,3 +553,56 @@ async fn a_lost_subscription_empties_l1() {
     wait_l1_live(p, true).await;
     assert_l1_hit(&http, p, &body).await;
 }
+
+async fn l1_live(p: &Proxy) -> Option<bool> {
+    let text = reqwest::get(p.url("/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("llm_cache_l1_live{"))
+        .map(|l| l.trim_end().ends_with(" 1"))
+}
+
+/// A subscription that goes silent without an error (here: Redis refuses writes for 6 s, so
+/// this process's heartbeats cannot be published and never come back) is declared lost within
+/// the heartbeat bound: L1 goes off, then comes back once heartbeats flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn a_silent_subscription_turns_l1_off_until_heartbeats_return() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let up = FakeUpstream::start().await;
+    let proxies = replicas(1, &up, REDIS, ", l1_cache: true, l1_ttl: 300").await;
+    let p = &proxies[0];
+    assert_eq!(l1_live(p).await, Some(true));
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", "17001", "client", "pause", "6000", "write"])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "{out:?}");
+    let paused = Instant::now();
+    let mut off_after = None;
+    while paused.elapsed() < Duration::from_secs(6) {
+        if l1_live(p).await == Some(false) {
+            off_after = Some(paused.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let off_after = off_after.expect("L1 still on while no heartbeat could come back");
+    assert!(
+        off_after <= Duration::from_millis(4500),
+        "declared lost {off_after:?} after the heartbeats stopped (bound: 3 s + one tick)"
+    );
+    // Writes resume after 6 s: the subscription is checked again and L1 comes back.
+    let start = Instant::now();
+    while l1_live(p).await != Some(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "L1 never came back after the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
