@@ -141,6 +141,9 @@ impl Sweeper {
 pub struct DiskBackend {
     store: Arc<Store>,
     sweeper: Sweeper,
+    /// Bytes written since the last flush this backend waited for (see
+    /// [`DiskBackend::backpressure`]).
+    unflushed: std::sync::atomic::AtomicU64,
 }
 
 impl DiskBackend {
@@ -159,7 +162,11 @@ impl DiskBackend {
     pub fn open(config: DiskConfig) -> Result<Self> {
         let store = Arc::new(Store::open(config)?);
         let sweeper = Sweeper::spawn(store.clone(), store.config().sweep_interval)?;
-        Ok(DiskBackend { store, sweeper })
+        Ok(DiskBackend {
+            store,
+            sweeper,
+            unflushed: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// [`DiskBackend::open`] on a blocking thread.
@@ -195,6 +202,24 @@ impl DiskBackend {
     pub async fn sweep(&self) -> Result<u64> {
         let store = self.store.clone();
         blocking("sweep", move || store.sweep_expired(&|| false)).await
+    }
+
+    /// Backpressure: after half of `disk_cache_max_bytes` (1 to 64 MiB) written since the last
+    /// flush, a write waits for one. On a loaded machine sled's background flusher can fall
+    /// behind a fast writer, and its log then grows past the documented footprint bound
+    /// (`4 × disk_cache_max_bytes + 32 MiB`); this keeps the writer from outrunning it.
+    async fn backpressure(&self, written: u64) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.store.sync_writes() {
+            return Ok(());
+        }
+        let limit = (self.store.config().max_bytes / 2).clamp(1 << 20, 64 << 20);
+        if self.unflushed.fetch_add(written, Relaxed) + written >= limit {
+            self.unflushed.store(0, Relaxed);
+            let store = self.store.clone();
+            blocking("flush", move || store.flush()).await?;
+        }
+        Ok(())
     }
 
     async fn flush_if_sync(&self) -> Result<()> {
@@ -233,6 +258,7 @@ impl CacheBackend for DiskBackend {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         self.store.set(key, &value, ttl)?;
+        self.backpressure((key.len() + value.len()) as u64).await?;
         self.flush_if_sync().await
     }
 
@@ -247,9 +273,12 @@ impl CacheBackend for DiskBackend {
     }
 
     async fn set_many(&self, entries: Vec<(String, Bytes)>, ttl: Option<Duration>) -> Result<()> {
+        let mut written = 0u64;
         for (k, v) in &entries {
             self.store.set(k, v, ttl)?;
+            written += (k.len() + v.len()) as u64;
         }
+        self.backpressure(written).await?;
         self.flush_if_sync().await
     }
 
