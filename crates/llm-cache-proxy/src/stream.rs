@@ -41,48 +41,60 @@ pub(crate) struct StreamCall {
     pub(crate) include_usage: bool,
 }
 
-/// Answers with a stored entry replayed as a stream (a hit, or another replica's stored
-/// answer); `None` when the entry is not JSON.
-#[allow(clippy::too_many_arguments)]
-fn replay_entry(
-    st: &AppState,
+/// What replaying a stored entry as a stream needs besides the entry.
+struct Replay<'a> {
+    st: &'a AppState,
     label: &'static str,
     format: StreamFormat,
     include_usage: bool,
-    prepared: &Prepared,
-    hit: &Hit,
-    status: CacheStatus,
-    meta: &Meta,
-) -> Option<Response> {
-    let stored = serde_json::from_slice::<Value>(&hit.entry.body).ok()?;
-    let body = replay(format, &stored, include_usage);
-    st.metrics.stream_replays.fetch_add(1, Relaxed);
-    st.metrics.request(
-        label,
-        if matches!(status, CacheStatus::Coalesced) {
-            "coalesced"
-        } else {
-            "hit"
-        },
-    );
-    let bytes = body.len() as u64;
-    let mut resp = sse_response(Body::from(body));
-    cache_headers(&mut resp, prepared.key(), &status, Some(&hit.entry));
-    account(
-        st,
-        meta,
-        Some(&mut resp),
-        &status,
-        prepared.key(),
-        Answer {
-            body: Some(&stored),
-            entry: Some(&hit.entry),
-            bytes,
-            upstream_s: None,
-            partial_saved: None,
-        },
-    );
-    Some(resp)
+    meta: &'a Meta,
+}
+
+impl Replay<'_> {
+    /// Answers with a stored entry replayed as a stream (a hit, or another replica's stored
+    /// answer when `status` says so; `None`: the hit's own status); `None` when the entry is
+    /// not JSON.
+    fn answer(
+        &self,
+        prepared: &Prepared,
+        hit: &Hit,
+        status: Option<CacheStatus>,
+    ) -> Option<Response> {
+        let stored = serde_json::from_slice::<Value>(&hit.entry.body).ok()?;
+        let status = status.unwrap_or(CacheStatus::Hit {
+            tier: hit.tier,
+            age: hit.age,
+            similarity: hit.similarity,
+        });
+        let body = replay(self.format, &stored, self.include_usage);
+        self.st.metrics.stream_replays.fetch_add(1, Relaxed);
+        self.st.metrics.request(
+            self.label,
+            if matches!(status, CacheStatus::Coalesced) {
+                "coalesced"
+            } else {
+                "hit"
+            },
+        );
+        let bytes = body.len() as u64;
+        let mut resp = sse_response(Body::from(body));
+        cache_headers(&mut resp, prepared.key(), &status, Some(&hit.entry));
+        account(
+            self.st,
+            self.meta,
+            Some(&mut resp),
+            &status,
+            prepared.key(),
+            Answer {
+                body: Some(&stored),
+                entry: Some(&hit.entry),
+                bytes,
+                upstream_s: None,
+                partial_saved: None,
+            },
+        );
+        Some(resp)
+    }
 }
 
 pub(crate) async fn stream_flow(call: StreamCall) -> Response {
@@ -105,27 +117,18 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         }
     };
     let label = endpoint.label;
+    let replay = Replay {
+        st: &st,
+        label,
+        format,
+        include_usage,
+        meta: &meta,
+    };
     let reason = match prepared.lookup().await {
-        Lookup::Hit(hit) => {
-            let status = CacheStatus::Hit {
-                tier: hit.tier,
-                age: hit.age,
-                similarity: hit.similarity,
-            };
-            match replay_entry(
-                &st,
-                label,
-                format,
-                include_usage,
-                &prepared,
-                &hit,
-                status,
-                &meta,
-            ) {
-                Some(resp) => return resp,
-                None => llm_cache::core::MissReason::Unusable,
-            }
-        }
+        Lookup::Hit(hit) => match replay.answer(&prepared, &hit, None) {
+            Some(resp) => return resp,
+            None => llm_cache::core::MissReason::Unusable,
+        },
         Lookup::Miss(r) => r,
         Lookup::Bypass(_) => llm_cache::core::MissReason::NotFound,
     };
@@ -161,16 +164,8 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                     // Across replicas: wait while another replica streams this request, then
                     // replay the entry it stored (docs/deployment.md).
                     if let Coordinated::Answer(hit) = prepared.coordinate().await
-                        && let Some(resp) = replay_entry(
-                            &st,
-                            label,
-                            format,
-                            include_usage,
-                            &prepared,
-                            &hit,
-                            CacheStatus::Coalesced,
-                            &meta,
-                        )
+                        && let Some(resp) =
+                            replay.answer(&prepared, &hit, Some(CacheStatus::Coalesced))
                     {
                         return resp;
                     }
@@ -237,24 +232,10 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                     }
                     // The leader's upstream refused, the wait timed out, or the leader answered
                     // from another replica's entry: look again, then try again.
-                    if let Lookup::Hit(hit) = prepared.lookup().await {
-                        let status = CacheStatus::Hit {
-                            tier: hit.tier,
-                            age: hit.age,
-                            similarity: hit.similarity,
-                        };
-                        if let Some(resp) = replay_entry(
-                            &st,
-                            label,
-                            format,
-                            include_usage,
-                            &prepared,
-                            &hit,
-                            status,
-                            &meta,
-                        ) {
-                            return resp;
-                        }
+                    if let Lookup::Hit(hit) = prepared.lookup().await
+                        && let Some(resp) = replay.answer(&prepared, &hit, None)
+                    {
+                        return resp;
                     }
                 }
             }
