@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::engine::with_deadline;
 use super::{Cache, PingReport};
 use crate::backend::CacheBackend;
 use crate::coordination::Invalidation;
@@ -164,12 +165,12 @@ impl Cache {
         let timeout = engine.settings.admin_timeout;
         let name = engine.backend.name();
         let stats = &self.shared.stats;
-        if let Err(e) = bounded(name, timeout, engine.backend.ping()).await {
+        if let Err(e) = with_deadline(name, "ping", timeout, engine.backend.ping()).await {
             stats.record_error(engine.backend.name(), "ping", e.kind_label());
             return Err(e);
         }
         if let Some(sem) = &engine.semantic
-            && let Err(e) = bounded(name, timeout, sem.ping()).await
+            && let Err(e) = with_deadline(name, "ping", timeout, sem.ping()).await
         {
             stats.record_error(engine.backend.name(), "ping", e.kind_label());
             return Err(e);
@@ -197,21 +198,5 @@ impl Cache {
         engine
             .admin(engine.backend.flush(), "flush", &self.shared.stats)
             .await
-    }
-}
-
-/// A ping bounded by `timeout`.
-async fn bounded<T>(
-    backend: &str,
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(CacheError::Timeout {
-            backend: backend.to_owned(),
-            operation: "ping",
-            after: timeout,
-        }),
     }
 }

@@ -301,15 +301,13 @@ impl CacheEngine {
     /// store itself changed).
     pub(super) async fn publish_invalidation(&self, what: Invalidation, stats: &Stats) {
         let Some(c) = &self.coordinator else { return };
-        let timeout = self.settings.admin_timeout;
-        let res = match tokio::time::timeout(timeout, c.publish(&what)).await {
-            Ok(r) => r,
-            Err(_) => Err(CacheError::Timeout {
-                backend: c.name().to_owned(),
-                operation: "publish",
-                after: timeout,
-            }),
-        };
+        let res = with_deadline(
+            c.name(),
+            "publish",
+            self.settings.admin_timeout,
+            c.publish(&what),
+        )
+        .await;
         if let Err(e) = res {
             stats.record_error(c.name(), "publish", e.kind_label());
             tracing::warn!(backend = c.name(), error = %e, ?what, "invalidation not published: other replicas keep their L1 copy until l1_ttl");
@@ -322,14 +320,7 @@ impl CacheEngine {
         op: &'static str,
         stats: &Stats,
     ) -> Result<T> {
-        let res = match tokio::time::timeout(self.settings.admin_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(CacheError::Timeout {
-                backend: self.backend.name().to_owned(),
-                operation: op,
-                after: self.settings.admin_timeout,
-            }),
-        };
+        let res = with_deadline(self.backend.name(), op, self.settings.admin_timeout, fut).await;
         if let Err(e) = &res {
             stats.record_error(self.backend.name(), op, e.kind_label());
             tracing::warn!(backend = self.backend.name(), op, error = %e, "cache admin operation failed");
@@ -403,15 +394,7 @@ impl CacheEngine {
             stats.breaker_rejections.fetch_add(1, Relaxed);
             return Err(None);
         };
-        let res = match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(CacheError::Timeout {
-                backend: self.backend.name().to_owned(),
-                operation: op,
-                after: timeout,
-            }),
-        };
-        match res {
+        match with_deadline(self.backend.name(), op, timeout, fut).await {
             Ok(v) => {
                 permit.success();
                 Ok(v)
@@ -427,6 +410,41 @@ impl CacheEngine {
                 Err(Some(e))
             }
         }
+    }
+}
+
+impl CacheEngine {
+    /// A backend `get` with the breaker and the read deadline (see [`CacheEngine::guarded`]).
+    pub(super) async fn guarded_get(
+        &self,
+        key: &str,
+        stats: &Stats,
+    ) -> std::result::Result<Option<Bytes>, Option<CacheError>> {
+        self.guarded(
+            self.backend.get(key),
+            "get",
+            self.settings.read_timeout,
+            stats,
+        )
+        .await
+    }
+}
+
+/// Runs `fut` for at most `timeout`; running out is a [`CacheError::Timeout`] naming `backend`
+/// and `operation`.
+pub(super) async fn with_deadline<T>(
+    backend: &str,
+    operation: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(CacheError::Timeout {
+            backend: backend.to_owned(),
+            operation,
+            after: timeout,
+        }),
     }
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::engine::{contain_panics, store_outcome};
+use super::engine::{contain_panics, store_outcome, with_deadline};
 use super::{
     Cache, CacheEngine, CacheMode, CacheStatus, Cached, CallError, Coordinated, Hit, Lookup,
     MissReason, StoreOutcome, StoreWrite, Tier,
@@ -409,15 +409,7 @@ impl Prepared {
 
         let backend_name = engine.backend.name();
         let generation = engine.l1_generation(key.as_str());
-        match engine
-            .guarded(
-                engine.backend.get(key.as_str()),
-                "get",
-                engine.settings.read_timeout,
-                stats,
-            )
-            .await
-        {
+        match engine.guarded_get(key.as_str(), stats).await {
             Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
                 Ok((entry, age)) => {
                     engine.l1_fill(
@@ -642,20 +634,13 @@ impl Prepared {
         let mut empty_waits = 0;
         loop {
             let generation = engine.l1_generation(key.as_str());
-            let attempt = match tokio::time::timeout(
+            let attempt = with_deadline(
+                coord.name(),
+                "lease",
                 engine.settings.read_timeout,
                 coord.try_lease(key.as_str(), engine.settings.coalesce_lease),
             )
-            .await
-            {
-                Ok(Ok(a)) => Ok(a),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(CacheError::Timeout {
-                    backend: coord.name().to_owned(),
-                    operation: "lease",
-                    after: engine.settings.read_timeout,
-                }),
-            };
+            .await;
             // Coordination errors are counted and logged, never fed to the store's breaker (a
             // server refusing scripts must not turn the cache off); one that cannot pass by
             // retrying turns coordination off for this configuration.
@@ -671,15 +656,7 @@ impl Prepared {
                 // A coordinator that cannot read the entry with the lease: after a wait, the
                 // entry is read here first.
                 Ok(LeaseAttempt::Acquired(lease)) if waited => {
-                    match engine
-                        .guarded(
-                            engine.backend.get(key.as_str()),
-                            "get",
-                            engine.settings.read_timeout,
-                            stats,
-                        )
-                        .await
-                    {
+                    match engine.guarded_get(key.as_str(), stats).await {
                         Ok(Some(raw)) => {
                             drop(lease);
                             Ok(LeaseAttempt::Stored(raw))
@@ -871,7 +848,7 @@ impl Prepared {
         let bytes = stored.len();
         let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
         // A refresh (`no-cache`) replaces an entry other replicas may hold in L1.
-        let refresh = !self.read && engine.coordinator.is_some();
+        let refresh = self.refreshes() && engine.coordinator.is_some();
         let write = async move {
             let start = Instant::now();
             let stats = cache.stats();
