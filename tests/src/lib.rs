@@ -141,6 +141,22 @@ impl Proxy {
         proxy
     }
 
+    /// Waits (up to 15 s) until `/health/readiness` answers 200: the cache backend is
+    /// reachable (before that, every lookup of a shared backend is a miss). Panics otherwise.
+    pub async fn wait_ready(&self) {
+        let start = Instant::now();
+        while !reqwest::get(self.url("/health/readiness"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the proxy never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

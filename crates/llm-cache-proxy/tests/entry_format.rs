@@ -35,17 +35,8 @@ async fn proxy(up: &FakeUpstream, ns: &str, extra: &str) -> Proxy {
         llm_cache_tests::config(up, &params, None)
     );
     let p = Proxy::start(&config).await;
-    // Ready: connected to Redis (before that every lookup is a miss).
-    for _ in 0..500 {
-        if reqwest::get(p.url("/health/readiness"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return p;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the proxy never became ready");
+    p.wait_ready().await;
+    p
 }
 
 async fn post(p: &Proxy, path: &str, body: &Value) -> (String, bytes::Bytes) {

@@ -52,24 +52,10 @@ async fn replicas(n: usize, up: &FakeUpstream, store: &str, extra: &str) -> Vec<
     // As a load balancer would: traffic once a replica is ready (its store reachable); L1
     // starts once the replica hears invalidations.
     for p in &out {
-        wait_ready(p).await;
+        p.wait_ready().await;
         wait_l1_live(p, extra.contains("l1_cache: true")).await;
     }
     out
-}
-
-async fn wait_ready(p: &Proxy) {
-    let start = Instant::now();
-    while !reqwest::get(p.url("/health/readiness"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "a replica never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn wait_l1_live(p: &Proxy, l1: bool) {
@@ -77,22 +63,26 @@ async fn wait_l1_live(p: &Proxy, l1: bool) {
         return;
     }
     let start = Instant::now();
-    loop {
-        let text = reqwest::get(p.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("llm_cache_l1_live{backend=\"redis\"} 1") {
-            return;
-        }
+    while l1_live(p).await != Some(true) {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "L1 of a replica never went live"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `llm_cache_l1_live` of the proxy's metrics (`None`: not exposed or not reachable).
+async fn l1_live(p: &Proxy) -> Option<bool> {
+    let text = reqwest::get(p.url("/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("llm_cache_l1_live{"))
+        .map(|l| l.trim_end().ends_with(" 1"))
 }
 
 fn chat_body(prompt: &str) -> Value {
@@ -552,18 +542,6 @@ async fn a_lost_subscription_empties_l1() {
     // Back once resubscribed.
     wait_l1_live(p, true).await;
     assert_l1_hit(&http, p, &body).await;
-}
-
-async fn l1_live(p: &Proxy) -> Option<bool> {
-    let text = reqwest::get(p.url("/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("llm_cache_l1_live{"))
-        .map(|l| l.trim_end().ends_with(" 1"))
 }
 
 /// A subscription that goes silent without an error (here: Redis refuses writes for 6 s, so
