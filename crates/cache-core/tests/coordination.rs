@@ -26,6 +26,8 @@ struct Hub {
     sinks: Mutex<Vec<Weak<dyn InvalidationSink>>>,
     /// Every call fails while set.
     broken: AtomicBool,
+    /// Deletes remove the key, then report a failure (a timeout after the work was done).
+    deletes_fail: AtomicBool,
 }
 
 impl Hub {
@@ -153,7 +155,11 @@ impl CacheBackend for SharedStore {
         self.data.set(key, value, ttl).await
     }
     async fn delete(&self, key: &str) -> Result<bool> {
-        self.data.delete(key).await
+        let existed = self.data.delete(key).await?;
+        if self.coordinator.0.deletes_fail.load(Ordering::SeqCst) {
+            return Err(CacheError::unavailable("shared-memory", "answer lost"));
+        }
+        Ok(existed)
     }
     async fn clear(&self, namespace: Option<&str>) -> Result<u64> {
         self.data.clear(namespace).await
@@ -329,5 +335,41 @@ async fn invalidations_reach_every_l1_and_l1_is_off_while_deaf() {
     assert!(
         matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
         "{status:?}"
+    );
+}
+
+/// A delete that fails after the store removed the key still reaches the other replicas' L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delete_still_invalidates_the_other_replicas() {
+    let f = fleet(2, true);
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let upstream = AtomicUsize::new(0);
+    let req = request("failed delete");
+    call(a, &req, &upstream).await;
+    a.flush(Duration::from_secs(1)).await.unwrap();
+    call(b, &req, &upstream).await;
+    let (_, status) = call(b, &req, &upstream).await;
+    assert!(
+        matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
+        "{status:?}"
+    );
+    let key = a
+        .prepare(
+            CallKind::Chat,
+            &req,
+            &CacheControl::none(),
+            &Default::default(),
+        )
+        .unwrap()
+        .key()
+        .unwrap()
+        .as_str()
+        .to_owned();
+    f.hub.deletes_fail.store(true, Ordering::SeqCst);
+    assert!(a.delete(&[key]).await.is_err(), "the failure is reported");
+    let (_, status) = call(b, &req, &upstream).await;
+    assert!(
+        matches!(status, CacheStatus::Miss { .. }),
+        "B's L1 kept the deleted entry: {status:?}"
     );
 }
