@@ -11,6 +11,10 @@
 #   local   proxy with cache_params {type: local} in front of the fake upstream (UPSTREAM_LATENCY_MS)
 #   redis   proxy with cache_params {type: redis} (starts redis-server on REDIS_PORT if none answers)
 #   miss    proxy in front of the fake upstream (latency 0), every request `no-cache`: the miss path
+#   redis-store    proxy over Redis, upstream latency 0, every request distinct (a storing miss:
+#                  lookup, lease, upstream, store)
+#   redis-nostore  the same requests with `cache: {no-store: true}` (lookup, upstream, no store):
+#                  the difference is what storing costs
 #   hop     nginx (if installed) as a plain keep-alive reverse proxy in front of the same upstream:
 #           the floor for one extra HTTP hop on this machine, to read `miss` against
 #
@@ -74,7 +78,8 @@ start_fake() { # port latency_ms
 
 # request bodies: ~100-token chat request, and the same with stream=true
 BODY=$OUT_DIR/body.json; SBODY=$OUT_DIR/body-stream.json; NBODY=$OUT_DIR/body-nocache.json
-$PY - "$BODY" "$SBODY" "$NBODY" <<'EOF'
+UBODY=$OUT_DIR/body-unique.json; UNSBODY=$OUT_DIR/body-unique-nostore.json
+$PY - "$BODY" "$SBODY" "$NBODY" "$UBODY" "$UNSBODY" <<'EOF'
 import json, sys
 words = ("cache latency token request model answer proxy stream vector server client memory python rust "
          "async hash key value store lookup hit miss expire policy engine query prompt reply window").split()
@@ -85,6 +90,11 @@ body = {"model": "fake", "temperature": 0, "max_tokens": 64,
 json.dump(body, open(sys.argv[1], "w"))
 json.dump(dict(body, stream=True), open(sys.argv[2], "w"))
 json.dump(dict(body, cache={"no-cache": True}), open(sys.argv[3], "w"))
+# "@UNIQUE@" is replaced per request by post-unique.lua: every request a miss
+unique = dict(body, messages=[body["messages"][0],
+              dict(body["messages"][1], content="[@UNIQUE@] " + body["messages"][1]["content"])])
+json.dump(unique, open(sys.argv[4], "w"))
+json.dump(dict(unique, cache={"no-store": True}), open(sys.argv[5], "w"))
 EOF
 # LARGE_KB="51 200": agents' requests (whole context resent each turn), as many 120-word turns
 # as make ~N KB of JSON (64 turns: 51 KB, the shape of the key benches' large request).
@@ -111,7 +121,7 @@ run_wrk() { # tag case conc url body upstream_port(or -) pid(or -)
   t=$(( c < ${WRK_THREADS:-2} ? c : ${WRK_THREADS:-2} ))
   before=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); cpu0=$(cpu_ticks "$pid")
   out=$(BODY_FILE=$body timeout $((DURATION + 30)) ${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s \
-        -s "$HERE/post.lua" "$url" | tee -a "$OUT_DIR/wrk.log" | grep '^RESULT') || { echo "wrk failed" >&2; return 1; }
+        -s "$HERE/${SCRIPT:-post.lua}" "$url" | tee -a "$OUT_DIR/wrk.log" | grep '^RESULT') || { echo "wrk failed" >&2; return 1; }
   after=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); delta=$((after - before))
   [ "$uport" = - ] && delta=-
   rss=$([ "$pid" = - ] && echo - || rss_mb "$pid")
@@ -174,7 +184,8 @@ NGINX
   case $mode in
     local) cache_params="    type: local" ;;
     miss) cache_params="    type: local"; latency=0 ;;
-    redis) cache_params=$(printf '    type: redis\n    host: 127.0.0.1\n    port: %s' "$REDIS_PORT")
+    redis|redis-store|redis-nostore) [ "$mode" = redis ] || latency=0
+           cache_params=$(printf '    type: redis\n    host: 127.0.0.1\n    port: %s' "$REDIS_PORT")
            if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
              redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT_DIR/redis.log" 2>&1 &
              PIDS+=("$!"); sleep 0.5; fi ;;
@@ -205,6 +216,12 @@ EOF
   wait_http "http://127.0.0.1:$PROXY_PORT/health/liveliness" 240 "$PROXY_PID"
   echo "  proxy ready after $((SECONDS - t0)) s, idle RSS $(rss_mb "$PROXY_PID") MiB" | tee -a "$OUT_DIR/notes.txt"
   URL=http://127.0.0.1:$PROXY_PORT/v1/chat/completions
+  if [ "$mode" = redis-store ] || [ "$mode" = redis-nostore ]; then
+    ubody=$UBODY; [ "$mode" = redis-nostore ] && ubody=$UNSBODY
+    for c in ${MISS_CONCS:-1 16}; do SCRIPT=post-unique.lua run_wrk "$tag" chat-unique-miss "$c" "$URL" "$ubody" "$FAKE_PORT" "$PROXY_PID"; done
+    echo "  $tag: RSS after load $(rss_mb "$PROXY_PID") MiB, Redis keys $(redis-cli -p "$REDIS_PORT" dbsize)" | tee -a "$OUT_DIR/notes.txt"
+    stop "$PROXY_PID"; stop "$FAKE_PID"; continue
+  fi
   if [ "$mode" = miss ]; then
     for c in ${MISS_CONCS:-1 16}; do run_wrk "$tag" chat-miss "$c" "$URL" "$NBODY" "$FAKE_PORT" "$PROXY_PID"; done
     echo "  $tag: RSS after load $(rss_mb "$PROXY_PID") MiB" | tee -a "$OUT_DIR/notes.txt"

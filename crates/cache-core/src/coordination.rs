@@ -45,6 +45,26 @@ pub enum LeaseAttempt {
 pub trait Lease: Send + Sync + Debug {
     /// Releases the lease (only if still ours) and wakes the processes waiting for it.
     async fn release(self: Box<Self>) -> Result<()>;
+
+    /// Whether [`Lease::store_and_release`] is offered: the coordinator's store is the
+    /// backend's own, and it can write the entry and release the lease in one step (one round
+    /// trip instead of two). Default: no.
+    fn stores_entry(&self) -> bool {
+        false
+    }
+
+    /// Stores `value` under the leased key (expiring after `ttl`, `None`: never; never called
+    /// with a zero `ttl`) exactly as [`CacheBackend::set`](crate::CacheBackend::set) would,
+    /// then releases the lease as [`Lease::release`] does. Called instead of the backend's
+    /// `set` and `release` when [`Lease::stores_entry`] says so. An error means the entry may
+    /// not be stored; the lease is then released in the background or expires.
+    async fn store_and_release(self: Box<Self>, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        let _ = (value, ttl);
+        Err(crate::CacheError::Unsupported {
+            backend: "coordinator".to_owned(),
+            operation: "store_and_release",
+        })
+    }
 }
 
 /// What an invalidation removes from every replica's L1.

@@ -860,6 +860,56 @@ pub async fn coordination(b: &SharedBackend) {
         LeaseAttempt::Held => panic!("nobody holds this lease"),
     }
 
+    // A lease that stores its entry: the entry is readable through the backend with its ttl,
+    // the lease is free, and a waiter is woken (not left to poll until the ttl).
+    let committed = k(&ns, "committed");
+    let LeaseAttempt::Acquired(lease) = c.try_lease(&committed, ttl).await.expect("try_lease")
+    else {
+        panic!("a free key's lease is granted");
+    };
+    if lease.stores_entry() {
+        let waiter = {
+            let c = c.clone();
+            let key = committed.clone();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let freed = c.wait_lease(&key, Duration::from_secs(10)).await;
+                (freed, start.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lease
+            .store_and_release(
+                Bytes::from_static(b"committed entry"),
+                Some(Duration::from_millis(1500)),
+            )
+            .await
+            .expect("store_and_release");
+        let (freed, after) = waiter.await.expect("waiter");
+        assert!(freed.expect("wait_lease"), "the waiter sees the release");
+        assert!(
+            after < Duration::from_secs(2),
+            "the waiter woke {after:?} after the wait began (store_and_release at ~100 ms)"
+        );
+        assert_eq!(
+            b.get(&committed).await.expect("get").as_deref(),
+            Some(&b"committed entry"[..]),
+            "store_and_release stores the entry under the leased key"
+        );
+        match c.try_lease(&committed, ttl).await.expect("try_lease") {
+            LeaseAttempt::Stored(v) => assert_eq!(&v[..], b"committed entry"),
+            LeaseAttempt::Acquired(l) => l.release().await.expect("release"),
+            LeaseAttempt::Held => panic!("store_and_release left the lease held"),
+        }
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(
+            b.get(&committed).await.expect("get").is_none(),
+            "store_and_release's ttl (1.5 s) expires the entry"
+        );
+    } else {
+        lease.release().await.expect("release");
+    }
+
     // Invalidations reach a subscriber.
     let sink = Arc::new(Sink::default());
     let dyn_sink: Arc<dyn InvalidationSink> = sink.clone();

@@ -7,7 +7,11 @@
 //!   keys are read and written in one step. Lease keys end in `:lease`, so `clear(None)` (which
 //!   removes keys shaped like entries) leaves them to expire. The holder renews the lease every third of its TTL
 //!   while it lives; a release deletes it only if the token is still ours (fencing) and
-//!   publishes a wake-up.
+//!   publishes a wake-up if a waiter marked itself (`<lease stem>:waiters`, set by the
+//!   waiter's check of the lease in the same script, so no wake-up is lost and a release
+//!   nobody waits for sends no message to every replica). The holder's entry write and its
+//!   release are one script (`Lease::store_and_release`): a storing miss costs one round trip
+//!   for the lease and one for the write.
 //! * **Wake-ups and invalidations** travel on one pub/sub channel, [`CHANNEL`], that a
 //!   dedicated connection subscribes to (again after each reconnection). A waiter also polls the
 //!   lease with a bounded backoff (10 ms doubling to 250 ms), so a holder that died (its lease
@@ -24,11 +28,12 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use cache_core::coordination::{Coordinator, Invalidation, InvalidationSink, Lease, LeaseAttempt};
 use cache_core::{CacheError, Result};
 use fred::prelude::{
-    Client, ClientLike, Error as FredError, ErrorKind, EventInterface, KeysInterface, LuaInterface,
-    Options, Pool, PubsubInterface, Value,
+    Client, ClientLike, Error as FredError, ErrorKind, EventInterface, LuaInterface, Options, Pool,
+    PubsubInterface, Value,
 };
 use fred::util::redis_keyslot;
 use serde_json::json;
@@ -58,10 +63,43 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// Deletes the lease if it is still ours.
+/// Deletes the lease if it is still ours, then wakes the waiters if one marked itself (WAIT):
+/// a release nobody waits for publishes nothing, so a storing miss costs no message to every
+/// replica. KEYS: lease, waiters mark. ARGV: token, channel, message.
 const RELEASE: &str = r"
+local released = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  released = redis.call('DEL', KEYS[1])
+end
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return released";
+
+/// The lease holder's write: the entry (`SET`, with `PX` unless ARGV[5] is 0), then RELEASE, in
+/// one round trip. KEYS: lease, waiters mark, entry (one slot). ARGV: token, channel, message,
+/// value, milliseconds.
+const STORE_RELEASE: &str = r"
+if ARGV[5] == '0' then
+  redis.call('SET', KEYS[3], ARGV[4])
+else
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+end
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  released = redis.call('DEL', KEYS[1])
+end
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return released";
+
+/// A waiter marks itself while the lease is held (1), so its release publishes; 0: the lease
+/// is free. KEYS: lease, waiters mark. ARGV: the mark's lifetime in milliseconds.
+const WAIT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+  return 1
 end
 return 0";
 
@@ -111,6 +149,17 @@ pub(crate) fn lease_key(key: &str, cluster: bool) -> String {
     }
 }
 
+/// The mark of processes waiting for the lease `lease` (see [`lease_key`]): same slot.
+fn waiters_key(lease: &str) -> String {
+    let stem = lease.strip_suffix(":lease").unwrap_or(lease);
+    format!("{stem}:waiters")
+}
+
+/// The wake-up message of the lease of `key`.
+fn released_message(key: &str) -> String {
+    json!({ "r": key }).to_string()
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
@@ -153,6 +202,7 @@ fn error(operation: &'static str, e: FredError) -> CacheError {
 struct PendingLease {
     inner: Option<Arc<Inner>>,
     lease: String,
+    key: String,
     token: String,
 }
 
@@ -169,13 +219,13 @@ impl PendingLease {
 impl Drop for PendingLease {
     fn drop(&mut self) {
         if let (Some(inner), Ok(rt)) = (self.inner.take(), tokio::runtime::Handle::try_current()) {
-            let (lease, token) = (
+            let (lease, key, token) = (
                 std::mem::take(&mut self.lease),
+                std::mem::take(&mut self.key),
                 std::mem::take(&mut self.token),
             );
             rt.spawn(async move {
-                let _: std::result::Result<i64, FredError> =
-                    inner.client().eval(RELEASE, lease.as_str(), token).await;
+                let _ = release(&inner, &lease, &key, &token).await;
             });
         }
     }
@@ -450,6 +500,7 @@ impl Coordinator for RedisCoordinator {
         let pending = PendingLease {
             inner: Some(self.inner.clone()),
             lease: lease_key(key, self.inner.cluster),
+            key: key.to_owned(),
             token: self.inner.token(),
         };
         let reply: std::result::Result<Value, FredError> = self
@@ -497,11 +548,19 @@ impl Coordinator for RedisCoordinator {
         notified.as_mut().enable();
         let deadline = Instant::now() + max;
         let mut delay = Duration::from_millis(10);
+        let waiters = waiters_key(&lease);
         loop {
+            // Marks this wait (so the release publishes) while checking the lease, atomically:
+            // a release just before is seen here, one after publishes.
+            let left = deadline.saturating_duration_since(Instant::now());
             let held: i64 = self
                 .inner
                 .client()
-                .exists(lease.as_str())
+                .eval(
+                    WAIT,
+                    vec![lease.clone(), waiters.clone()],
+                    millis(left + Duration::from_secs(1)),
+                )
                 .await
                 .map_err(|e| error("wait_lease", e))?;
             if held == 0 {
@@ -598,10 +657,14 @@ impl RedisLease {
 async fn release(inner: &Inner, lease: &str, key: &str, token: &str) -> Result<()> {
     let _: i64 = inner
         .client()
-        .eval(RELEASE, lease, token)
+        .eval(
+            RELEASE,
+            vec![lease.to_owned(), waiters_key(lease)],
+            vec![token.to_owned(), CHANNEL.to_owned(), released_message(key)],
+        )
         .await
         .map_err(|e| error("release", e))?;
-    inner.publish_raw(json!({ "r": key }).to_string()).await
+    Ok(())
 }
 
 #[async_trait]
@@ -610,6 +673,47 @@ impl Lease for RedisLease {
         self.renewal.abort();
         self.released = true;
         release(&self.inner, &self.lease, &self.key, &self.token).await
+    }
+
+    fn stores_entry(&self) -> bool {
+        true
+    }
+
+    async fn store_and_release(
+        mut self: Box<Self>,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        self.renewal.abort();
+        let ms = ttl.map_or(0, millis);
+        let args: Vec<Value> = vec![
+            self.token.as_str().into(),
+            CHANNEL.into(),
+            released_message(&self.key).into(),
+            Value::Bytes(value),
+            ms.into(),
+        ];
+        let res: std::result::Result<i64, FredError> = self
+            .inner
+            .client()
+            .eval(
+                STORE_RELEASE,
+                vec![
+                    self.lease.clone(),
+                    waiters_key(&self.lease),
+                    self.key.clone(),
+                ],
+                args,
+            )
+            .await;
+        match res {
+            Ok(_) => {
+                self.released = true;
+                Ok(())
+            }
+            // Not marked released: dropping the lease releases it in the background.
+            Err(e) => Err(error("store", e)),
+        }
     }
 }
 

@@ -846,20 +846,34 @@ impl Prepared {
         let semantic = self.semantic.clone();
         let kind = self.kind;
         let bytes = stored.len();
-        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
         // A refresh (`no-cache`) replaces an entry other replicas may hold in L1.
         let refresh = self.refreshes() && engine.coordinator.is_some();
         let write = async move {
             let start = Instant::now();
             let stats = cache.stats();
-            let res = eng
-                .guarded(
-                    eng.backend.set(&key_s, stored, ttl),
-                    "set",
-                    eng.settings.write_timeout,
-                    stats,
-                )
-                .await;
+            // The lease holder's write and release in one step where the coordinator offers
+            // it (Redis: one script instead of a SET then a release).
+            let res = match lease.take_if(|l| l.stores_entry() && ttl != Some(Duration::ZERO)) {
+                Some(lease) => {
+                    eng.guarded(
+                        lease.store_and_release(stored, ttl),
+                        "set",
+                        eng.settings.write_timeout,
+                        stats,
+                    )
+                    .await
+                }
+                None => {
+                    eng.guarded(
+                        eng.backend.set(&key_s, stored, ttl),
+                        "set",
+                        eng.settings.write_timeout,
+                        stats,
+                    )
+                    .await
+                }
+            };
             let outcome = store_outcome(res, stats, 1);
             if outcome.is_stored() {
                 cache.emit_with(|emit| {
