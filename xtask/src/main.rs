@@ -322,6 +322,44 @@ fn bench(args: &[String]) -> Result<(), String> {
                 ]),
             )
         }
+        // A million entries per backend (docs/benchmarks.md). Extra args go to the example:
+        // --n N --backends memory,disk,redis,cluster --memory-bound ITEMS --dir DIR.
+        "scale" => {
+            ensure_services(&["redis", "redis-cluster"])?;
+            run(
+                "cargo build --release (proxy and the scale bench)",
+                cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "llm-cache-proxy",
+                    "--bin",
+                    "llm-cache",
+                ]),
+            )?;
+            run(
+                "cargo build --release -p llm-cache --example scale",
+                cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "llm-cache",
+                    "--features",
+                    "disk,redis",
+                    "--example",
+                    "scale",
+                ]),
+            )?;
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map_or_else(|_| root().join("target"), PathBuf::from);
+            run(
+                "a million entries per backend",
+                Command::new(target.join("release/examples/scale"))
+                    .arg("--proxy")
+                    .arg(target.join("release/llm-cache"))
+                    .args(args.iter().skip(1)),
+            )
+        }
         // Bytes per entry in Redis, llm-cache vs LiteLLM 1.108.7, same answers (docs/benchmarks.md).
         "bytes" => {
             ensure_services(&["redis"])?;
@@ -359,7 +397,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             )
         }
         other => Err(format!(
-            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, bodies, qdrant, semantic, replicas, bytes)"
+            "unknown bench `{other}` (core, disk, disk-churn, redis, objstore, proxy, bodies, qdrant, semantic, replicas, bytes, scale)"
         )),
     }
 }
