@@ -49,6 +49,14 @@ const FORMAT_VALUE: &[u8] = b"llm-cache-disk/2";
 const FORMAT_VALUE_1: &[u8] = b"llm-cache-disk/1";
 /// Name of the sled tree holding records and the index.
 const ENTRIES_TREE: &[u8] = b"entries";
+/// Key of the clean-close summary in sled's default tree: the counters as they were at a
+/// clean close, so the next open need not scan the whole index (seconds at a million entries).
+/// Removed (and flushed) at open, before any write: after a crash there is none and the index
+/// is scanned. sled recovers a prefix of its log, so a summary that survives a crash is one
+/// no later write followed.
+const CLEAN_KEY: &[u8] = b"llm-cache-clean-close";
+/// Version byte of the summary's encoding.
+const CLEAN_VERSION: u8 = 1;
 /// Key written and read back by `ping`.
 const PING_KEY: &[u8] = b"llm-cache-ping";
 /// Name of the file written (then removed) to check that the disk takes writes again.
@@ -125,6 +133,32 @@ struct Accounting {
     entries: u64,
     max_seq: u64,
     malformed: u64,
+}
+
+impl Accounting {
+    fn encode(&self) -> [u8; 25] {
+        let mut out = [0u8; 25];
+        out[0] = CLEAN_VERSION;
+        out[1..9].copy_from_slice(&self.bytes.to_le_bytes());
+        out[9..17].copy_from_slice(&self.entries.to_le_bytes());
+        out[17..25].copy_from_slice(&self.max_seq.to_le_bytes());
+        out
+    }
+
+    /// `None` for anything but a summary of this version (the index is then scanned).
+    fn decode(raw: &[u8]) -> Option<Accounting> {
+        let (&version, rest) = raw.split_first()?;
+        if version != CLEAN_VERSION || rest.len() != 24 {
+            return None;
+        }
+        let u = |i: usize| u64::from_le_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
+        Some(Accounting {
+            bytes: u(0),
+            entries: u(8),
+            max_seq: u(16),
+            malformed: 0,
+        })
+    }
 }
 
 /// Counters of what the store did since it was opened.
@@ -562,8 +596,43 @@ impl Store {
             }
         }
         let tree = guarded("open", || db.open_tree(ENTRIES_TREE)).map_err(damaged)?;
-        let acc = Self::scan_index(&tree).map_err(damaged)?;
+        let start = Instant::now();
+        let clean = guarded("open", || db.remove(CLEAN_KEY)).map_err(damaged)?;
+        let acc = match clean.as_deref().and_then(Accounting::decode) {
+            Some(acc) => {
+                // Gone for good before the first write (see CLEAN_KEY).
+                guarded("open", || db.flush()).map_err(damaged)?;
+                acc
+            }
+            None => Self::scan_index(&tree).map_err(damaged)?,
+        };
+        tracing::info!(
+            backend = NAME,
+            db = %db_path.display(),
+            entries = acc.entries,
+            bytes = acc.bytes,
+            counters = if clean.is_some() { "clean close" } else { "index scan" },
+            ms = start.elapsed().as_millis() as u64,
+            "disk cache opened"
+        );
         Ok((db, tree, acc))
+    }
+
+    /// Records the counters for the next open (see [`CLEAN_KEY`]), after the final flush.
+    /// Skipped when writes have been failing: the next open scans.
+    fn write_clean_close(&self) -> Result<()> {
+        if self.failed.load(Relaxed) {
+            return Ok(());
+        }
+        let e = self.engine()?;
+        let acc = Accounting {
+            bytes: self.bytes.load(Relaxed),
+            entries: self.entries.load(Relaxed),
+            max_seq: self.seq.load(Relaxed).saturating_sub(1),
+            malformed: 0,
+        };
+        self.guarded("close", || e.db.insert(CLEAN_KEY, &acc.encode()[..]))?;
+        self.guarded("close", || e.db.flush()).map(|_| ())
     }
 
     /// Rebuilds the counters and the next `seq` from one scan of the index (reading the
@@ -1142,9 +1211,12 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // Clean shutdown: every acknowledged write reaches the disk.
+        // Clean shutdown: every acknowledged write reaches the disk, then the counters are
+        // recorded so the next open need not scan the index.
         if let Err(e) = self.flush() {
             tracing::error!(backend = NAME, dir = %self.config.dir.display(), "flush on close failed: {e}");
+        } else if let Err(e) = self.write_clean_close() {
+            tracing::warn!(backend = NAME, dir = %self.config.dir.display(), "recording the counters on close failed (the next open scans the index): {e}");
         }
     }
 }
@@ -1155,6 +1227,93 @@ mod tests {
 
     fn store(dir: &Path) -> Store {
         Store::open(DiskConfig::new(dir).with_max_bytes(1 << 20)).unwrap()
+    }
+
+    impl Store {
+        /// Closes without the clean-close summary, as a crash (or a store whose writes were
+        /// failing) does: the next open scans the index.
+        fn crash(self) {
+            self.failed.store(true, Relaxed);
+        }
+    }
+
+    /// The clean-close summary in a closed store's database (opened directly).
+    fn summary(dir: &Path) -> Option<Accounting> {
+        let config = DiskConfig::new(dir);
+        let db = sled_config(&dir.join(DB_DIR), &config).open().unwrap();
+        let raw = db.get(CLEAN_KEY).unwrap();
+        raw.as_deref().and_then(Accounting::decode)
+    }
+
+    #[test]
+    fn a_clean_close_records_the_counters_and_the_next_open_uses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = vec![7u8; 2 * record::CHUNK_LEN];
+        let (entries, bytes, seq) = {
+            let s = store(dir.path());
+            for i in 0..50 {
+                s.set(&format!("k{i}"), b"{\"answer\":42}", None).unwrap();
+            }
+            s.set("long", &long, Some(Duration::from_secs(600)))
+                .unwrap();
+            s.delete("k3").unwrap();
+            let st = s.stats();
+            (st.entries, st.bytes, s.seq.load(Relaxed))
+        };
+        let rec = summary(dir.path()).expect("a clean close leaves a summary");
+        assert_eq!(
+            (rec.entries, rec.bytes, rec.max_seq + 1),
+            (entries, bytes, seq)
+        );
+        let s = store(dir.path());
+        assert_eq!((s.stats().entries, s.stats().bytes), (entries, bytes));
+        assert_eq!(s.seq.load(Relaxed), seq, "seq continues where it stopped");
+        assert!(
+            s.engine().unwrap().db.get(CLEAN_KEY).unwrap().is_none(),
+            "the summary is removed at open: a crash from now on leaves none"
+        );
+        // The store works as before: new writes, old records.
+        s.set("after", b"{}", None).unwrap();
+        assert_eq!(s.get("long").unwrap().as_deref(), Some(&long[..]));
+        assert_eq!(s.stats().entries, entries + 1);
+    }
+
+    #[test]
+    fn the_summary_is_what_the_next_open_trusts_and_a_missing_one_means_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path());
+            for i in 0..10 {
+                s.set(&format!("k{i}"), b"{}", None).unwrap();
+            }
+        }
+        // Replace the summary: the open takes its counters without scanning...
+        {
+            let config = DiskConfig::new(dir.path());
+            let db = sled_config(&dir.path().join(DB_DIR), &config)
+                .open()
+                .unwrap();
+            let fake = Accounting {
+                bytes: 1,
+                entries: 4242,
+                max_seq: 99,
+                malformed: 0,
+            };
+            db.insert(CLEAN_KEY, &fake.encode()[..]).unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let s = store(dir.path());
+            assert_eq!(s.stats().entries, 4242);
+            s.crash();
+        }
+        // ...and without one (a crash), the index is scanned: the true counts.
+        assert!(summary(dir.path()).is_none());
+        let s = store(dir.path());
+        assert_eq!(s.stats().entries, 10);
+        // A summary of another version is ignored too.
+        assert!(Accounting::decode(&[2; 25]).is_none());
+        assert!(Accounting::decode(&[CLEAN_VERSION; 24]).is_none());
     }
 
     #[test]
@@ -1267,6 +1426,7 @@ mod tests {
                 s.tree().insert(k, v).unwrap();
             }
             assert_eq!(chunk_keys(&s), 4);
+            s.crash();
         }
         let s = store(dir.path());
         assert_eq!(chunk_keys(&s), 2);
@@ -1313,6 +1473,7 @@ mod tests {
             s.tree()
                 .insert(gone.index_key(b"gone"), &record::index_value(70)[..])
                 .unwrap();
+            s.crash();
         }
         let s = store(dir.path());
         let before = s.stats();
