@@ -6,6 +6,9 @@
 //! ```text
 //! scale [--n N] [--backends memory,disk,redis,cluster] [--proxy PATH] [--dir DIR]
 //!       [--redis-port P] [--cluster-ports P1,P2,...] [--memory-bound ITEMS]
+//!       [--disk-memory BYTES] [--settle SECS]
+//! `--settle`: a pause after each load, before the probes (background work such as sled's
+//! segment cleaning after a bulk load finishes first).
 //! ```
 //! Every entry is a distinct chat request answered with a ~1 KB chat completion (varied
 //! words, so compression sees realistic text), stored through the cache's own path
@@ -88,6 +91,8 @@ struct Args {
     redis_port: u16,
     cluster_ports: Vec<u16>,
     memory_bound: usize,
+    disk_memory: Option<u64>,
+    settle: Duration,
 }
 
 fn args() -> Args {
@@ -101,6 +106,8 @@ fn args() -> Args {
         redis_port: 17001,
         cluster_ports: (17101..=17106).collect(),
         memory_bound: 100_000,
+        disk_memory: None,
+        settle: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -118,6 +125,10 @@ fn args() -> Args {
                     .collect();
             }
             "--memory-bound" => a.memory_bound = value().parse().expect("--memory-bound N"),
+            "--settle" => {
+                a.settle = Duration::from_secs(value().parse().expect("--settle SECS"));
+            }
+            "--disk-memory" => a.disk_memory = Some(value().parse().expect("--disk-memory BYTES")),
             "--bench" => {} // passed by `cargo bench`-style runners
             other => panic!("unknown argument {other}"),
         }
@@ -322,10 +333,11 @@ async fn main() {
             ),
             "disk" => {
                 let _ = std::fs::remove_dir_all(&disk_dir);
-                (
-                    json!({"type": "disk", "disk_cache_dir": disk_dir, "disk_cache_max_bytes": 8u64 << 30}),
-                    vec![],
-                )
+                let mut c = json!({"type": "disk", "disk_cache_dir": disk_dir, "disk_cache_max_bytes": 8u64 << 30});
+                if let Some(m) = a.disk_memory {
+                    c["disk_cache_memory_bytes"] = json!(m);
+                }
+                (c, vec![])
             }
             "redis" => (
                 json!({"type": "redis", "host": "127.0.0.1", "port": a.redis_port}),
@@ -348,12 +360,14 @@ async fn main() {
         let r = load(&cache, run, 0, first).await;
         rate_time += first as f64 / r;
         let (f, t) = (0, first);
+        tokio::time::sleep(a.settle).await;
         // One pass to warm the process (connections, allocator), then the measured one.
         probe(&cache, run, f, t, 11).await;
         let small = probe(&cache, run, f, t, 1).await;
         let r = load(&cache, run, first, a.n).await;
         rate_time += (a.n - first) as f64 / r;
         let _ = cache.flush(Duration::from_secs(600)).await;
+        tokio::time::sleep(a.settle).await;
         let (f, t) = (0, a.n);
         probe(&cache, run, f, t, 12).await;
         let large = probe(&cache, run, f, t, 2).await;
