@@ -322,10 +322,11 @@ fn bench(args: &[String]) -> Result<(), String> {
                 ]),
             )
         }
-        // A million entries per backend (docs/benchmarks.md). Extra args go to the example:
-        // --n N --backends memory,disk,redis,cluster --memory-bound ITEMS --dir DIR.
+        // A million entries per backend, then RediSearch at a million vectors (docs/benchmarks.md).
+        // Extra args go to the first example: --n N --backends memory,disk,redis,cluster
+        // --memory-bound ITEMS --disk-memory BYTES --settle SECS --dir DIR.
         "scale" => {
-            ensure_services(&["redis", "redis-cluster"])?;
+            ensure_services(&["redis", "redis-cluster", "redis-stack"])?;
             run(
                 "cargo build --release (proxy and the scale bench)",
                 cargo().args([
@@ -358,6 +359,23 @@ fn bench(args: &[String]) -> Result<(), String> {
                     .arg("--proxy")
                     .arg(target.join("release/llm-cache"))
                     .args(args.iter().skip(1)),
+            )?;
+            run(
+                "cargo build --release -p cache-semantic --example semantic_scale",
+                cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "cache-semantic",
+                    "--features",
+                    "redis-semantic",
+                    "--example",
+                    "semantic_scale",
+                ]),
+            )?;
+            run(
+                "RediSearch HNSW at a million entries (64 and 384 dims)",
+                Command::new(target.join("release/examples/semantic_scale")),
             )
         }
         // Bytes per entry in Redis, llm-cache vs LiteLLM 1.108.7, same answers (docs/benchmarks.md).

@@ -147,6 +147,7 @@ impl BackendFactory for RedisSemanticFactory {
         keys.extend([
             "redis_semantic_cache_embedding_model",
             "redis_semantic_cache_index_name",
+            "redis_semantic_ef_runtime",
         ]);
         keys.extend(cache_redis::factory::KEYS);
         keys
