@@ -375,7 +375,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             )?;
             run(
                 "RediSearch HNSW at a million entries (64 and 384 dims)",
-                Command::new(target.join("release/examples/semantic_scale")),
+                &mut Command::new(target.join("release/examples/semantic_scale")),
             )
         }
         // Bytes per entry in Redis, llm-cache vs LiteLLM 1.108.7, same answers (docs/benchmarks.md).
