@@ -86,6 +86,11 @@ fn services_script(service: &str, action: &str) -> Command {
     c
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` at the root).
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root().join("target"), PathBuf::from)
+}
+
 /// Whether a test service answers.
 fn service_up(name: &str) -> bool {
     services_script(name, "status")
@@ -277,8 +282,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                     "large_bodies",
                 ]),
             )?;
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map_or_else(|_| root().join("target"), PathBuf::from);
+            let target = target_dir();
             run(
                 "large bodies beside cache hits",
                 Command::new(target.join("release/examples/large_bodies"))
@@ -351,8 +355,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                     "scale",
                 ]),
             )?;
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map_or_else(|_| root().join("target"), PathBuf::from);
+            let target = target_dir();
             run(
                 "a million entries per backend",
                 Command::new(target.join("release/examples/scale"))
@@ -394,8 +397,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                 "cargo build (proxy)",
                 cargo().args(["build", "-p", "llm-cache-proxy", "--bin", "llm-cache"]),
             )?;
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map_or_else(|_| root().join("target"), PathBuf::from);
+            let target = target_dir();
             run(
                 "bytes per entry: llm-cache and LiteLLM on one Redis",
                 Command::new(venv.join("bin/python"))
@@ -451,8 +453,7 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
             "llm-cache",
         ]),
     )?;
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let target = target_dir();
     let bin = target.join("release/llm-cache");
     let venv = root.join(".bench/venv");
     let py = venv.join("bin/python");
@@ -587,8 +588,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         "llm-cache-fuzz",
     ]);
     run("cargo build --profile fuzz -p llm-cache-fuzz", &mut build)?;
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root().join("target"), PathBuf::from);
+    let target = target_dir();
     let bin = target.join("fuzz/llm-cache-fuzz");
     let mut rest: Vec<String> = args.to_vec();
     if !rest.iter().any(|a| a == "--minutes" || a == "--seconds") {

@@ -63,10 +63,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// Deletes the lease if it is still ours, then wakes the waiters if one marked itself (WAIT):
-/// a release nobody waits for publishes nothing, so a storing miss costs no message to every
-/// replica. KEYS: lease, waiters mark. ARGV: token, channel, message.
-const RELEASE: &str = r"
+/// The release (the tail of RELEASE and STORE_RELEASE): deletes the lease if it is still ours,
+/// then wakes the waiters if one marked itself (WAIT): a release nobody waits for publishes
+/// nothing, so a storing miss costs no message to every replica.
+macro_rules! release_script {
+    () => {
+        r"
 local released = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   released = redis.call('DEL', KEYS[1])
@@ -74,25 +76,25 @@ end
 if redis.call('DEL', KEYS[2]) == 1 then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
-return released";
+return released"
+    };
+}
 
-/// The lease holder's write: the entry (`SET`, with `PX` unless ARGV[5] is 0), then RELEASE, in
-/// one round trip. KEYS: lease, waiters mark, entry (one slot). ARGV: token, channel, message,
-/// value, milliseconds.
-const STORE_RELEASE: &str = r"
+/// Releases the lease. KEYS: lease, waiters mark. ARGV: token, channel, message.
+const RELEASE: &str = release_script!();
+
+/// The lease holder's write: the entry (`SET`, with `PX` unless ARGV[5] is 0), then the
+/// release, in one round trip. KEYS: lease, waiters mark, entry (one slot). ARGV: token,
+/// channel, message, value, milliseconds.
+const STORE_RELEASE: &str = concat!(
+    r"
 if ARGV[5] == '0' then
   redis.call('SET', KEYS[3], ARGV[4])
 else
   redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-end
-local released = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  released = redis.call('DEL', KEYS[1])
-end
-if redis.call('DEL', KEYS[2]) == 1 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-return released";
+end",
+    release_script!()
+);
 
 /// A waiter marks itself while the lease is held (1), so its release publishes; 0: the lease
 /// is free. KEYS: lease, waiters mark. ARGV: the mark's lifetime in milliseconds.

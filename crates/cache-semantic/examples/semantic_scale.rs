@@ -4,7 +4,7 @@
 //! `docs/benchmarks.md`. Not in CI.
 //!
 //! ```text
-//! semantic_scale [--n N] [--dims 64,384] [--queries Q] [--port P] [--efs 10,64]
+//! semantic_scale [--n N] [--dims 64,384] [--queries Q] [--port P] [--efs 10,128]
 //! ```
 //! Vectors are clustered like embeddings of related prompts (a few thousand topic centres, each
 //! entry its centre plus noise, normalised), stored through `RedisSemanticBackend::store` (the
@@ -94,7 +94,7 @@ async fn main() {
     let mut queries: u64 = 300;
     let mut port: u16 = 17701;
     // RediSearch's default EF_RUNTIME and ours (`redis_semantic_ef_runtime`).
-    let mut efs = vec![10usize, 64];
+    let mut efs = vec![10usize, 128];
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));

@@ -41,9 +41,10 @@ const NAME: &str = "redis-semantic";
 /// LiteLLM's default index name.
 pub const DEFAULT_INDEX_NAME: &str = "litellm_semantic_cache_index";
 /// Default `EF_RUNTIME` of the HNSW search (RediSearch's own default is 10): the candidate list
-/// the search keeps. Measured at 1 M entries of 64 dimensions, RediSearch's 10 finds the exact
-/// nearest neighbour for 95.0 % of paraphrase queries (docs/benchmarks.md).
-pub const DEFAULT_EF_RUNTIME: usize = 64;
+/// the search keeps. Measured at 1 M entries of 384 dimensions, RediSearch's 10 finds the exact
+/// nearest neighbour for 74 % of paraphrase queries, 64 for 96 %, 128 for 99 % (p99 1.25 ms);
+/// see docs/benchmarks.md.
+pub const DEFAULT_EF_RUNTIME: usize = 128;
 /// Highest `redis_semantic_ef_runtime` accepted.
 pub const MAX_EF_RUNTIME: usize = 4096;
 /// Keys removed per `UNLINK` and documents fetched per `FT.SEARCH` page in `clear`.
