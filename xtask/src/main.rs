@@ -91,6 +91,22 @@ fn target_dir() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root().join("target"), PathBuf::from)
 }
 
+/// Builds the `llm-cache` binary in the release profile; returns its path.
+fn release_proxy() -> Result<PathBuf, String> {
+    run(
+        "cargo build --release -p llm-cache-proxy",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "llm-cache-proxy",
+            "--bin",
+            "llm-cache",
+        ]),
+    )?;
+    Ok(target_dir().join("release/llm-cache"))
+}
+
 /// Whether a test service answers.
 fn service_up(name: &str) -> bool {
     services_script(name, "status")
@@ -331,17 +347,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         // --memory-bound ITEMS --disk-memory BYTES --settle SECS --dir DIR.
         "scale" => {
             ensure_services(&["redis", "redis-cluster", "redis-stack"])?;
-            run(
-                "cargo build --release (proxy and the scale bench)",
-                cargo().args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "llm-cache-proxy",
-                    "--bin",
-                    "llm-cache",
-                ]),
-            )?;
+            let proxy = release_proxy()?;
             run(
                 "cargo build --release -p llm-cache --example scale",
                 cargo().args([
@@ -360,7 +366,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                 "a million entries per backend",
                 Command::new(target.join("release/examples/scale"))
                     .arg("--proxy")
-                    .arg(target.join("release/llm-cache"))
+                    .arg(&proxy)
                     .args(args.iter().skip(1)),
             )?;
             run(
@@ -442,19 +448,7 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
             .map(String::from)
             .to_vec();
     }
-    run(
-        "cargo build --release -p llm-cache-proxy",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "llm-cache-proxy",
-            "--bin",
-            "llm-cache",
-        ]),
-    )?;
-    let target = target_dir();
-    let bin = target.join("release/llm-cache");
+    let bin = release_proxy()?;
     let venv = root.join(".bench/venv");
     let py = venv.join("bin/python");
     let has = |module: &str| {
@@ -483,7 +477,7 @@ fn bench_proxy(args: &[String]) -> Result<(), String> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let out = target.join(format!("bench-proxy-{stamp}"));
+    let out = target_dir().join(format!("bench-proxy-{stamp}"));
     let script = root.join("bench/proxy_bench.sh");
     let pinned = |c: &mut Command| {
         if pin {

@@ -267,34 +267,43 @@ async fn a_broken_coordinator_fails_open() {
     );
 }
 
+/// A stores `req`'s answer, B reads it into its L1 (checked); returns the key.
+async fn stored_by_a_in_l1_of_b(
+    a: &Cache,
+    b: &Cache,
+    req: &Value,
+    upstream: &AtomicUsize,
+) -> String {
+    call(a, req, upstream).await;
+    a.flush(Duration::from_secs(1)).await.unwrap();
+    call(b, req, upstream).await;
+    let (_, status) = call(b, req, upstream).await;
+    assert!(
+        matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
+        "{status:?}"
+    );
+    a.prepare(
+        CallKind::Chat,
+        req,
+        &CacheControl::none(),
+        &Default::default(),
+    )
+    .unwrap()
+    .key()
+    .unwrap()
+    .as_str()
+    .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_reach_every_l1_and_l1_is_off_while_deaf() {
     let f = fleet(2, true);
     let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let upstream = AtomicUsize::new(0);
     let req = request("inv");
-    call(a, &req, &upstream).await;
-    a.flush(Duration::from_secs(1)).await.unwrap();
-    call(b, &req, &upstream).await;
-    let (_, status) = call(b, &req, &upstream).await;
-    assert!(
-        matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
-        "{status:?}"
-    );
+    let key = stored_by_a_in_l1_of_b(a, b, &req, &upstream).await;
 
     // A delete on A reaches B's L1.
-    let key = a
-        .prepare(
-            CallKind::Chat,
-            &req,
-            &CacheControl::none(),
-            &Default::default(),
-        )
-        .unwrap()
-        .key()
-        .unwrap()
-        .as_str()
-        .to_owned();
     assert_eq!(a.delete(&[key]).await.unwrap(), 1);
     let (_, status) = call(b, &req, &upstream).await;
     assert!(matches!(status, CacheStatus::Miss { .. }), "{status:?}");
@@ -345,26 +354,7 @@ async fn a_failed_delete_still_invalidates_the_other_replicas() {
     let (a, b) = (&f.replicas[0], &f.replicas[1]);
     let upstream = AtomicUsize::new(0);
     let req = request("failed delete");
-    call(a, &req, &upstream).await;
-    a.flush(Duration::from_secs(1)).await.unwrap();
-    call(b, &req, &upstream).await;
-    let (_, status) = call(b, &req, &upstream).await;
-    assert!(
-        matches!(status, CacheStatus::Hit { tier: Tier::L1, .. }),
-        "{status:?}"
-    );
-    let key = a
-        .prepare(
-            CallKind::Chat,
-            &req,
-            &CacheControl::none(),
-            &Default::default(),
-        )
-        .unwrap()
-        .key()
-        .unwrap()
-        .as_str()
-        .to_owned();
+    let key = stored_by_a_in_l1_of_b(a, b, &req, &upstream).await;
     f.hub.deletes_fail.store(true, Ordering::SeqCst);
     assert!(a.delete(&[key]).await.is_err(), "the failure is reported");
     let (_, status) = call(b, &req, &upstream).await;
