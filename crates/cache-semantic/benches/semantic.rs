@@ -28,8 +28,9 @@ use cache_core::semantic::{
 };
 use cache_core::{Bytes, CallKind};
 use cache_redis::RedisConfig;
-use cache_semantic::guard::{self, GuardConfig};
+use cache_semantic::guard::{self, GuardConfig, Relation};
 use cache_semantic::redis::{RedisSemanticBackend, RedisSemanticConfig};
+use cache_semantic::verify::REPEAT_FLOOR;
 use cache_semantic::{
     EncodingFormat, GuardReason, HttpEmbedder, HttpEmbedderConfig, LocalEmbedder,
     MemorySemanticBackend, MemorySemanticConfig, SemanticCache, SemanticConfig,
@@ -86,8 +87,8 @@ fn chat(text: &str) -> Value {
 /// verdicts (default, strict). Also the mean guard time per check.
 struct Scored {
     sim: Vec<f32>,
-    guard: Vec<Option<GuardReason>>,
-    strict: Vec<Option<GuardReason>>,
+    guard: Vec<Result<Relation, GuardReason>>,
+    strict: Vec<Result<Relation, GuardReason>>,
     guard_ns: f64,
     embed_us: f64,
 }
@@ -115,11 +116,11 @@ async fn score(embedder: Arc<dyn Embedder>, pairs: &[Pair]) -> Result<Scored, St
     }
     let guard: Vec<_> = pairs
         .iter()
-        .map(|p| guard::check(&p.b, &p.a, GuardConfig::default()).err())
+        .map(|p| guard::check(&p.b, &p.a, GuardConfig::default()))
         .collect();
     let strict: Vec<_> = pairs
         .iter()
-        .map(|p| guard::check(&p.b, &p.a, GuardConfig::strict()).err())
+        .map(|p| guard::check(&p.b, &p.a, GuardConfig::strict()))
         .collect();
     let start = Instant::now();
     let rounds = 20;
@@ -154,13 +155,19 @@ enum Mode {
     Strict,
 }
 
+/// What the layer serves: with the guard, a repeat (the verifier's alignment) down to
+/// `REPEAT_FLOOR`, anything else it passes at the threshold.
 fn hit(s: &Scored, i: usize, t: f32, mode: Mode) -> bool {
-    s.sim[i] >= t
-        && match mode {
-            Mode::Off => true,
-            Mode::Guard => s.guard[i].is_none(),
-            Mode::Strict => s.strict[i].is_none(),
-        }
+    let verdict = match mode {
+        Mode::Off => return s.sim[i] >= t,
+        Mode::Guard => s.guard[i],
+        Mode::Strict => s.strict[i],
+    };
+    match verdict {
+        Ok(Relation::Repeat) => s.sim[i] >= t.min(REPEAT_FLOOR),
+        Ok(Relation::Similar) => s.sim[i] >= t,
+        Err(_) => false,
+    }
 }
 
 struct Rates {
@@ -297,7 +304,7 @@ fn quality_report(out: &mut String, name: &str, pairs: &[Pair], s: &Scored) {
     }
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, p) in pairs.iter().enumerate() {
-        if let Some(r) = s.guard[i] {
+        if let Err(r) = s.guard[i] {
             *reasons
                 .entry(if p.same { "should-hit" } else { "trap" })
                 .or_default() += 1;

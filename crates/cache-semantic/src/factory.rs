@@ -109,9 +109,7 @@ impl BackendFactory for LocalSemanticFactory {
     }
 
     async fn build(&self, _: &str, params: &Params, _: &BuildContext) -> Result<SharedBackend> {
-        Ok(Arc::new(MemoryBackend::new(MemoryConfig::from_params(
-            params,
-        )?)))
+        Ok(Arc::new(MemoryBackend::new(local_exact_config(params)?)))
     }
 
     async fn build_semantic(
@@ -128,6 +126,21 @@ impl BackendFactory for LocalSemanticFactory {
         let backend = Arc::new(MemorySemanticBackend::new(bounds));
         layer(params, backend, embedder(params, key, ctx)?).map(Some)
     }
+}
+
+/// The exact tier of `local-semantic`: sized like the semantic index (`semantic_cache_max_entries`,
+/// default 100 000) unless `max_size_in_memory` says otherwise. With `type: local`'s default of
+/// 200 items, an exact repeat of an older question fell through to the semantic index.
+fn local_exact_config(params: &Params) -> Result<MemoryConfig> {
+    let config = MemoryConfig::from_params(params)?;
+    if params.u64("max_size_in_memory")?.is_some() {
+        return Ok(config);
+    }
+    let entries = match params.u64("semantic_cache_max_entries")? {
+        Some(n) => n.max(1),
+        None => MemorySemanticConfig::default().max_entries as u64,
+    };
+    Ok(config.with_max_items(Some(entries)))
 }
 
 /// `type: redis-semantic`: a RediSearch vector index, the exact tier on the same Redis.
@@ -269,6 +282,35 @@ impl BackendFactory for QdrantSemanticFactory {
         };
         let backend = crate::qdrant::QdrantBackend::from_params(&params).await?;
         layer(&params, Arc::new(backend), embedder).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod local_tests {
+    use super::*;
+
+    fn params(v: serde_json::Value) -> Params {
+        match v {
+            serde_json::Value::Object(m) => Params::new(m, "cache_params"),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn local_semantic_sizes_its_exact_tier_like_its_index() {
+        let default = local_exact_config(&params(serde_json::json!({}))).unwrap();
+        assert_eq!(default.max_items, Some(100_000));
+        let sized = local_exact_config(&params(serde_json::json!({
+            "semantic_cache_max_entries": 5000
+        })))
+        .unwrap();
+        assert_eq!(sized.max_items, Some(5000));
+        let explicit = local_exact_config(&params(serde_json::json!({
+            "semantic_cache_max_entries": 5000,
+            "max_size_in_memory": 300
+        })))
+        .unwrap();
+        assert_eq!(explicit.max_items, Some(300));
     }
 }
 

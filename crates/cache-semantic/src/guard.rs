@@ -28,6 +28,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::OnceLock;
 
+use crate::verify;
+pub use crate::verify::Relation;
+
 /// Which checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -77,6 +80,12 @@ pub enum GuardReason {
     Entities,
     /// One substituted content word.
     WordSwap,
+    /// The same words in an order that swaps their roles (the verifier).
+    Order,
+    /// A different possessor or person, or `self-` (the verifier).
+    Scope,
+    /// Two members of one closed set of alternatives (the verifier).
+    Contrast,
 }
 
 impl GuardReason {
@@ -87,6 +96,9 @@ impl GuardReason {
             GuardReason::Negation => "negation",
             GuardReason::Entities => "entities",
             GuardReason::WordSwap => "word-swap",
+            GuardReason::Order => "order",
+            GuardReason::Scope => "scope",
+            GuardReason::Contrast => "contrast",
         }
     }
 }
@@ -99,12 +111,16 @@ pub struct Features {
     words: BTreeSet<String>,
     entities: BTreeSet<String>,
     content: Vec<String>,
+    /// Per content word: whether it stands where a verb stands (see [`verb_position`]).
+    verb_slot: Vec<bool>,
+    text: verify::Text,
 }
 
 const NEGATIONS: &[&str] = &[
     "not", "no", "non", "never", "without", "none", "nobody", "nothing", "nowhere", "neither",
-    "nor", "cannot", "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont",
-    "wouldnt", "shouldnt", "couldnt", "hasnt", "havent", "hadnt", "mustnt", "neednt", "aint",
+    "nor", "avoid", "cannot", "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt",
+    "werent", "wont", "wouldnt", "shouldnt", "couldnt", "hasnt", "havent", "hadnt", "mustnt",
+    "neednt", "aint",
 ];
 
 /// Antonym pairs whose swap reverses the question (compared on the words present in only one
@@ -160,6 +176,19 @@ const ANTONYMS: &[(&str, &str)] = &[
     ("login", "logout"),
     ("sign", "unsign"),
     ("accept", "reject"),
+    ("pass", "fail"),
+    ("succeed", "fail"),
+    ("compulsory", "optional"),
+    ("mandatory", "optional"),
+    ("required", "optional"),
+    ("grant", "revoke"),
+    ("approve", "deny"),
+    ("approve", "decline"),
+    ("deposit", "withdraw"),
+    ("add", "withdraw"),
+    ("allow", "block"),
+    ("include", "omit"),
+    ("before", "since"),
     ("accept", "decline"),
     ("approve", "reject"),
     ("true", "false"),
@@ -303,7 +332,7 @@ const STOPWORDS: &[&str] = &[
     "what", "whats", "which", "who", "whom", "whose", "when", "where", "why", "how", "can",
     "could", "would", "should", "will", "shall", "may", "might", "must", "there", "here", "so",
     "some", "any", "get", "please", "id", "im", "ive", "like", "want", "need", "know", "tell",
-    "there", "just", "also", "too", "very", "way", "up", "out",
+    "there", "just", "also", "too", "very", "way", "up", "out", "much", "many",
 ];
 
 /// The word lists as hash sets, built once.
@@ -341,7 +370,7 @@ fn number_word(w: &str) -> Option<&'static str> {
 
 /// Folds simple English plurals so `weekends`/`weekend` and `drawbacks`/`drawback` compare
 /// equal; never shortens words of three letters or fewer.
-fn fold(w: &str) -> String {
+pub(crate) fn fold(w: &str) -> String {
     if w.len() > 4 && w.ends_with("ies") {
         return format!("{}y", &w[..w.len() - 3]);
     }
@@ -351,13 +380,13 @@ fn fold(w: &str) -> String {
     w.to_owned()
 }
 
-struct Token<'a> {
-    raw: &'a str,
-    sentence_start: bool,
+pub(crate) struct Token<'a> {
+    pub(crate) raw: &'a str,
+    pub(crate) sentence_start: bool,
 }
 
 /// Splits into word tokens (letters, digits, inner apostrophes and commas between digits).
-fn tokens(text: &str) -> Vec<Token<'_>> {
+pub(crate) fn tokens(text: &str) -> Vec<Token<'_>> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     let mut sentence_start = true;
@@ -418,6 +447,7 @@ impl Features {
         let lex = lexicon();
         let mut f = Features::default();
         let mut negations = 0usize;
+        let mut previous: Option<String> = None;
         for t in tokens(text) {
             let lower: String = t
                 .raw
@@ -462,17 +492,22 @@ impl Features {
             }
             if !has_digit && !lex.stopwords.contains(lower.as_str()) && !is_negation(&lower) {
                 f.content.push(folded.clone());
+                f.verb_slot.push(verb_position(previous.as_deref()));
             }
+            previous = Some(lower.clone());
             f.words.insert(folded);
         }
         f.negated = negations > 0;
+        f.text = verify::Text::of(text);
         f
     }
 
-    /// Compares with a candidate's features: `Err` names the first difference found.
-    pub fn compare(&self, other: &Features, config: GuardConfig) -> Result<(), GuardReason> {
+    /// Compares with a candidate's features: `Err` names the first difference found; `Ok`
+    /// says whether the candidate is a repeat of the request ([`Relation::Repeat`], served
+    /// below the threshold) or only similar. With the guard off every candidate is similar.
+    pub fn compare(&self, other: &Features, config: GuardConfig) -> Result<Relation, GuardReason> {
         if !config.enabled {
-            return Ok(());
+            return Ok(Relation::Similar);
         }
         if self.numbers != other.numbers {
             return Err(GuardReason::Numbers);
@@ -486,15 +521,19 @@ impl Features {
         if !self.entities.is_subset(&other.words) || !other.entities.is_subset(&self.words) {
             return Err(GuardReason::Entities);
         }
-        if config.word_swap && one_word_swapped(&self.content, &other.content) {
+        let relation = verify::relate(&self.text, &other.text)?;
+        if relation == Relation::Similar
+            && let Some((i, j)) = one_word_swapped(&self.content, &other.content)
+            && (config.word_swap || !(self.verb_slot[i] && other.verb_slot[j]))
+        {
             return Err(GuardReason::WordSwap);
         }
-        Ok(())
+        Ok(relation)
     }
 }
 
 /// Checks two texts (convenience for [`Features::of`] + [`Features::compare`]).
-pub fn check(request: &str, candidate: &str, config: GuardConfig) -> Result<(), GuardReason> {
+pub fn check(request: &str, candidate: &str, config: GuardConfig) -> Result<Relation, GuardReason> {
     Features::of(request).compare(&Features::of(candidate), config)
 }
 
@@ -516,7 +555,7 @@ fn polarity_flip(a: &BTreeSet<String>, b: &BTreeSet<String>) -> bool {
             if negates(x, y) || negates(y, x) {
                 return true;
             }
-            if lexicon().antonyms.contains(&(x, y)) {
+            if base_forms(x).any(|x| base_forms(y).any(|y| lexicon().antonyms.contains(&(x, y)))) {
                 return true;
             }
         }
@@ -524,22 +563,89 @@ fn polarity_flip(a: &BTreeSet<String>, b: &BTreeSet<String>) -> bool {
     false
 }
 
-/// Whether the content words differ by exactly one substitution that is not a spelling variant.
-fn one_word_swapped(a: &[String], b: &[String]) -> bool {
-    if a.len() != b.len() || a.is_empty() {
-        return false;
+/// A word and the stems its regular inflections leave (`approved` → `approve`, `approv`;
+/// `rejected` → `reject`; `closing` → `clos`, `close`), so one antonym pair covers its forms.
+fn base_forms(w: &str) -> impl Iterator<Item = &str> {
+    let ed = w.strip_suffix("ed").filter(|s| s.len() >= 3);
+    let d = w
+        .strip_suffix('d')
+        .filter(|_| w.ends_with("ed") && w.len() >= 5);
+    let ing = w.strip_suffix("ing").filter(|s| s.len() >= 3);
+    std::iter::once(w).chain(ed).chain(d).chain(ing)
+}
+
+/// Whether the content words differ by exactly one substitution that is not a spelling variant:
+/// the positions of the two substituted words.
+fn one_word_swapped(a: &[String], b: &[String]) -> Option<(usize, usize)> {
+    if a.is_empty() || b.is_empty() {
+        return None;
     }
-    let mut only_a: Vec<&String> = a.iter().filter(|w| !b.contains(w)).collect();
-    let mut only_b: Vec<&String> = b.iter().filter(|w| !a.contains(w)).collect();
-    only_a.dedup();
-    only_b.dedup();
-    if only_a.len() != 1 || only_b.len() != 1 {
-        return false;
+    // A substitution keeps every other content word in its place: one span of one or two
+    // words differs (`home`/`car` insurance, `pad thai`/`green curry`, `flight`/`package
+    // holiday` booking); a pure insertion is not a substitution.
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+    // Nothing kept is a rewording, not a substitution.
+    if ma.is_empty() || mb.is_empty() || ma.len() > 2 || mb.len() > 2 || prefix + suffix == 0 {
+        return None;
     }
-    let (x, y) = (only_a[0], only_b[0]);
-    let allowed = (x.chars().count().max(y.chars().count()) / 4).max(1);
-    // Damerau-Levenshtein (optimal string alignment) distance.
-    strsim::osa_distance(x, y) > allowed
+    if ma.iter().any(|w| b.contains(w)) || mb.iter().any(|w| a.contains(w)) {
+        return None;
+    }
+    if ma.len() == 1 && mb.len() == 1 {
+        let (x, y) = (&ma[0], &mb[0]);
+        let (lx, ly) = (x.chars().count(), y.chars().count());
+        // A spelling variant (Damerau-Levenshtein, optimal string alignment) or another form
+        // of the same stem (`agent`/`agency`, `form`/`formation`) is not a swap.
+        let allowed = (lx.max(ly) / 4).max(1);
+        let common = x.chars().zip(y.chars()).take_while(|(p, q)| p == q).count();
+        let same_stem = common >= 4 && common + 2 >= lx.min(ly);
+        if strsim::osa_distance(x, y) <= allowed || same_stem {
+            return None;
+        }
+    }
+    Some((prefix, prefix))
+}
+
+/// Words after which English puts a verb: subject pronouns, modals and auxiliaries, the
+/// infinitive `to`; the first word of an imperative. A substituted verb usually rewords the
+/// question (`update`/`change` my address); a substituted noun or adjective changes what it is
+/// about (`home`/`car` insurance), so only the latter is rejected by default.
+fn verb_position(previous: Option<&str>) -> bool {
+    previous.is_none_or(|p| {
+        matches!(
+            p,
+            "i" | "you"
+                | "be"
+                | "we"
+                | "they"
+                | "he"
+                | "she"
+                | "to"
+                | "can"
+                | "could"
+                | "do"
+                | "does"
+                | "did"
+                | "will"
+                | "would"
+                | "should"
+                | "shall"
+                | "must"
+                | "may"
+                | "might"
+                | "please"
+                | "cant"
+                | "dont"
+                | "wont"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -676,25 +782,96 @@ mod tests {
     }
 
     #[test]
-    fn word_swap_is_opt_in() {
-        let (a, b) = (
-            "What does my home insurance cover?",
-            "What does my car insurance cover?",
-        );
-        assert_eq!(check(a, b, GuardConfig::default()), Ok(()));
+    fn a_swapped_noun_is_rejected_a_swapped_verb_only_when_strict() {
+        // The object of the question changes: rejected by default.
+        for (a, b) in [
+            (
+                "What does my home insurance cover?",
+                "What does my car insurance cover?",
+            ),
+            (
+                "Do you offer discounts for students?",
+                "Do you offer discounts for charities?",
+            ),
+            (
+                "Does the pad thai contain peanuts?",
+                "Does the green curry contain peanuts?",
+            ),
+            (
+                "Can I cancel my flight booking?",
+                "Can I cancel my package holiday booking?",
+            ),
+        ] {
+            assert_eq!(rejects(a, b), Some(GuardReason::WordSwap), "{a} / {b}");
+        }
+        // The verb changes: a rewording, rejected only by the strict guard.
+        let (a, b) = ("How do I update my address?", "How do I change my address?");
+        assert_eq!(check(a, b, GuardConfig::default()), Ok(Relation::Similar));
         assert_eq!(
             check(a, b, GuardConfig::strict()),
             Err(GuardReason::WordSwap)
         );
-        // A typo is not a swap.
+        // Another form of the same stem, or a word moved rather than replaced, is no swap.
+        assert_eq!(
+            rejects(
+                "How do I report a repair to my letting agent?",
+                "How do I report a repair to my letting agency?"
+            ),
+            None
+        );
+        assert_eq!(
+            rejects(
+                "What's Mary's phone number?",
+                "What number can I reach Mary on?"
+            ),
+            None
+        );
+        // An added word is not a swap.
+        assert_eq!(
+            rejects(
+                "What's the minimum order for delivery?",
+                "What's the minimum order value for delivery?"
+            ),
+            None
+        );
+        // A typo is not a swap, even for the strict guard; it is a repeat.
         assert_eq!(
             check(
                 "How do I request a repeat prescription?",
                 "How do I reqest a repeat prescription?",
                 GuardConfig::strict()
             ),
-            Ok(())
+            Ok(Relation::Repeat)
         );
-        assert_eq!(check(a, b, GuardConfig::off()), Ok(()));
+        assert_eq!(check(a, b, GuardConfig::off()), Ok(Relation::Similar));
+    }
+
+    #[test]
+    fn inflected_antonyms_and_avoid_are_polarity() {
+        assert_eq!(
+            rejects(
+                "What if my claim is approved?",
+                "What if my claim is rejected?"
+            ),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            rejects(
+                "Which subjects are compulsory?",
+                "Which subjects are optional?"
+            ),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            rejects(
+                "Which painkillers can I take while pregnant?",
+                "Which painkillers should I avoid while pregnant?"
+            ),
+            Some(GuardReason::Negation)
+        );
+        assert_eq!(
+            base_forms("approved").collect::<Vec<_>>(),
+            ["approved", "approv", "approve"]
+        );
     }
 }

@@ -14,8 +14,9 @@ use cache_core::semantic::{
 use cache_core::{CacheError, Health, KeyBuilder, KeyContext, Result};
 
 use crate::embed::normalize;
-use crate::guard::{Features, GuardConfig, GuardReason};
+use crate::guard::{Features, GuardConfig, GuardReason, Relation};
 use crate::text::{EmbedMode, Extracted, extract};
+use crate::verify::REPEAT_FLOOR;
 
 /// Version tag of the scope hash: bumped when what goes into the scope changes.
 const SCOPE_TAG: &str = "llm-cache/semantic-scope/v1\n";
@@ -100,17 +101,20 @@ struct Counters {
     shadow_hits: AtomicU64,
     /// Similarity sum of shadow hits, in millionths.
     shadow_similarity_micros: AtomicU64,
-    guard: [AtomicU64; 4],
+    guard: [AtomicU64; GUARD_REASONS.len()],
     below_threshold: AtomicU64,
     stores: AtomicU64,
     embed_errors: AtomicU64,
 }
 
-const GUARD_REASONS: [GuardReason; 4] = [
+const GUARD_REASONS: [GuardReason; 7] = [
     GuardReason::Numbers,
     GuardReason::Negation,
     GuardReason::Entities,
     GuardReason::WordSwap,
+    GuardReason::Order,
+    GuardReason::Scope,
+    GuardReason::Contrast,
 ];
 
 fn reason_index(r: GuardReason) -> usize {
@@ -290,26 +294,39 @@ impl SemanticLayer for SemanticCache {
         let scope = self.scope(req, &e)?;
         let vector = self.vector(&e.text).await?;
         let threshold = self.threshold(req);
+        // A repeat of a cached question (the verifier's alignment: fillers, misspellings, a
+        // moved clause) is served below the threshold, down to REPEAT_FLOOR, unless the request
+        // asked for a higher bar itself.
+        let floor = if self.config.guard.enabled && req.min_similarity.is_none() {
+            threshold.min(REPEAT_FLOOR)
+        } else {
+            threshold
+        };
         let matches = self
             .backend
-            .search(&scope, &vector, threshold, self.config.candidates)
+            .search(&scope, &vector, floor, self.config.candidates)
             .await?;
-        if matches.is_empty() {
-            c.below_threshold.fetch_add(1, Relaxed);
-            return Ok(None);
-        }
         let features = Features::of(&e.text);
         let mut chosen = None;
+        let mut above = false;
         for m in matches {
             // Backends promise this; a misbehaving one must not lower the bar.
-            if m.similarity < threshold {
+            if m.similarity < floor {
                 continue;
             }
+            above |= m.similarity >= threshold;
             match features.compare(&Features::of(&m.prompt), self.config.guard) {
-                Ok(()) => {
+                Ok(Relation::Repeat) => {
                     chosen = Some(m);
                     break;
                 }
+                Ok(Relation::Similar) if m.similarity >= threshold => {
+                    chosen = Some(m);
+                    break;
+                }
+                Ok(Relation::Similar) => {}
+                // Below the threshold only a repeat could have been served: not a rejection.
+                Err(_) if m.similarity < threshold => {}
                 Err(reason) => {
                     c.guard[reason_index(reason)].fetch_add(1, Relaxed);
                     tracing::debug!(
@@ -320,6 +337,9 @@ impl SemanticLayer for SemanticCache {
                     );
                 }
             }
+        }
+        if chosen.is_none() && !above {
+            c.below_threshold.fetch_add(1, Relaxed);
         }
         let Some(m) = chosen else {
             return Ok(None);
@@ -501,6 +521,43 @@ mod tests {
         let ra = SemanticRequest::new(CallKind::Chat, &a, None, None, None).with_keys(&keys);
         let rb = SemanticRequest::new(CallKind::Chat, &b, None, None, None).with_keys(&keys);
         assert_ne!(scope(&c, &ra), scope(&c, &rb));
+    }
+
+    #[tokio::test]
+    async fn a_misspelt_repeat_is_served_below_the_threshold_and_a_trap_is_not() {
+        let c = cache(EmbedMode::LastUserMessage);
+        let stored = chat("s", "How do I request a repeat prescription?");
+        let req = |r| SemanticRequest::new(CallKind::Chat, r, None, None, None);
+        c.store(&req(&stored), Bytes::from_static(b"answer"), None)
+            .await
+            .unwrap();
+        // Two misspellings pull potion-base-2M's similarity far below 0.9.
+        let typo = chat("s", "how do i reqest a repeat perscription");
+        let hit = c
+            .lookup(&req(&typo))
+            .await
+            .unwrap()
+            .expect("a repeat is served");
+        assert_eq!(hit.value, Bytes::from_static(b"answer"));
+        assert!(hit.similarity < 0.9, "{}", hit.similarity);
+        // A per-request threshold applies to repeats too.
+        let strict = SemanticRequest::new(CallKind::Chat, &typo, None, None, Some(0.9));
+        assert!(c.lookup(&strict).await.unwrap().is_none());
+        // Someone else's prescription is not a repeat, whatever the similarity.
+        let trap = chat("s", "How do I request my son's repeat prescription?");
+        assert!(c.lookup(&req(&trap)).await.unwrap().is_none());
+        // Without the guard only the similarity counts.
+        let off = SemanticCache::new(
+            Arc::new(LocalEmbedder::potion_base_2m().expect("model")),
+            Arc::new(MemorySemanticBackend::default()),
+            SemanticConfig::new(0.9)
+                .expect("threshold")
+                .with_guard(GuardConfig::off()),
+        );
+        off.store(&req(&stored), Bytes::from_static(b"answer"), None)
+            .await
+            .unwrap();
+        assert!(off.lookup(&req(&typo)).await.unwrap().is_none());
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub mod redis;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod text;
+pub mod verify;
 
 #[cfg(feature = "qdrant-semantic")]
 pub mod qdrant;
@@ -87,7 +88,7 @@ pub use factory::LocalSemanticFactory;
 pub use factory::QdrantSemanticFactory;
 #[cfg(feature = "redis-semantic")]
 pub use factory::RedisSemanticFactory;
-pub use guard::{GuardConfig, GuardReason};
+pub use guard::{GuardConfig, GuardReason, Relation};
 pub use layer::{SemanticCache, SemanticConfig};
 pub use memory::{MemorySemanticBackend, MemorySemanticConfig};
 pub use text::EmbedMode;
