@@ -360,6 +360,12 @@ fn lexicon() -> &'static Lexicon {
     })
 }
 
+/// Whether a lowercase word is an English function word (the word-swap check ignores them;
+/// the verifier counts them to tell English from other languages).
+pub(crate) fn is_stopword(w: &str) -> bool {
+    lexicon().stopwords.contains(w)
+}
+
 fn is_negation(w: &str) -> bool {
     lexicon().negations.contains(w)
 }
@@ -524,7 +530,10 @@ impl Features {
         let relation = verify::relate(&self.text, &other.text)?;
         if relation == Relation::Similar
             && let Some((i, j)) = one_word_swapped(&self.content, &other.content)
-            && (config.word_swap || !(self.verb_slot[i] && other.verb_slot[j]))
+            && (config.word_swap
+                || (self.text.is_english()
+                    && other.text.is_english()
+                    && !(self.verb_slot[i] && other.verb_slot[j])))
         {
             return Err(GuardReason::WordSwap);
         }
@@ -844,6 +853,11 @@ mod tests {
             Ok(Relation::Repeat)
         );
         assert_eq!(check(a, b, GuardConfig::off()), Ok(Relation::Similar));
+        // Other languages: a substituted word is not rejected by default (no more than before).
+        assert_eq!(
+            rejects("¿Cómo cambio mi contraseña?", "¿Cómo cambio mi clave?"),
+            None
+        );
     }
 
     #[test]

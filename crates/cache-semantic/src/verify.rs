@@ -24,9 +24,9 @@
 //!
 //! Every rule is a general property of English questions, with a unit test of its own; none
 //! names a word of the benchmark's pairs. The verifier runs for every semantic backend.
-//! Texts in other languages have no English function words, fillers or closed sets, so only
-//! the order and misspelling rules can apply to them: it rejects no more than before, and a
-//! repeat is recognised only when the words match.
+//! The rules apply only when both texts read as English (a quarter of their words or more are
+//! English function words). Otherwise nothing is rejected — no more than before the verifier —
+//! and a repeat needs exactly the same words (case, punctuation and one moved block aside).
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -41,6 +41,16 @@ pub const REPEAT_FLOOR: f32 = 0.4;
 /// Longest text (in words) that is aligned; longer texts skip the order and repeat checks
 /// (never a repeat, never rejected for order), so the verifier stays within microseconds.
 const MAX_WORDS: usize = 96;
+
+/// English function words that are not also common words of other European languages (`a`,
+/// `in`, `to`, `do`, `die`, `no` are): one of them, or English function words for a fifth of
+/// the words or more, and a text reads as English.
+const ENGLISH_MARKERS: &[&str] = &[
+    "the", "what", "whats", "how", "hows", "can", "cant", "does", "doesnt", "are", "my", "your",
+    "you", "and", "with", "which", "who", "when", "where", "why", "should", "would", "could",
+    "there", "this", "that", "from", "have", "did", "our", "their", "they", "been", "into",
+    "about", "im", "ive", "dont",
+];
 
 /// Most misspelt words in a repeat: more, and two different real words one letter apart
 /// (`price` / `prize`) become likelier than typing slips.
@@ -264,6 +274,8 @@ pub struct Text {
     contrasts: Vec<(usize, String)>,
     /// Names (capitalised words not starting a sentence, acronyms), lowercase, in order.
     names: Vec<String>,
+    /// Reads as English (see [`ENGLISH_MARKERS`]).
+    english: bool,
 }
 
 impl Text {
@@ -275,6 +287,7 @@ impl Text {
         let mut persons = 0u8;
         let mut has_self = false;
         let mut names: Vec<String> = Vec::new();
+        let (mut function_words, mut all_words, mut marked) = (0usize, 0usize, false);
         for t in guard::tokens(text) {
             let upper = t.raw.chars().filter(|c| c.is_uppercase()).count();
             let capitalised = t.raw.chars().next().is_some_and(char::is_uppercase);
@@ -296,6 +309,9 @@ impl Text {
                 .filter(|c| *c != '\'' && *c != '\u{2019}')
                 .flat_map(char::to_lowercase)
                 .collect();
+            all_words += 1;
+            function_words += usize::from(guard::is_stopword(&lower));
+            marked |= ENGLISH_MARKERS.contains(&lower.as_str());
             // Contrast sets: the whole word (`check-in` has no entry, `full-time` has), and
             // each part of a hyphenated compound (`check-in` → `in`).
             let whole = guard::fold(&lower);
@@ -363,7 +379,13 @@ impl Text {
             has_self,
             contrasts,
             names,
+            english: marked || (all_words > 0 && function_words * 5 >= all_words),
         }
+    }
+
+    /// Whether the text reads as English (the English-only rules apply to it).
+    pub fn is_english(&self) -> bool {
+        self.english
     }
 }
 
@@ -398,6 +420,20 @@ pub fn same_word(a: &str, b: &str) -> bool {
 
 /// Compares a request with a candidate: `Err` names a difference that changes the question.
 pub fn relate(a: &Text, b: &Text) -> Result<Relation, GuardReason> {
+    if !(a.english && b.english) {
+        // Other languages: no English rule applies, nothing is rejected; a repeat needs the
+        // same words exactly (case, punctuation and one moved block aside).
+        let exact = a.words.len() == b.words.len()
+            && !a.long
+            && !b.long
+            && !a.words.is_empty()
+            && block_move(&a.words, &b.words) == Some(0);
+        return Ok(if exact {
+            Relation::Repeat
+        } else {
+            Relation::Similar
+        });
+    }
     // Scope: possessors, persons, `self`.
     if a.has_self != b.has_self {
         return Err(GuardReason::Scope);
@@ -721,6 +757,24 @@ mod tests {
 
     #[test]
     fn other_languages_are_left_alone() {
+        // Swapped words, a swapped possessor-like form, misspellings: never rejected, and a
+        // misspelling is not a repeat.
+        assert_eq!(
+            relate_texts(
+                "Wie fahre ich von Berlin nach Hamburg?",
+                "Wie fahre ich von Hamburg nach Berlin?"
+            ),
+            Ok(Relation::Similar)
+        );
+        assert_eq!(
+            relate_texts(
+                "Comment annuler ma commande ?",
+                "Comment anuler ma commande ?"
+            ),
+            Ok(Relation::Similar)
+        );
+        assert!(!Text::of("Comment annuler ma commande ?").is_english());
+        assert!(Text::of("Convert USD to GBP").is_english());
         assert_eq!(
             relate_texts(
                 "Wie kann ich mein Passwort zurücksetzen?",
