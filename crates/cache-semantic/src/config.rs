@@ -36,6 +36,57 @@ use crate::guard::GuardConfig;
 use crate::layer::SemanticConfig;
 use crate::text::EmbedMode;
 
+/// Environment variable naming the all-MiniLM-L6-v2 folder (`config.json`, `tokenizer.json`,
+/// `model.safetensors`). Default: `$HOME/.cache/llm-cache/all-MiniLM-L6-v2`.
+pub const MINILM_DIR_ENV: &str = "LLM_CACHE_BERT_MODEL_DIR";
+
+/// Names that select all-MiniLM-L6-v2 from [`MINILM_DIR_ENV`] (feature `bert`).
+pub const MINILM_ALIASES: &[&str] = &[
+    "minilm",
+    "all-MiniLM-L6-v2",
+    "sentence-transformers/all-MiniLM-L6-v2",
+];
+
+/// Where all-MiniLM-L6-v2's files are looked for: [`MINILM_DIR_ENV`], else
+/// `$HOME/.cache/llm-cache/all-MiniLM-L6-v2`.
+pub fn minilm_dir(env: impl Fn(&str) -> Option<String>) -> Option<std::path::PathBuf> {
+    if let Some(dir) = env(MINILM_DIR_ENV).filter(|d| !d.trim().is_empty()) {
+        return Some(dir.into());
+    }
+    env("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/llm-cache/all-MiniLM-L6-v2"))
+}
+
+/// The embedder `local-semantic` uses when none is configured: all-MiniLM-L6-v2 when this build
+/// has the feature `bert` and the model's files are in [`minilm_dir`] (it separates paraphrases
+/// from traps best: docs/benchmarks.md), else the bundled potion-base-2M. `None` when neither
+/// is available (a build without `local-model` and `bert`).
+///
+/// # Errors
+/// [`CacheError::Config`] when the folder holds `model.safetensors` but does not load.
+pub fn local_default_embedder(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Arc<dyn Embedder>>> {
+    let dir = minilm_dir(env).filter(|d| d.join("model.safetensors").exists());
+    #[cfg(feature = "bert")]
+    if let Some(dir) = &dir {
+        let e = crate::embed::BertEmbedder::from_folder(dir)?;
+        tracing::info!(folder = %dir.display(), "local-semantic embeds with all-MiniLM-L6-v2");
+        return Ok(Some(Arc::new(e)));
+    }
+    #[cfg(not(feature = "bert"))]
+    if let Some(dir) = &dir {
+        tracing::info!(
+            folder = %dir.display(),
+            "all-MiniLM-L6-v2 files found, but this build has no `bert` feature: \
+             local-semantic uses the bundled potion-base-2M"
+        );
+    }
+    #[cfg(feature = "local-model")]
+    return Ok(Some(Arc::new(LocalEmbedder::potion_base_2m()?)));
+    #[cfg(not(feature = "local-model"))]
+    Ok(None)
+}
+
 /// Resolves an embedding model name to an endpoint (the proxy's `model_list`). `None`: not a
 /// known name, use the parameters. The one endpoint type is `cache-core`'s.
 pub use cache_core::semantic::EmbeddingResolver;
@@ -160,6 +211,36 @@ pub fn embedder_with_env(
     if LocalEmbedder::ALIASES.contains(&model.as_str()) {
         return Ok(Arc::new(LocalEmbedder::potion_base_2m()?));
     }
+    if MINILM_ALIASES.contains(&model.as_str()) {
+        let dir = minilm_dir(&env).ok_or_else(|| {
+            params.error(
+                model_key,
+                format!("`{model}`: set {MINILM_DIR_ENV} to its folder"),
+            )
+        })?;
+        #[cfg(feature = "bert")]
+        return crate::embed::BertEmbedder::from_folder(&dir)
+            .map(|e| Arc::new(e) as Arc<dyn Embedder>)
+            .map_err(|e| {
+                params.error(
+                    model_key,
+                    format!(
+                        "{e} (put all-MiniLM-L6-v2's config.json, tokenizer.json and \
+                         model.safetensors there, or set {MINILM_DIR_ENV}: see \
+                         docs/backends/semantic.md)"
+                    ),
+                )
+            });
+        #[cfg(not(feature = "bert"))]
+        return Err(params.error(
+            model_key,
+            format!(
+                "`{model}` ({}) needs the cargo feature `bert` of cache-semantic, which this \
+                 build does not have",
+                dir.display()
+            ),
+        ));
+    }
     if let Some(folder) = model.strip_prefix("bert/") {
         #[cfg(feature = "bert")]
         return crate::embed::BertEmbedder::from_folder(Path::new(folder))
@@ -228,6 +309,58 @@ mod tests {
             serde_json::Value::Object(m) => Params::new(m, "cache_params"),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn local_semantic_defaults_to_minilm_only_where_its_files_are() {
+        let empty =
+            std::env::temp_dir().join(format!("llm-cache-no-minilm-{}", std::process::id()));
+        let env = |dir: std::path::PathBuf| {
+            move |k: &str| (k == MINILM_DIR_ENV).then(|| dir.display().to_string())
+        };
+        assert_eq!(
+            minilm_dir(env(empty.clone())).as_deref(),
+            Some(empty.as_path())
+        );
+        assert_eq!(
+            minilm_dir(|k| (k == "HOME").then(|| "/home/u".to_owned())),
+            Some("/home/u/.cache/llm-cache/all-MiniLM-L6-v2".into())
+        );
+        // No files: the bundled model (in builds that have it).
+        let e = local_default_embedder(env(empty.clone())).expect("no error");
+        #[cfg(feature = "local-model")]
+        assert_eq!(e.expect("bundled").model(), LocalEmbedder::POTION_BASE_2M);
+        #[cfg(not(feature = "local-model"))]
+        assert!(e.is_none());
+        // A folder whose weights do not load is a clear error in builds that can load them.
+        let broken =
+            std::env::temp_dir().join(format!("llm-cache-bad-minilm-{}", std::process::id()));
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join("model.safetensors"), b"not a model").unwrap();
+        let r = local_default_embedder(env(broken.clone()));
+        #[cfg(feature = "bert")]
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("llm-cache-bad-minilm")),
+            "{:?}",
+            r.as_ref().map(|e| e.as_ref().map(|e| e.model().to_owned()))
+        );
+        #[cfg(not(feature = "bert"))]
+        assert!(r.is_ok());
+        // Named explicitly and missing: the error says where it looked and how to set it.
+        let err = embedder_with_env(
+            &params(json!({"semantic_cache_embedding_model": "minilm"})),
+            "semantic_cache_embedding_model",
+            None,
+            env(empty.clone()),
+        )
+        .err()
+        .expect("no files")
+        .to_string();
+        assert!(err.contains("semantic_cache_embedding_model"), "{err}");
+        #[cfg(feature = "bert")]
+        assert!(err.contains(MINILM_DIR_ENV), "{err}");
+        std::fs::remove_dir_all(&broken).unwrap();
     }
 
     #[test]

@@ -124,7 +124,18 @@ impl BackendFactory for LocalSemanticFactory {
             bounds = bounds.with_max_entries(n as usize);
         }
         let backend = Arc::new(MemorySemanticBackend::new(bounds));
-        layer(params, backend, embedder(params, key, ctx)?).map(Some)
+        let configured = params.string(key)?.is_some_and(|m| !m.trim().is_empty());
+        let default = if configured {
+            None
+        } else {
+            config::local_default_embedder(|k| std::env::var(k).ok())?
+        };
+        // Configured, or no default in this build (the generic path names what to configure).
+        let embedder = match default {
+            Some(e) => e,
+            None => embedder(params, key, ctx)?,
+        };
+        layer(params, backend, embedder).map(Some)
     }
 }
 

@@ -136,3 +136,36 @@ fn minilm_matches_sentence_transformers_reference_scores() {
         }
     });
 }
+
+/// `local-semantic` with no embedding model configured picks all-MiniLM-L6-v2 when its files
+/// are in `LLM_CACHE_BERT_MODEL_DIR`, and the verifier serves a misspelt repeat below the
+/// documented threshold for MiniLM (0.75) while rejecting a swapped possessor.
+#[test]
+#[ignore = "needs the minilm test service: `cargo xtask services up minilm`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
+fn local_semantic_defaults_to_minilm_when_its_files_are_there() {
+    runtime().block_on(async {
+        let Some(dir) = model_dir() else { return };
+        let path = dir.display().to_string();
+        let env = |k: &str| (k == cache_semantic::config::MINILM_DIR_ENV).then(|| path.clone());
+        let embedder = cache_semantic::config::local_default_embedder(env)
+            .expect("loads")
+            .expect("an embedder");
+        assert_eq!(embedder.model(), "bert/all-MiniLM-L6-v2");
+        let layer = SemanticCache::new(
+            embedder,
+            Arc::new(MemorySemanticBackend::default()),
+            SemanticConfig::new(0.75).expect("threshold"),
+        );
+        let ask = |q: &str| json!({"model": "m", "messages": [{"role": "user", "content": q}]});
+        let req = |v| SemanticRequest::new(CallKind::Chat, v, None, Some("default"), None);
+        let stored = ask("How do I renew my parking permit?");
+        layer
+            .store(&req(&stored), Bytes::from_static(b"{}"), None)
+            .await
+            .expect("store");
+        let typo = ask("hi, how do i renew my parkng permmit please");
+        assert!(layer.lookup(&req(&typo)).await.expect("lookup").is_some());
+        let other = ask("How do I renew my neighbour's parking permit?");
+        assert!(layer.lookup(&req(&other)).await.expect("lookup").is_none());
+    });
+}
