@@ -273,6 +273,10 @@ pub struct SemanticStats {
     pub no_text: u64,
     /// Hits served.
     pub hits: u64,
+    /// Of the hits (or, in shadow mode, of the would-be hits), those below the similarity
+    /// threshold: a repeat of a cached question (misspelt, reworded by fillers, a moved clause)
+    /// that the layer's own check recognised.
+    pub repeat_hits: u64,
     /// Would-be hits not served because shadow mode is on.
     pub shadow_hits: u64,
     /// Sum of the similarities of the shadow hits (mean = sum / count).

@@ -91,6 +91,9 @@ struct Scored {
     strict: Vec<Result<Relation, GuardReason>>,
     guard_ns: f64,
     embed_us: f64,
+    /// Whole lookups through the layer (embedding, search over every cached `a`, checks):
+    /// p50 and p99.
+    lookup: (Duration, Duration),
 }
 
 async fn score(embedder: Arc<dyn Embedder>, pairs: &[Pair]) -> Result<Scored, String> {
@@ -139,12 +142,43 @@ async fn score(embedder: Arc<dyn Embedder>, pairs: &[Pair]) -> Result<Scored, St
             .map_err(|e| e.to_string())?;
     }
     let embed_us = start.elapsed().as_secs_f64() * 1e6 / texts.len() as f64;
+    // The cost a user pays per request: every `a` cached in one scope, each `b` looked up
+    // through the layer with the default guard (sequential, so wall time ≈ CPU time for an
+    // in-process embedder).
+    let served = SemanticCache::new(
+        embedder.clone(),
+        Arc::new(MemorySemanticBackend::default()),
+        SemanticConfig::new(0.75).map_err(|e| e.to_string())?,
+    );
+    for p in pairs {
+        let a = chat(&p.a);
+        let r = SemanticRequest::new(CallKind::Chat, &a, None, Some("cost"), None);
+        served
+            .store(&r, Bytes::from_static(b"{}"), None)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut times = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        // A text never embedded before, so the vector memo does not help.
+        let b = chat(&format!("{} (cost)", p.b));
+        let r = SemanticRequest::new(CallKind::Chat, &b, None, Some("cost"), None);
+        let start = Instant::now();
+        std::hint::black_box(served.lookup(&r).await.map_err(|e| e.to_string())?);
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    let lookup = (
+        times[times.len() / 2],
+        times[(times.len() * 99 / 100).min(times.len() - 1)],
+    );
     Ok(Scored {
         sim,
         guard,
         strict,
         guard_ns,
         embed_us,
+        lookup,
     })
 }
 
@@ -204,10 +238,13 @@ fn quality_report(out: &mut String, name: &str, pairs: &[Pair], s: &Scored) {
     let neg = pairs.len() - pos;
     let _ = writeln!(
         out,
-        "\n### Quality: {name}\n\n{} pairs ({pos} should-hit, {neg} traps). Embedding: {:.1} µs per text (one text per call, including HTTP for a remote model). Guard: {:.2} µs per candidate check.\n",
+        "\n### Quality: {name}\n\n{} pairs ({pos} should-hit, {neg} traps). Embedding: {:.1} µs per text (one text per call, including HTTP for a remote model). Guard and verifier: {:.2} µs per candidate check (both texts analysed). A whole lookup through the layer (embedding, search over the {} cached questions, checks): p50 {}, p99 {}.\n",
         pairs.len(),
         s.embed_us,
-        s.guard_ns / 1000.0
+        s.guard_ns / 1000.0,
+        pairs.len(),
+        fmt_d(s.lookup.0),
+        fmt_d(s.lookup.1)
     );
     let _ = writeln!(
         out,

@@ -9,7 +9,7 @@
 //! | `semantic_cache_embedding_timeout` | deadline of the embedding call *and* of the whole semantic lookup (seconds) | 1 |
 //! | `semantic_cache_embedding_max_input_tokens` | longest text embedded (≈ 4 characters a token) | no limit |
 //! | `semantic_embed_all_messages` | embed every message (LiteLLM) instead of the last user message | false |
-//! | `semantic_guard` | `true` / `false` / `strict` (adds the word-swap check) | true |
+//! | `semantic_guard` | `true` / `false` / `strict` (the guard and verifier; `strict` also rejects a substituted verb) | true |
 //! | `semantic_shadow_mode` | count and log would-be hits, serve none | false |
 //! | `semantic_cache_scope` | LiteLLM's `key` / `end_user`: both accepted; the tenant partition and the request's `user` are always in the scope | `key` |
 //!
@@ -354,8 +354,7 @@ mod tests {
             None,
             env(empty.clone()),
         )
-        .err()
-        .expect("no files")
+        .expect_err("no files")
         .to_string();
         assert!(err.contains("semantic_cache_embedding_model"), "{err}");
         #[cfg(feature = "bert")]

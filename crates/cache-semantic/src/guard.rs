@@ -795,20 +795,20 @@ mod tests {
         // The object of the question changes: rejected by default.
         for (a, b) in [
             (
-                "What does my home insurance cover?",
-                "What does my car insurance cover?",
+                "What does my pet insurance cover?",
+                "What does my travel insurance cover?",
             ),
             (
-                "Do you offer discounts for students?",
-                "Do you offer discounts for charities?",
+                "Do you offer discounts for teachers?",
+                "Do you offer discounts for nurses?",
             ),
             (
-                "Does the pad thai contain peanuts?",
-                "Does the green curry contain peanuts?",
+                "Does the chicken tikka contain nuts?",
+                "Does the vegetable korma contain nuts?",
             ),
             (
-                "Can I cancel my flight booking?",
-                "Can I cancel my package holiday booking?",
+                "Can I change my hotel booking?",
+                "Can I change my car hire booking?",
             ),
         ] {
             assert_eq!(rejects(a, b), Some(GuardReason::WordSwap), "{a} / {b}");
@@ -823,31 +823,31 @@ mod tests {
         // Another form of the same stem, or a word moved rather than replaced, is no swap.
         assert_eq!(
             rejects(
-                "How do I report a repair to my letting agent?",
-                "How do I report a repair to my letting agency?"
+                "Who do I call at my insurance agent?",
+                "Who do I call at my insurance agency?"
             ),
             None
         );
         assert_eq!(
             rejects(
-                "What's Mary's phone number?",
-                "What number can I reach Mary on?"
+                "What's Tom's email address?",
+                "What address can I email Tom at?"
             ),
             None
         );
         // An added word is not a swap.
         assert_eq!(
             rejects(
-                "What's the minimum order for delivery?",
-                "What's the minimum order value for delivery?"
+                "What's the minimum spend for free shipping?",
+                "What's the minimum spend amount for free shipping?"
             ),
             None
         );
         // A typo is not a swap, even for the strict guard; it is a repeat.
         assert_eq!(
             check(
-                "How do I request a repeat prescription?",
-                "How do I reqest a repeat prescription?",
+                "How do I register my warranty?",
+                "How do I regster my warranty?",
                 GuardConfig::strict()
             ),
             Ok(Relation::Repeat)
@@ -864,22 +864,22 @@ mod tests {
     fn inflected_antonyms_and_avoid_are_polarity() {
         assert_eq!(
             rejects(
-                "What if my claim is approved?",
-                "What if my claim is rejected?"
+                "What happens if my visa is approved?",
+                "What happens if my visa is rejected?"
             ),
             Some(GuardReason::Negation)
         );
         assert_eq!(
             rejects(
-                "Which subjects are compulsory?",
-                "Which subjects are optional?"
+                "Are the workshops compulsory?",
+                "Are the workshops optional?"
             ),
             Some(GuardReason::Negation)
         );
         assert_eq!(
             rejects(
-                "Which painkillers can I take while pregnant?",
-                "Which painkillers should I avoid while pregnant?"
+                "Which foods can I eat while breastfeeding?",
+                "Which foods should I avoid while breastfeeding?"
             ),
             Some(GuardReason::Negation)
         );

@@ -99,6 +99,7 @@ struct Counters {
     no_text: AtomicU64,
     hits: AtomicU64,
     shadow_hits: AtomicU64,
+    repeat_hits: AtomicU64,
     /// Similarity sum of shadow hits, in millionths.
     shadow_similarity_micros: AtomicU64,
     guard: [AtomicU64; GUARD_REASONS.len()],
@@ -329,12 +330,22 @@ impl SemanticLayer for SemanticCache {
                 Err(_) if m.similarity < threshold => {}
                 Err(reason) => {
                     c.guard[reason_index(reason)].fetch_add(1, Relaxed);
-                    tracing::debug!(
-                        backend = self.backend.name(),
-                        similarity = m.similarity,
-                        reason = reason.as_str(),
-                        "semantic candidate rejected by the guard"
-                    );
+                    if self.config.shadow_mode {
+                        // Shadow mode is for measuring: say what the checks keep out.
+                        tracing::info!(
+                            backend = self.backend.name(),
+                            similarity = m.similarity,
+                            reason = reason.as_str(),
+                            "semantic candidate rejected by the guard (shadow mode)"
+                        );
+                    } else {
+                        tracing::debug!(
+                            backend = self.backend.name(),
+                            similarity = m.similarity,
+                            reason = reason.as_str(),
+                            "semantic candidate rejected by the guard"
+                        );
+                    }
                 }
             }
         }
@@ -344,6 +355,9 @@ impl SemanticLayer for SemanticCache {
         let Some(m) = chosen else {
             return Ok(None);
         };
+        if m.similarity < threshold {
+            c.repeat_hits.fetch_add(1, Relaxed);
+        }
         if self.config.shadow_mode {
             c.shadow_hits.fetch_add(1, Relaxed);
             c.shadow_similarity_micros
@@ -407,6 +421,7 @@ impl SemanticLayer for SemanticCache {
         s.no_text = c.no_text.load(Relaxed);
         s.hits = c.hits.load(Relaxed);
         s.shadow_hits = c.shadow_hits.load(Relaxed);
+        s.repeat_hits = c.repeat_hits.load(Relaxed);
         s.shadow_similarity_sum = c.shadow_similarity_micros.load(Relaxed) as f64 / 1e6;
         s.guard_rejections = GUARD_REASONS
             .iter()
@@ -526,13 +541,13 @@ mod tests {
     #[tokio::test]
     async fn a_misspelt_repeat_is_served_below_the_threshold_and_a_trap_is_not() {
         let c = cache(EmbedMode::LastUserMessage);
-        let stored = chat("s", "How do I request a repeat prescription?");
+        let stored = chat("s", "How do I register my warranty?");
         let req = |r| SemanticRequest::new(CallKind::Chat, r, None, None, None);
         c.store(&req(&stored), Bytes::from_static(b"answer"), None)
             .await
             .unwrap();
         // Two misspellings pull potion-base-2M's similarity far below 0.9.
-        let typo = chat("s", "how do i reqest a repeat perscription");
+        let typo = chat("s", "how do i regster my warrenty");
         let hit = c
             .lookup(&req(&typo))
             .await
@@ -540,11 +555,12 @@ mod tests {
             .expect("a repeat is served");
         assert_eq!(hit.value, Bytes::from_static(b"answer"));
         assert!(hit.similarity < 0.9, "{}", hit.similarity);
+        assert_eq!(c.stats().expect("stats").repeat_hits, 1);
         // A per-request threshold applies to repeats too.
         let strict = SemanticRequest::new(CallKind::Chat, &typo, None, None, Some(0.9));
         assert!(c.lookup(&strict).await.unwrap().is_none());
-        // Someone else's prescription is not a repeat, whatever the similarity.
-        let trap = chat("s", "How do I request my son's repeat prescription?");
+        // Someone else's warranty is not a repeat, whatever the similarity.
+        let trap = chat("s", "How do I register my son's warranty?");
         assert!(c.lookup(&req(&trap)).await.unwrap().is_none());
         // Without the guard only the similarity counts.
         let off = SemanticCache::new(

@@ -566,30 +566,30 @@ mod tests {
     fn fillers_case_punctuation_and_auxiliaries_make_a_repeat() {
         for (a, b) in [
             (
-                "How do I update my payment card?",
-                "how do i update my payment card",
+                "How do I change my delivery address?",
+                "how do i change my delivery address",
             ),
-            ("Do you sell gift vouchers?", "DO YOU SELL GIFT VOUCHERS??"),
+            ("Do you ship to Norway?", "DO YOU SHIP TO NORWAY??"),
+            ("How do I reset my router?", "How can I reset my router?"),
             (
-                "How do I renew my library books?",
-                "How can I renew my library books?",
-            ),
-            (
-                "Where is the lost property office?",
-                "Where's the lost property office?",
-            ),
-            ("I can't log in to my bank", "I cannot log in to my bank"),
-            (
-                "How do I fix a dripping tap?",
-                "okay so um how do i fix a dripping tap",
+                "Where is the nearest bike shop?",
+                "Where's the nearest bike shop?",
             ),
             (
-                "How do I check my data usage?",
-                "Hi, quick question: how do I check my data usage? Thanks in advance",
+                "I can't open the attachment",
+                "I cannot open the attachment",
             ),
             (
-                "How do I request a repeat prescription?",
-                "How do I reqest a repeat perscription?",
+                "How do I descale a coffee machine?",
+                "okay so um how do i descale a coffee machine",
+            ),
+            (
+                "How do I export my contacts?",
+                "Hi, quick question: how do I export my contacts? Thanks in advance",
+            ),
+            (
+                "How do I register my warranty?",
+                "How do I regster my warrenty?",
             ),
         ] {
             assert_eq!(relate_texts(a, b), Ok(Relation::Repeat), "{a} / {b}");
@@ -600,22 +600,22 @@ mod tests {
     fn a_moved_block_is_a_repeat() {
         assert_eq!(
             relate_texts(
-                "How do I set up voicemail on my phone?",
-                "On my phone, how do I set up voicemail?"
+                "How do I enable subtitles on my television?",
+                "On my television, how do I enable subtitles?"
             ),
             Ok(Relation::Repeat)
         );
         assert_eq!(
             relate_texts(
-                "Are your electricians Part P registered?",
-                "Are your electricians registered Part P?"
+                "Are your drivers fully insured?",
+                "Are your drivers insured fully?"
             ),
             Ok(Relation::Repeat)
         );
         assert_eq!(
             relate_texts(
-                "Can I add my partner to my car insurance policy?",
-                "To my car insurance policy, can I add my partner?"
+                "Can I bring my dog to the hotel bar?",
+                "To the hotel bar, can I bring my dog?"
             ),
             Ok(Relation::Repeat)
         );
@@ -671,8 +671,8 @@ mod tests {
         );
         assert_eq!(
             relate_texts(
-                "How long from Heathrow to Paddington?",
-                "What's the journey time between Heathrow and Paddington?"
+                "How long from Bristol to Bath by train?",
+                "What's the train journey time between Bristol and Bath?"
             ),
             Ok(Relation::Similar)
         );
@@ -682,38 +682,38 @@ mod tests {
     fn a_change_of_possessor_or_person_is_rejected() {
         assert_eq!(
             relate_texts(
-                "How do I reset my password?",
-                "How do I reset my colleague's password?"
+                "How do I change my email address?",
+                "How do I change my manager's email address?"
             ),
             Err(GuardReason::Scope)
         );
         assert_eq!(
             relate_texts(
-                "How do I reset my password?",
-                "How do I reset her password?"
+                "How do I change my email address?",
+                "How do I change her email address?"
             ),
             Err(GuardReason::Scope)
         );
         assert_eq!(
             relate_texts(
-                "Can I claim tax relief if I'm employed?",
-                "Can I claim tax relief if I'm self-employed?"
+                "What expenses can I deduct if I'm employed?",
+                "What expenses can I deduct if I'm self-employed?"
             ),
             Err(GuardReason::Scope)
         );
         // The possessor written without its apostrophe is still the same word.
         assert_eq!(
             relate_texts(
-                "How do I get my child's exam results?",
-                "so how do i get my childs exam results"
+                "Where can I see my daughter's school report?",
+                "so where can i see my daughters school report"
             ),
             Ok(Relation::Repeat)
         );
         // `my` and no possessive at all: not a change of person.
         assert_eq!(
             relate_texts(
-                "How can I cancel my table reservation?",
-                "How do I cancel a table reservation?"
+                "How can I cancel my gym membership?",
+                "How do I cancel a gym membership?"
             ),
             Ok(Relation::Similar)
         );
@@ -722,7 +722,10 @@ mod tests {
     #[test]
     fn members_of_a_closed_set_are_rejected() {
         for (a, b) in [
-            ("What's the check-in time?", "What's the check-out time?"),
+            (
+                "What time is check-in at the hostel?",
+                "What time is check-out at the hostel?",
+            ),
             ("How do I opt in to emails?", "How do I opt out of emails?"),
             (
                 "Do you have the shirt in red?",
@@ -738,12 +741,12 @@ mod tests {
                 "How much is the monthly pass?",
             ),
             (
-                "Can I file an online tax return?",
-                "Can I file a paper tax return?",
+                "Can I submit an online application?",
+                "Can I submit a paper application?",
             ),
             (
-                "Can I get a same-day appointment?",
-                "Can I get a next-day appointment?",
+                "Do you offer same-day delivery?",
+                "Do you offer next-day delivery?",
             ),
         ] {
             assert_eq!(relate_texts(a, b), Err(GuardReason::Contrast), "{a} / {b}");

@@ -609,6 +609,11 @@ fn encode_semantic(enc: &mut DescriptorEncoder<'_>, s: &SemanticStats) -> fmt::R
             s.shadow_hits,
         ),
         (
+            "llm_cache_semantic_repeat_hits_total",
+            "Semantic hits (or shadow hits) below the threshold: repeats the verifier recognised.",
+            s.repeat_hits,
+        ),
+        (
             "llm_cache_semantic_below_threshold_total",
             "Semantic lookups with no candidate above the similarity threshold.",
             s.below_threshold,
@@ -691,6 +696,7 @@ mod tests {
         s.no_text = 1;
         s.hits = 2;
         s.shadow_hits = 3;
+        s.repeat_hits = 2;
         s.shadow_similarity_sum = 2.75;
         s.guard_rejections = vec![("numbers", 4), ("negation", 1)];
         s.below_threshold = 5;
@@ -952,6 +958,7 @@ mod tests {
         assert_eq!(v("llm_cache_semantic_no_text_total", &[]), 1.0);
         assert_eq!(v("llm_cache_semantic_hits_total", &[]), 2.0);
         assert_eq!(v("llm_cache_semantic_shadow_hits_total", &[]), 3.0);
+        assert_eq!(v("llm_cache_semantic_repeat_hits_total", &[]), 2.0);
         assert_eq!(v("llm_cache_semantic_below_threshold_total", &[]), 5.0);
         assert_eq!(v("llm_cache_semantic_stores_total", &[]), 6.0);
         assert_eq!(v("llm_cache_semantic_embedding_errors_total", &[]), 8.0);
@@ -1054,6 +1061,7 @@ mod tests {
                 "# TYPE llm_cache_semantic_no_text_total counter",
                 "# TYPE llm_cache_semantic_hits_total counter",
                 "# TYPE llm_cache_semantic_shadow_hits_total counter",
+                "# TYPE llm_cache_semantic_repeat_hits_total counter",
                 "# TYPE llm_cache_semantic_below_threshold_total counter",
                 "# TYPE llm_cache_semantic_stores_total counter",
                 "# TYPE llm_cache_semantic_embedding_errors_total counter",
