@@ -107,6 +107,39 @@ fn release_proxy() -> Result<PathBuf, String> {
     Ok(target_dir().join("release/llm-cache"))
 }
 
+/// The labelled pairs through the real proxy (`bench/semantic_proxy.py`), at the recommended
+/// thresholds: `local-semantic` with all-MiniLM-L6-v2 (the `minilm` service's files) at 0.75
+/// and with the bundled potion-base-2M at 0.8. Appended to `target/bench-semantic.md`.
+fn semantic_through_proxy() -> Result<(), String> {
+    let proxy = release_proxy()?;
+    let report = root().join("target/bench-semantic.md");
+    let minilm = root().join(".test-services/minilm/all-MiniLM-L6-v2");
+    for (threshold, model_dir) in [("0.75", Some(&minilm)), ("0.8", None)] {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&report)
+            .map_err(|e| format!("{}: {e}", report.display()))?;
+        let mut c = Command::new("python3");
+        c.arg(root().join("bench/semantic_proxy.py"))
+            .arg("--bin")
+            .arg(&proxy)
+            .arg("--pairs")
+            .arg(root().join("bench/data/semantic-pairs-dev.jsonl"))
+            .args(["--threshold", threshold])
+            .stdout(out);
+        if let Some(dir) = model_dir {
+            c.arg("--model-dir").arg(dir);
+        }
+        run(
+            &format!("semantic pairs through the proxy at {threshold}"),
+            &mut c,
+        )?;
+    }
+    eprintln!("report appended to {}", report.display());
+    Ok(())
+}
+
 /// Whether a test service answers.
 fn service_up(name: &str) -> bool {
     services_script(name, "status")
@@ -340,7 +373,8 @@ fn bench(args: &[String]) -> Result<(), String> {
                     "--bench",
                     "semantic",
                 ]),
-            )
+            )?;
+            semantic_through_proxy()
         }
         // A million entries per backend, then RediSearch at a million vectors (docs/benchmarks.md).
         // Extra args go to the first example: --n N --backends memory,disk,redis,cluster

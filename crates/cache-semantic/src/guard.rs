@@ -615,7 +615,9 @@ fn one_word_swapped(a: &[String], b: &[String]) -> Option<(usize, usize)> {
         let allowed = (lx.max(ly) / 4).max(1);
         let common = x.chars().zip(y.chars()).take_while(|(p, q)| p == q).count();
         let same_stem = common >= 4 && common + 2 >= lx.min(ly);
-        if strsim::osa_distance(x, y) <= allowed || same_stem {
+        let misspelt = strsim::osa_distance(x, y) <= allowed
+            && !(verify::is_known_word(x) && verify::is_known_word(y));
+        if misspelt || same_stem {
             return None;
         }
     }
@@ -834,6 +836,14 @@ mod tests {
                 "What address can I email Tom at?"
             ),
             None
+        );
+        // Two real words a letter apart are a swap, not a misspelling.
+        assert_eq!(
+            rejects(
+                "Which dessert is best in summer?",
+                "Which desert is best in summer?"
+            ),
+            Some(GuardReason::WordSwap)
         );
         // An added word is not a swap.
         assert_eq!(

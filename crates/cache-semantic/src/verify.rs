@@ -399,12 +399,37 @@ pub enum Relation {
     Similar,
 }
 
+/// English words (see `assets/english-words.txt`), loaded once.
+fn english_words() -> &'static HashSet<&'static str> {
+    static WORDS: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    WORDS.get_or_init(|| {
+        include_str!("../assets/english-words.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect()
+    })
+}
+
+/// Whether a lowercase word (or its plural-folded form) is a known English word.
+pub fn is_known_word(w: &str) -> bool {
+    let words = english_words();
+    words.contains(w)
+        || words.contains(format!("{w}s").as_str())
+        || words.contains(format!("{w}es").as_str())
+        || w.strip_suffix('y')
+            .is_some_and(|stem| words.contains(format!("{stem}ies").as_str()))
+}
+
 /// Whether two words are the same word, allowing a misspelling: one edit (optimal string
 /// alignment) in words of five letters or more, two in words of nine or more, same first
-/// letter, never between two numbers.
+/// letter, never between two numbers, and never between two known English words (`desert` /
+/// `dessert` are two words, `reqest` / `request` one).
 pub fn same_word(a: &str, b: &str) -> bool {
     if a == b {
         return true;
+    }
+    if is_known_word(a) && is_known_word(b) {
+        return false;
     }
     let (la, lb) = (a.chars().count(), b.chars().count());
     let shorter = la.min(lb);
@@ -560,6 +585,11 @@ mod tests {
         assert!(!same_word("lower", "power"));
         assert!(!same_word("10000", "10001"));
         assert!(!same_word("austria", "australia"));
+        // Two real words one letter apart are two words, not a misspelling.
+        assert!(!same_word("desert", "dessert"));
+        assert!(!same_word("former", "farmer"));
+        assert!(!same_word("prices", "prizes"));
+        assert!(is_known_word("request") && !is_known_word("reqest"));
     }
 
     #[test]
