@@ -28,7 +28,7 @@
 //! English function words). Otherwise nothing is rejected — no more than before the verifier —
 //! and a repeat needs exactly the same words (case, punctuation and one moved block aside).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use crate::guard::{self, GuardReason};
@@ -232,7 +232,7 @@ struct Lexicon {
     first: HashSet<&'static str>,
     third: HashSet<&'static str>,
     /// Word → indices of the contrast sets it belongs to.
-    contrast: Vec<(&'static str, usize)>,
+    contrast: HashMap<&'static str, Vec<usize>>,
 }
 
 fn lexicon() -> &'static Lexicon {
@@ -242,11 +242,15 @@ fn lexicon() -> &'static Lexicon {
         ignorable: IGNORABLE.iter().copied().collect(),
         first: FIRST_PERSON.iter().copied().collect(),
         third: THIRD_PERSON.iter().copied().collect(),
-        contrast: CONTRAST_SETS
-            .iter()
-            .enumerate()
-            .flat_map(|(i, set)| set.iter().map(move |w| (*w, i)))
-            .collect(),
+        contrast: CONTRAST_SETS.iter().enumerate().fold(
+            HashMap::new(),
+            |mut m: HashMap<&'static str, Vec<usize>>, (i, set)| {
+                for w in *set {
+                    m.entry(*w).or_default().push(i);
+                }
+                m
+            },
+        ),
     })
 }
 
@@ -316,11 +320,15 @@ impl Text {
             // each part of a hyphenated compound (`check-in` → `in`).
             let whole = guard::fold(&lower);
             let parts: Vec<&str> = lower.split('-').filter(|p| !p.is_empty()).collect();
-            for (set_word, set) in &lex.contrast {
-                if *set_word == whole
-                    || (parts.len() > 1 && parts.iter().any(|p| guard::fold(p) == *set_word))
-                {
-                    contrasts.push((*set, (*set_word).to_owned()));
+            let mut member = |w: &str| {
+                if let Some((word, sets)) = lex.contrast.get_key_value(w) {
+                    contrasts.extend(sets.iter().map(|set| (*set, (*word).to_owned())));
+                }
+            };
+            member(&whole);
+            if parts.len() > 1 {
+                for p in &parts {
+                    member(&guard::fold(p));
                 }
             }
             for part in parts {
