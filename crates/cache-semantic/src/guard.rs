@@ -233,7 +233,6 @@ const NEGATING_PREFIXES: &[&str] = &["un", "dis", "in", "im", "il", "ir", "non",
 
 const NUMBER_WORDS: &[(&str, &str)] = &[
     ("zero", "0"),
-    ("once", "1"),
     ("first", "1"),
     ("two", "2"),
     ("twice", "2"),
@@ -524,7 +523,7 @@ impl Features {
         // An entity of one text must be a word of the other (case-insensitive): a name that
         // is swapped or added counts, a different capitalisation (`WHAT ARE...`, `fahrenheit`)
         // does not.
-        if !self.entities.is_subset(&other.words) || !other.entities.is_subset(&self.words) {
+        if !entities_match(self, other) || !entities_match(other, self) {
             return Err(GuardReason::Entities);
         }
         let relation = verify::relate(&self.text, &other.text)?;
@@ -539,6 +538,17 @@ impl Features {
         }
         Ok(relation)
     }
+}
+
+/// Whether every entity of `a` is a word of `b`. `today` and `tonight` name the default
+/// time of a question, so they may be missing from a text that names no time at all ("What time
+/// is the last train?" / "When's the last train tonight?").
+fn entities_match(a: &Features, b: &Features) -> bool {
+    let lex = lexicon();
+    let b_has_time = b.entities.iter().any(|e| lex.time.contains(e.as_str()));
+    a.entities
+        .iter()
+        .all(|e| b.words.contains(e) || (!b_has_time && matches!(e.as_str(), "today" | "tonight")))
 }
 
 /// Checks two texts (convenience for [`Features::of`] + [`Features::compare`]).
@@ -688,6 +698,18 @@ mod tests {
             Some(GuardReason::Numbers)
         );
         assert_eq!(rejects("after 2 years", "after two years"), None);
+        // `once` is a conjunction as often as a count: not a number.
+        assert_eq!(
+            rejects(
+                "How much leave do I get after 3 years?",
+                "What's my leave once I've worked here for three years?"
+            ),
+            None
+        );
+        assert_eq!(
+            rejects("Take it once a day", "Take it twice a day"),
+            Some(GuardReason::Numbers)
+        );
         assert_eq!(rejects("Convert 1,000 USD", "Convert 1000 USD"), None);
         assert_eq!(
             rejects("How do I turn on two-factor auth?", "How can I set up 2FA?"),
@@ -764,6 +786,28 @@ mod tests {
                 "Is weekend delivery available?"
             ),
             None
+        );
+        // Today is the default time of a question; another day is not.
+        assert_eq!(
+            rejects(
+                "What time does the last ferry leave?",
+                "When does the last ferry leave tonight?"
+            ),
+            None
+        );
+        assert_eq!(
+            rejects(
+                "When does the last ferry leave tomorrow?",
+                "When does the last ferry leave tonight?"
+            ),
+            Some(GuardReason::Entities)
+        );
+        assert_eq!(
+            rejects(
+                "What time does the last ferry leave?",
+                "When does the last ferry leave on Sunday?"
+            ),
+            Some(GuardReason::Entities)
         );
         // A capitalised first word is not an entity.
         assert_eq!(
