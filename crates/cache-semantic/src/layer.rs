@@ -297,8 +297,9 @@ impl SemanticLayer for SemanticCache {
         let threshold = self.threshold(req);
         // A repeat of a cached question (the verifier's alignment: fillers, misspellings, a
         // moved clause) is served below the threshold, down to REPEAT_FLOOR, unless the request
-        // asked for a higher bar itself.
-        let floor = if self.config.guard.enabled && req.min_similarity.is_none() {
+        // asked for a higher bar itself or the configuration asks for identical texts (1.0).
+        let floor = if self.config.guard.enabled && req.min_similarity.is_none() && threshold < 1.0
+        {
             threshold.min(REPEAT_FLOOR)
         } else {
             threshold
@@ -574,6 +575,18 @@ mod tests {
             .await
             .unwrap();
         assert!(off.lookup(&req(&typo)).await.unwrap().is_none());
+        // A threshold of 1 asks for identical texts: no repeat path either.
+        let identical = SemanticCache::new(
+            Arc::new(LocalEmbedder::potion_base_2m().expect("model")),
+            Arc::new(MemorySemanticBackend::default()),
+            SemanticConfig::new(1.0).expect("threshold"),
+        );
+        identical
+            .store(&req(&stored), Bytes::from_static(b"answer"), None)
+            .await
+            .unwrap();
+        assert!(identical.lookup(&req(&typo)).await.unwrap().is_none());
+        assert!(identical.lookup(&req(&stored)).await.unwrap().is_some());
     }
 
     #[test]
