@@ -365,6 +365,11 @@ pub(crate) fn is_stopword(w: &str) -> bool {
     lexicon().stopwords.contains(w)
 }
 
+/// Whether a text is written all in capitals (letters, but no lowercase one).
+pub(crate) fn is_shouting(text: &str) -> bool {
+    !text.chars().any(char::is_lowercase) && text.chars().any(char::is_uppercase)
+}
+
 fn is_negation(w: &str) -> bool {
     lexicon().negations.contains(w)
 }
@@ -453,6 +458,7 @@ impl Features {
         let mut f = Features::default();
         let mut negations = 0usize;
         let mut previous: Option<String> = None;
+        let shouting = is_shouting(text);
         for t in tokens(text) {
             let lower: String = t
                 .raw
@@ -486,12 +492,17 @@ impl Features {
             // Entities: capitalised words not at a sentence start, acronyms, time words.
             let first_upper = t.raw.chars().next().is_some_and(char::is_uppercase);
             let upper_count = t.raw.chars().filter(|c| c.is_uppercase()).count();
-            let is_acronym = upper_count >= 2 && !has_digit;
+            // In a text written all in capitals only short words that are not function words
+            // can be told for acronyms (`USD`, `NHS`; not `QUESTION` or `IN`).
+            let is_acronym = upper_count >= 2
+                && !has_digit
+                && (!shouting || (lower.len() <= 4 && !lex.stopwords.contains(lower.as_str())));
             let folded = fold(&lower);
             if lex.time.contains(folded.as_str())
                 || (!has_digit
                     && !lex.not_entities.contains(lower.as_str())
-                    && (is_acronym || (first_upper && !t.sentence_start)))
+                    && !verify::is_filler(&lower)
+                    && (is_acronym || (first_upper && !t.sentence_start && !shouting)))
             {
                 f.entities.insert(folded.clone());
             }
@@ -807,6 +818,22 @@ mod tests {
                 "What time does the last ferry leave?",
                 "When does the last ferry leave on Sunday?"
             ),
+            Some(GuardReason::Entities)
+        );
+        // A filler, or a long word, in capitals is not an acronym.
+        assert_eq!(
+            rejects("How do I book a table?", "UM SO HOW DO I BOOK A TABLE"),
+            None
+        );
+        assert_eq!(
+            rejects(
+                "How do I book a table?",
+                "HEY, QUICK QUESTION: HOW DO I BOOK A TABLE"
+            ),
+            None
+        );
+        assert_eq!(
+            rejects("CONVERT 100 USD TO GBP", "Convert 100 EUR to GBP"),
             Some(GuardReason::Entities)
         );
         // A capitalised first word is not an entity.

@@ -292,10 +292,12 @@ impl Text {
         let mut has_self = false;
         let mut names: Vec<String> = Vec::new();
         let (mut function_words, mut all_words, mut marked) = (0usize, 0usize, false);
+        let shouting = guard::is_shouting(text);
         for t in guard::tokens(text) {
             let upper = t.raw.chars().filter(|c| c.is_uppercase()).count();
             let capitalised = t.raw.chars().next().is_some_and(char::is_uppercase);
-            if (upper >= 2 || (capitalised && !t.sentence_start)) && t.raw != "I" {
+            // All in capitals, case tells nothing: no names.
+            if !shouting && (upper >= 2 || (capitalised && !t.sentence_start)) && t.raw != "I" {
                 let name = t.raw.to_lowercase();
                 if !names.contains(&name) {
                     names.push(name);
@@ -405,6 +407,12 @@ pub enum Relation {
     Repeat,
     /// Not a repeat, and no difference the verifier recognises: served at the threshold.
     Similar,
+}
+
+/// Whether a lowercase word is a filler or greeting (`um`, `so`, `hey`, `thanks`): never a
+/// name, even in capitals (`UM SO HOW DO I...`).
+pub fn is_filler(w: &str) -> bool {
+    lexicon().fillers.contains(w)
 }
 
 /// English words (see `assets/english-words.txt`), loaded once.

@@ -74,7 +74,7 @@ const fn info<T: Target>() -> TargetInfo {
 }
 
 /// Every target, in the order `all` runs them.
-pub static TARGETS: [TargetInfo; 7] = [
+pub static TARGETS: [TargetInfo; 8] = [
     info::<targets::directives::Directives>(),
     info::<targets::cache_control::CacheControlHeader>(),
     info::<targets::config::ConfigTarget>(),
@@ -82,6 +82,7 @@ pub static TARGETS: [TargetInfo; 7] = [
     info::<targets::sse::Sse>(),
     info::<targets::key::Key>(),
     info::<targets::embeddings::Embeddings>(),
+    info::<targets::semantic_guard::SemanticGuard>(),
 ];
 
 /// The target called `name`.

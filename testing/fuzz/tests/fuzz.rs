@@ -70,6 +70,11 @@ fn embeddings() {
 }
 
 #[test]
+fn semantic_guard() {
+    smoke("semantic_guard", 1500);
+}
+
+#[test]
 fn every_target_has_a_smoke_test_and_a_unique_name() {
     let names: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
     let mut sorted = names.clone();

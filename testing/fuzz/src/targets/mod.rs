@@ -6,4 +6,5 @@ pub mod directives;
 pub mod embeddings;
 pub mod envelope;
 pub mod key;
+pub mod semantic_guard;
 pub mod sse;
