@@ -8,7 +8,8 @@
 //!   case, punctuation, contractions (`what's` = `what is`), fillers and greetings (`hi`, `um`,
 //!   `please`, `thanks in advance`), articles and auxiliaries (`how do I` = `how can I`),
 //!   misspellings (`reqest` = `request`: one edit in a word of five letters or more, two from
-//!   nine, same first letter), and one moved block (`On my phone, how do I set up voicemail?`).
+//!   nine, same first letter, at most two words, never between two known English words such as
+//!   `desert` / `dessert`), and one moved block (`On my phone, how do I set up voicemail?`).
 //!   A repeat is served even when a misspelling pulled the embedding's similarity below the
 //!   threshold (down to [`REPEAT_FLOOR`]): for a static model one typo costs 0.2–0.4 of cosine.
 //! * **Does the difference change who or what the question is about?** Rejected, whatever the
@@ -24,9 +25,10 @@
 //!
 //! Every rule is a general property of English questions, with a unit test of its own; none
 //! names a word of the benchmark's pairs. The verifier runs for every semantic backend.
-//! The rules apply only when both texts read as English (a quarter of their words or more are
-//! English function words). Otherwise nothing is rejected — no more than before the verifier —
-//! and a repeat needs exactly the same words (case, punctuation and one moved block aside).
+//! The rules apply only when both texts read as English: a marker word such as `the`, `what`,
+//! `how` or `my`, or English function words for a fifth of their words or more. Otherwise
+//! nothing is rejected (no more than before the verifier), and a repeat needs exactly the same
+//! words (case, punctuation and one moved block aside).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
