@@ -54,6 +54,9 @@ const ENGLISH_MARKERS: &[&str] = &[
     "about", "im", "ive", "dont",
 ];
 
+/// Names kept per text for the order check (the first ones; bounded work on long prompts).
+const MAX_NAMES: usize = 32;
+
 /// Most misspelt words in a repeat: more, and two different real words one letter apart
 /// (`price` / `prize`) become likelier than typing slips.
 const MAX_MISSPELT: usize = 2;
@@ -301,7 +304,7 @@ impl Text {
             // All in capitals, case tells nothing: no names.
             if !shouting && (upper >= 2 || (capitalised && !t.sentence_start)) && t.raw != "I" {
                 let name = t.raw.to_lowercase();
-                if !names.contains(&name) {
+                if names.len() < MAX_NAMES && !names.contains(&name) {
                     names.push(name);
                 }
             }
@@ -537,6 +540,9 @@ fn same_bag(a: &[Word], b: &[Word]) -> bool {
     })
 }
 
+/// Most words a moved block may share with the edge of what it jumped over.
+const SHARED_EDGE: usize = 6;
+
 /// If `b` is `a` (same length) with at most one contiguous block moved elsewhere (`X Y Z W` →
 /// `X Z Y W`), the number of misspelt words; `None` otherwise.
 fn block_move(a: &[Word], b: &[Word]) -> Option<usize> {
@@ -555,9 +561,9 @@ fn block_move(a: &[Word], b: &[Word]) -> Option<usize> {
         .take_while(|(x, y)| eq(x, y))
         .count();
     // The moved block may share its first or last words with what it jumped over, so try
-    // every shorter prefix and suffix too (texts are short: at most MAX_WORDS words).
-    for p in 0..=prefix {
-        for s in 0..=suffix.min(n - p) {
+    // shorter prefixes and suffixes too, up to SHARED_EDGE words shorter (bounded work).
+    for p in (prefix.saturating_sub(SHARED_EDGE)..=prefix).rev() {
+        for s in (suffix.saturating_sub(SHARED_EDGE)..=suffix.min(n - p)).rev() {
             let (am, bm) = (&a[p..n - s], &b[p..n - s]);
             let m = am.len();
             for k in 1..m {
