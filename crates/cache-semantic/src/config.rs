@@ -300,11 +300,12 @@ pub fn embedder_with_env(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn params(v: serde_json::Value) -> Params {
+    /// `cache_params` from a JSON object (shared with the factory's tests).
+    pub(crate) fn params(v: serde_json::Value) -> Params {
         match v {
             serde_json::Value::Object(m) => Params::new(m, "cache_params"),
             _ => unreachable!(),

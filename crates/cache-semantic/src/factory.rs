@@ -299,13 +299,7 @@ impl BackendFactory for QdrantSemanticFactory {
 #[cfg(test)]
 mod local_tests {
     use super::*;
-
-    fn params(v: serde_json::Value) -> Params {
-        match v {
-            serde_json::Value::Object(m) => Params::new(m, "cache_params"),
-            _ => unreachable!(),
-        }
-    }
+    use crate::config::tests::params;
 
     #[test]
     fn local_semantic_sizes_its_exact_tier_like_its_index() {
