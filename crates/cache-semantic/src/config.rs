@@ -56,6 +56,28 @@ pub fn minilm_dir(env: impl Fn(&str) -> Option<String>) -> Option<std::path::Pat
     env("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/llm-cache/all-MiniLM-L6-v2"))
 }
 
+/// Loads a BERT model folder once per process: every cache built from it (one per tenant, one
+/// per configuration reload) shares the weights instead of holding its own copy.
+#[cfg(feature = "bert")]
+fn load_bert(dir: &Path) -> Result<crate::embed::BertEmbedder> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static LOADED: OnceLock<Mutex<HashMap<std::path::PathBuf, crate::embed::BertEmbedder>>> =
+        OnceLock::new();
+    let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let loaded = LOADED.get_or_init(Default::default);
+    if let Some(e) = loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(e.clone());
+    }
+    // Loading takes a while: not under the lock (two first loads at once both load).
+    let e = crate::embed::BertEmbedder::from_folder(dir)?;
+    loaded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, e.clone());
+    Ok(e)
+}
+
 /// The embedder `local-semantic` uses when none is configured: all-MiniLM-L6-v2 when this build
 /// has the feature `bert` and the model's files are in [`minilm_dir`] (it separates paraphrases
 /// from traps best: docs/benchmarks.md), else the bundled potion-base-2M. `None` when neither
@@ -69,7 +91,7 @@ pub fn local_default_embedder(
     let dir = minilm_dir(env).filter(|d| d.join("model.safetensors").exists());
     #[cfg(feature = "bert")]
     if let Some(dir) = &dir {
-        let e = crate::embed::BertEmbedder::from_folder(dir)?;
+        let e = load_bert(dir)?;
         tracing::info!(folder = %dir.display(), "local-semantic embeds with all-MiniLM-L6-v2");
         return Ok(Some(Arc::new(e)));
     }
@@ -219,7 +241,7 @@ pub fn embedder_with_env(
             )
         })?;
         #[cfg(feature = "bert")]
-        return crate::embed::BertEmbedder::from_folder(&dir)
+        return load_bert(&dir)
             .map(|e| Arc::new(e) as Arc<dyn Embedder>)
             .map_err(|e| {
                 params.error(
@@ -243,7 +265,7 @@ pub fn embedder_with_env(
     }
     if let Some(folder) = model.strip_prefix("bert/") {
         #[cfg(feature = "bert")]
-        return crate::embed::BertEmbedder::from_folder(Path::new(folder))
+        return load_bert(Path::new(folder))
             .map(|e| Arc::new(e) as Arc<dyn Embedder>)
             .map_err(|e| params.error(model_key, e));
         #[cfg(not(feature = "bert"))]
