@@ -30,7 +30,7 @@ use cache_core::{Bytes, CallKind};
 use cache_redis::RedisConfig;
 use cache_semantic::guard::{self, GuardConfig, Relation};
 use cache_semantic::redis::{RedisSemanticBackend, RedisSemanticConfig};
-use cache_semantic::verify::REPEAT_FLOOR;
+use cache_semantic::verify::repeat_floor;
 use cache_semantic::{
     EncodingFormat, GuardReason, HttpEmbedder, HttpEmbedderConfig, LocalEmbedder,
     MemorySemanticBackend, MemorySemanticConfig, SemanticCache, SemanticConfig,
@@ -190,7 +190,7 @@ enum Mode {
 }
 
 /// What the layer serves: with the guard, a repeat (the verifier's alignment) down to
-/// `REPEAT_FLOOR`, anything else it passes at the threshold.
+/// `repeat_floor`, anything else it passes at the threshold.
 fn hit(s: &Scored, i: usize, t: f32, mode: Mode) -> bool {
     let verdict = match mode {
         Mode::Off => return s.sim[i] >= t,
@@ -198,7 +198,7 @@ fn hit(s: &Scored, i: usize, t: f32, mode: Mode) -> bool {
         Mode::Strict => s.strict[i],
     };
     match verdict {
-        Ok(Relation::Repeat) => s.sim[i] >= t.min(REPEAT_FLOOR),
+        Ok(Relation::Repeat) => s.sim[i] >= repeat_floor(t),
         Ok(Relation::Similar) => s.sim[i] >= t,
         Err(_) => false,
     }

@@ -317,10 +317,9 @@ const TIME_WORDS: &[&str] = &[
     "easter",
 ];
 
-/// Capitalised words that are not names (sentence openers after quotes, the pronoun `I`).
-const NOT_ENTITIES: &[&str] = &[
-    "i", "id", "im", "ive", "ill", "ok", "okay", "please", "hi", "hello",
-];
+/// Capitalised words that are not names: the pronoun `I` and its contractions (greetings and
+/// fillers are never names either: [`verify::is_filler`]).
+const NOT_ENTITIES: &[&str] = &["i", "id", "im", "ive", "ill"];
 
 /// Function words: ignored by the word-swap check.
 const STOPWORDS: &[&str] = &[
@@ -459,7 +458,8 @@ impl Features {
         let mut negations = 0usize;
         let mut previous: Option<String> = None;
         let shouting = is_shouting(text);
-        for t in tokens(text) {
+        let tokens = tokens(text);
+        for t in &tokens {
             let lower: String = t
                 .raw
                 .chars()
@@ -514,7 +514,7 @@ impl Features {
             f.words.insert(folded);
         }
         f.negated = negations > 0;
-        f.text = verify::Text::of(text);
+        f.text = verify::Text::of_tokens(&tokens, shouting);
         f
     }
 
@@ -539,11 +539,11 @@ impl Features {
         }
         let relation = verify::relate(&self.text, &other.text)?;
         if relation == Relation::Similar
-            && let Some((i, j)) = one_word_swapped(&self.content, &other.content)
+            && let Some(i) = one_word_swapped(&self.content, &other.content)
             && (config.word_swap
                 || (self.text.is_english()
                     && other.text.is_english()
-                    && !(self.verb_slot[i] && other.verb_slot[j])))
+                    && !(self.verb_slot[i] && other.verb_slot[i])))
         {
             return Err(GuardReason::WordSwap);
         }
@@ -605,8 +605,8 @@ fn base_forms(w: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Whether the content words differ by exactly one substitution that is not a spelling variant:
-/// the positions of the two substituted words.
-fn one_word_swapped(a: &[String], b: &[String]) -> Option<(usize, usize)> {
+/// where the substituted span starts (the same position in both, everything before it kept).
+fn one_word_swapped(a: &[String], b: &[String]) -> Option<usize> {
     if a.is_empty() || b.is_empty() {
         return None;
     }
@@ -642,7 +642,7 @@ fn one_word_swapped(a: &[String], b: &[String]) -> Option<(usize, usize)> {
             return None;
         }
     }
-    Some((prefix, prefix))
+    Some(prefix)
 }
 
 /// Words after which English puts a verb: subject pronouns, modals and auxiliaries, the

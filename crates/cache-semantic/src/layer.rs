@@ -16,7 +16,7 @@ use cache_core::{CacheError, Health, KeyBuilder, KeyContext, Result};
 use crate::embed::normalize;
 use crate::guard::{Features, GuardConfig, GuardReason, Relation};
 use crate::text::{EmbedMode, Extracted, extract};
-use crate::verify::REPEAT_FLOOR;
+use crate::verify::repeat_floor;
 
 /// Version tag of the scope hash: bumped when what goes into the scope changes.
 const SCOPE_TAG: &str = "llm-cache/semantic-scope/v1\n";
@@ -298,9 +298,8 @@ impl SemanticLayer for SemanticCache {
         // A repeat of a cached question (the verifier's alignment: fillers, misspellings, a
         // moved clause) is served below the threshold, down to REPEAT_FLOOR, unless the request
         // asked for a higher bar itself or the configuration asks for identical texts (1.0).
-        let floor = if self.config.guard.enabled && req.min_similarity.is_none() && threshold < 1.0
-        {
-            threshold.min(REPEAT_FLOOR)
+        let floor = if self.config.guard.enabled && req.min_similarity.is_none() {
+            repeat_floor(threshold)
         } else {
             threshold
         };
@@ -308,6 +307,10 @@ impl SemanticLayer for SemanticCache {
             .backend
             .search(&scope, &vector, floor, self.config.candidates)
             .await?;
+        if matches.is_empty() {
+            c.below_threshold.fetch_add(1, Relaxed);
+            return Ok(None);
+        }
         let features = Features::of(&e.text);
         let mut chosen = None;
         let mut above = false;

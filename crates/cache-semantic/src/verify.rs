@@ -40,6 +40,16 @@ use crate::guard::{self, GuardReason};
 /// alignment decides.
 pub const REPEAT_FLOOR: f32 = 0.4;
 
+/// The lowest similarity at which a repeat is served under `threshold`: [`REPEAT_FLOOR`], or
+/// the threshold itself when it is lower, or 1 (identical texts only).
+pub fn repeat_floor(threshold: f32) -> f32 {
+    if threshold < 1.0 {
+        threshold.min(REPEAT_FLOOR)
+    } else {
+        threshold
+    }
+}
+
 /// Longest text (in words) that is aligned; longer texts skip the order and repeat checks
 /// (never a repeat, never rejected for order), so the verifier stays within microseconds.
 const MAX_WORDS: usize = 96;
@@ -273,8 +283,6 @@ struct Word {
 pub struct Text {
     /// Words that carry the question: fillers, articles and auxiliaries removed.
     words: Vec<Word>,
-    /// Too long to align (see [`MAX_WORDS`]).
-    long: bool,
     /// Possessive persons present: bit 0 first, bit 1 third.
     persons: u8,
     /// `self` appears (`self-employed`, `self-assessment`).
@@ -290,6 +298,11 @@ pub struct Text {
 impl Text {
     /// Analyses a text.
     pub fn of(text: &str) -> Text {
+        Text::of_tokens(&guard::tokens(text), guard::is_shouting(text))
+    }
+
+    /// Analyses a text already split by the guard (`shouting`: written all in capitals).
+    pub(crate) fn of_tokens(tokens: &[guard::Token<'_>], shouting: bool) -> Text {
         let lex = lexicon();
         let mut raw: Vec<(String, bool)> = Vec::new();
         let mut contrasts = Vec::new();
@@ -297,8 +310,7 @@ impl Text {
         let mut has_self = false;
         let mut names: Vec<String> = Vec::new();
         let (mut function_words, mut all_words, mut marked) = (0usize, 0usize, false);
-        let shouting = guard::is_shouting(text);
-        for t in guard::tokens(text) {
+        for t in tokens {
             let upper = t.raw.chars().filter(|c| c.is_uppercase()).count();
             let capitalised = t.raw.chars().next().is_some_and(char::is_uppercase);
             // All in capitals, case tells nothing: no names.
@@ -388,7 +400,6 @@ impl Text {
             })
             .collect();
         Text {
-            long: words.len() > MAX_WORDS,
             words,
             persons,
             has_self,
@@ -396,6 +407,11 @@ impl Text {
             names,
             english: marked || (all_words > 0 && function_words * 5 >= all_words),
         }
+    }
+
+    /// Too long to align (see [`MAX_WORDS`]).
+    fn long(&self) -> bool {
+        self.words.len() > MAX_WORDS
     }
 
     /// Whether the text reads as English (the English-only rules apply to it).
@@ -470,8 +486,8 @@ pub fn relate(a: &Text, b: &Text) -> Result<Relation, GuardReason> {
         // Other languages: no English rule applies, nothing is rejected; a repeat needs the
         // same words exactly (case, punctuation and one moved block aside).
         let exact = a.words.len() == b.words.len()
-            && !a.long
-            && !b.long
+            && !a.long()
+            && !b.long()
             && !a.words.is_empty()
             && block_move(&a.words, &b.words) == Some(0);
         return Ok(if exact {
@@ -513,7 +529,7 @@ pub fn relate(a: &Text, b: &Text) -> Result<Relation, GuardReason> {
     if shared.windows(2).any(|w| position(w[0]) > position(w[1])) {
         return Err(GuardReason::Order);
     }
-    if a.long || b.long || a.words.is_empty() || b.words.is_empty() {
+    if a.long() || b.long() || a.words.is_empty() || b.words.is_empty() {
         return Ok(Relation::Similar);
     }
     if a.words.len() != b.words.len() || !same_bag(&a.words, &b.words) {
