@@ -9,6 +9,8 @@
 //!   then releases the lease ([`Lease::release`]), which wakes the others. They had been waiting
 //!   ([`Coordinator::wait_lease`]) and now answer from the stored entry. A lease expires by itself
 //!   if its holder dies; a waiter gives up after `coalesce_timeout` and calls upstream itself.
+//!   A coordinator whose lease attempt returns the stored entry ([`Coordinator::reads_entry`])
+//!   also serves as the lookup of the requests that will coordinate: one round trip for both.
 //! * **invalidates L1 everywhere**: a delete, a clear or a `no-cache` refresh is published
 //!   ([`Coordinator::publish`]); every replica's engine receives it through its
 //!   [`InvalidationSink`] and drops the keys from its L1. While the coordinator cannot hear
@@ -105,6 +107,15 @@ pub trait Coordinator: Send + Sync + Debug + 'static {
 
     /// Tries to take the lease of the entry `key` for `ttl`.
     async fn try_lease(&self, key: &str, ttl: Duration) -> Result<LeaseAttempt>;
+
+    /// Whether [`Coordinator::try_lease`] reads the entry in the same step: it answers
+    /// [`LeaseAttempt::Stored`] whenever the entry `key` is stored, and takes the lease only
+    /// when it is not. The orchestration then lets the lease attempt of a request that will
+    /// coordinate be its lookup too (one round trip for both; checked by the conformance kit).
+    /// Default: no.
+    fn reads_entry(&self) -> bool {
+        false
+    }
 
     /// Waits until the lease of `key` is free (`true`) or `max` has passed (`false`).
     async fn wait_lease(&self, key: &str, max: Duration) -> Result<bool>;

@@ -41,6 +41,8 @@ use crate::key::CallKind;
 pub const ENVELOPE_VERSION: u32 = 1;
 
 const BODY_MARKER: &[u8] = b",\"body\":";
+/// How a JSON envelope starts.
+const JSON_PREFIX: &[u8] = b"{\"llmc\":";
 /// Headers are far smaller than this; a marker further in means the value is not ours.
 const MAX_HEADER_LEN: usize = 1024;
 
@@ -316,6 +318,26 @@ impl Entry {
         raw.starts_with(compact::MAGIC)
     }
 
+    /// How many leading bytes [`Entry::has_marker`] looks at.
+    pub const MARKER_LEN: usize = 8;
+
+    /// Whether `head` (the first [`Entry::MARKER_LEN`] bytes of a stored value, or all of a
+    /// shorter one) starts like an envelope of either form. A shared store uses it to tell the
+    /// cache's entries from another application's values under keys of the same shape. It
+    /// does not check the rest: [`Entry::decode`] does.
+    ///
+    /// ```
+    /// use cache_core::{CallKind, Encoding, Entry};
+    /// let e = Entry::new(CallKind::Chat, "{}".into(), None, None);
+    /// assert!(Entry::has_marker(&e.encode()[..Entry::MARKER_LEN]));
+    /// assert!(Entry::has_marker(&e.encode_with(&Encoding::COMPACT)[..Entry::MARKER_LEN]));
+    /// assert!(!Entry::has_marker(b"{\"timestamp\":1}"));
+    /// ```
+    pub fn has_marker(head: &[u8]) -> bool {
+        const _: () = assert!(JSON_PREFIX.len() <= Entry::MARKER_LEN);
+        head.starts_with(compact::MAGIC) || head.starts_with(JSON_PREFIX)
+    }
+
     /// Decodes an envelope (either form), borrowing the body from `raw` when it is stored
     /// as is.
     ///
@@ -326,7 +348,7 @@ impl Entry {
         if raw.starts_with(compact::MAGIC) {
             return compact::decode(raw);
         }
-        if !raw.starts_with(b"{\"llmc\":") {
+        if !raw.starts_with(JSON_PREFIX) {
             return Err(DecodeError::Foreign);
         }
         let window = &raw[..raw.len().min(MAX_HEADER_LEN)];

@@ -4,6 +4,10 @@
 //! that arrive meanwhile wait (bounded) for the leader's result. A leader that fails, or is
 //! dropped (client gone), wakes its followers with nothing: they try again, one of them becoming
 //! the new leader. A failed leader therefore never hands its error to anyone else.
+//!
+//! A leader whose backend read found the entry (the lease attempt that is also the lookup)
+//! hands that on as a hit ([`Leader::publish_hit`]): its followers answer from it, each with its
+//! own `max-age` check, as hits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,10 +16,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::cache::Hit;
+
 #[derive(Clone, Debug)]
 pub(crate) enum State {
     Pending,
     Done(Bytes),
+    Hit(Box<Hit>),
     Failed,
 }
 
@@ -38,6 +45,11 @@ impl Leader {
     /// Hands the result to the followers.
     pub(crate) fn publish(self, body: Bytes) {
         let _ = self.tx.send(State::Done(body));
+    }
+
+    /// Hands the entry the leader's backend read found to its followers.
+    pub(crate) fn publish_hit(self, hit: Hit) {
+        let _ = self.tx.send(State::Hit(Box::new(hit)));
     }
 }
 
@@ -67,6 +79,8 @@ pub(crate) enum Join {
 pub(crate) enum Waited {
     /// The leader's result.
     Done(Bytes),
+    /// The entry the leader's backend read found.
+    Hit(Box<Hit>),
     /// The leader failed or vanished: try again.
     Retry,
     /// Waited too long: go upstream alone.
@@ -98,6 +112,7 @@ impl Flights {
             Ok(Err(_)) => Waited::Retry,
             Ok(Ok(state)) => match &*state {
                 State::Done(b) => Waited::Done(b.clone()),
+                State::Hit(h) => Waited::Hit(h.clone()),
                 _ => Waited::Retry,
             },
         }

@@ -180,6 +180,20 @@ pub fn service_unavailable<T>(what: &str, why: &str) -> Option<T> {
     );
 }
 
+/// This process's resident set size in MiB (`VmRSS` of `/proc/self/status`; 0 where there is
+/// none): for benches and examples that report memory next to the conformance checks.
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// A namespace unique to this process, check and call.
 pub fn unique_namespace(check: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -458,8 +472,9 @@ pub async fn clear_namespace(b: &SharedBackend) {
 }
 
 /// `clear(None)` removes every entry the backend owns: a no-op `clear(None)` fails here. Entries
-/// are written with keys of the shape the cache writes (`namespace:<64 hex>` and a bare
-/// `<64 hex>`), since a shared backend may clear only keys of its own shape. Runs alone in its
+/// are written as the cache writes them, keys of its shape (`namespace:<64 hex>` and a bare
+/// `<64 hex>`) holding envelopes of both forms, since a shared backend may clear only keys and
+/// values of its own shape ([`Entry::has_marker`](crate::Entry::has_marker)). Runs alone in its
 /// process ([`guard`]).
 pub async fn clear_all(b: &SharedBackend) {
     let ns = unique_namespace("clear_all");
@@ -469,8 +484,14 @@ pub async fn clear_all(b: &SharedBackend) {
         k(&ns, &format!("nested:{}", hash(2))),
         hash(3),
     ];
-    for key in &keys {
-        b.set(key, Bytes::from_static(b"v"), Some(Duration::from_secs(60)))
+    let entry = crate::Entry::new(crate::CallKind::Chat, Bytes::from_static(b"{}"), None, None);
+    for (i, key) in keys.iter().enumerate() {
+        let value = if i % 2 == 0 {
+            entry.encode()
+        } else {
+            entry.encode_with(&crate::Encoding::COMPACT)
+        };
+        b.set(key, value, Some(Duration::from_secs(60)))
             .await
             .expect("set");
     }
@@ -856,8 +877,34 @@ pub async fn coordination(b: &SharedBackend) {
     .expect("set");
     match c.try_lease(&entry_key, ttl).await.expect("try_lease") {
         LeaseAttempt::Stored(v) => assert_eq!(&v[..], b"entry", "the stored entry's bytes"),
-        LeaseAttempt::Acquired(l) => l.release().await.expect("release"),
+        LeaseAttempt::Acquired(l) => {
+            assert!(
+                !c.reads_entry(),
+                "a coordinator that reads the entry with the lease (`reads_entry`) granted the \
+                 lease of a stored entry: a lookup through it would miss"
+            );
+            l.release().await.expect("release");
+        }
         LeaseAttempt::Held => panic!("nobody holds this lease"),
+    }
+    // Even while another holds the lease (an entry stored by a writer that did not lead).
+    if c.reads_entry() {
+        let LeaseAttempt::Acquired(held) = c.try_lease(&key, ttl).await.expect("try_lease") else {
+            panic!("a free key's lease is granted");
+        };
+        b.set(
+            &key,
+            Bytes::from_static(b"written"),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .expect("set");
+        match c.try_lease(&key, ttl).await.expect("try_lease") {
+            LeaseAttempt::Stored(v) => assert_eq!(&v[..], b"written"),
+            other => panic!("`reads_entry`: a stored entry is returned, not {other:?}"),
+        }
+        held.release().await.expect("release");
+        b.delete(&key).await.expect("delete");
     }
 
     // A lease that stores its entry: the entry is readable through the backend with its ttl,

@@ -28,6 +28,11 @@ struct Hub {
     broken: AtomicBool,
     /// Deletes remove the key, then report a failure (a timeout after the work was done).
     deletes_fail: AtomicBool,
+    /// Backend `get`s and lease attempts, over every replica.
+    gets: AtomicUsize,
+    lease_attempts: AtomicUsize,
+    /// Milliseconds each lease attempt takes.
+    lease_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -46,8 +51,10 @@ impl Hub {
     }
 }
 
+/// The hub's coordinator; with the store's entries (`reads_entry`), its lease attempt returns
+/// a stored entry as Redis's script does.
 #[derive(Debug)]
-struct HubCoordinator(Arc<Hub>);
+struct HubCoordinator(Arc<Hub>, Option<Arc<MemoryBackend>>);
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,9 +88,20 @@ impl Coordinator for HubCoordinator {
         "hub"
     }
 
-    // Never reports a stored entry: the orchestration reads it itself after a wait.
+    // Without the entries, never reports a stored entry: the orchestration reads it itself
+    // after a wait.
     async fn try_lease(&self, key: &str, _ttl: Duration) -> Result<LeaseAttempt> {
         self.0.check()?;
+        self.0.lease_attempts.fetch_add(1, Ordering::SeqCst);
+        let delay = self.0.lease_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if let Some(data) = &self.1
+            && let Some(v) = data.get(key).await?
+        {
+            return Ok(LeaseAttempt::Stored(v));
+        }
         if self.0.leases.lock().unwrap().insert(key.to_owned()) {
             Ok(LeaseAttempt::Acquired(Box::new(HubLease {
                 hub: self.0.clone(),
@@ -92,6 +110,10 @@ impl Coordinator for HubCoordinator {
         } else {
             Ok(LeaseAttempt::Held)
         }
+    }
+
+    fn reads_entry(&self) -> bool {
+        self.1.is_some()
     }
 
     async fn wait_lease(&self, key: &str, max: Duration) -> Result<bool> {
@@ -149,6 +171,7 @@ impl CacheBackend for SharedStore {
         Capabilities::local().with_shared(true)
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        self.coordinator.0.gets.fetch_add(1, Ordering::SeqCst);
         self.data.get(key).await
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
@@ -178,13 +201,18 @@ struct Fleet {
 }
 
 fn fleet(n: usize, l1: bool) -> Fleet {
+    fleet_with(n, l1, false)
+}
+
+/// `reads`: the coordinator reads the entry with the lease (`reads_entry`).
+fn fleet_with(n: usize, l1: bool, reads: bool) -> Fleet {
     let hub = Arc::new(Hub::default());
     let data = Arc::new(MemoryBackend::default());
     let replicas = (0..n)
         .map(|_| {
             let store: SharedBackend = Arc::new(SharedStore {
                 data: data.clone(),
-                coordinator: Arc::new(HubCoordinator(hub.clone())),
+                coordinator: Arc::new(HubCoordinator(hub.clone(), reads.then(|| data.clone()))),
             });
             let mut b = CacheBuilder::from_shared(store);
             if l1 {
@@ -193,7 +221,9 @@ fn fleet(n: usize, l1: bool) -> Fleet {
                     Duration::from_secs(60),
                 ));
             }
-            b.build()
+            // A slow store (`lease_delay_ms`) is slow, not failing.
+            b.configure(|s| s.read_timeout = Duration::from_secs(2))
+                .build()
         })
         .collect();
     Fleet { hub, replicas }
@@ -222,14 +252,211 @@ async fn the_hub_keeps_the_coordinator_contract() {
     let f = fleet(1, false);
     let b: SharedBackend = Arc::new(SharedStore {
         data: Arc::new(MemoryBackend::default()),
-        coordinator: Arc::new(HubCoordinator(f.hub.clone())),
+        coordinator: Arc::new(HubCoordinator(f.hub.clone(), None)),
     });
     cache_core::testing::coordination(&b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reading_hub_keeps_the_coordinator_contract() {
+    let f = fleet(1, false);
+    let data = Arc::new(MemoryBackend::default());
+    let b: SharedBackend = Arc::new(SharedStore {
+        data: data.clone(),
+        coordinator: Arc::new(HubCoordinator(f.hub.clone(), Some(data))),
+    });
+    cache_core::testing::coordination(&b).await;
+}
+
+/// With a coordinator that reads the entry with the lease, a request that coordinates makes
+/// one store call for its lookup and its lease: a storing miss makes no `get`, a hit is served
+/// from the lease attempt and counted as a backend hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_reads_the_entry_is_the_lookup() {
+    let f = fleet_with(2, false, true);
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let upstream = AtomicUsize::new(0);
+    let req = request("one trip");
+    let (_, status) = call(a, &req, &upstream).await;
+    assert!(
+        matches!(
+            status,
+            CacheStatus::Miss {
+                reason: cache_core::MissReason::NotFound,
+                store: cache_core::StoreOutcome::Stored,
+            }
+        ),
+        "{status:?}"
+    );
+    assert_eq!(
+        f.hub.gets.load(Ordering::SeqCst),
+        0,
+        "no get for a storing miss"
+    );
+    assert_eq!(f.hub.lease_attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().misses.load(Ordering::Relaxed), 1);
+    a.flush(Duration::from_secs(1)).await.unwrap();
+
+    for _ in 0..2 {
+        let (v, status) = call(b, &req, &upstream).await;
+        assert_eq!(v["choices"][0]["message"]["content"], "answer 0");
+        assert!(
+            matches!(
+                status,
+                CacheStatus::Hit {
+                    tier: Tier::Backend,
+                    ..
+                }
+            ),
+            "{status:?}"
+        );
+    }
+    assert_eq!(upstream.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        f.hub.gets.load(Ordering::SeqCst),
+        0,
+        "hits read with the lease attempt"
+    );
+    assert_eq!(f.hub.lease_attempts.load(Ordering::SeqCst), 3);
+    let s = b.stats();
+    assert_eq!(s.hits_backend.load(Ordering::Relaxed), 2);
+    assert_eq!(s.misses.load(Ordering::Relaxed), 0);
+    assert_eq!(s.coalesced.load(Ordering::Relaxed), 0);
+    assert!(
+        f.hub.leases.lock().unwrap().is_empty(),
+        "no lease left held"
+    );
+
+    // `no-store` and `only-if-cached` requests do not coordinate: a plain read.
+    let out = b
+        .get_or_fetch(
+            CallKind::Chat,
+            &req,
+            &CacheControl::none().with_no_store(),
+            || async { Ok::<Value, std::io::Error>(json!({})) },
+        )
+        .await
+        .unwrap();
+    assert!(out.status.is_hit(), "{:?}", out.status);
+    assert_eq!(f.hub.gets.load(Ordering::SeqCst), 1);
+}
+
+/// Concurrent identical requests on one replica over a stored entry, while the store is slow:
+/// the in-process leader's one lease attempt answers every follower whose `max-age` its entry
+/// satisfies, each counted as a hit; one whose `max-age` it does not satisfy reads the store
+/// itself and goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_read_answers_its_followers_within_their_max_age() {
+    let f = fleet_with(1, false, true);
+    let cache = &f.replicas[0];
+    let upstream = Arc::new(AtomicUsize::new(0));
+    let req = request("handed on");
+    call(cache, &req, &upstream).await;
+    cache.flush(Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.hub.lease_delay_ms.store(100, Ordering::SeqCst);
+    let (attempts, gets) = (
+        f.hub.lease_attempts.load(Ordering::SeqCst),
+        f.hub.gets.load(Ordering::SeqCst),
+    );
+    let strict = CacheControl::none().with_max_age(Duration::from_secs(1));
+    let outs = futures::future::join_all((0..11).map(|i| {
+        let (cache, req, upstream) = (cache.clone(), req.clone(), upstream.clone());
+        let cc = if i == 10 {
+            strict.clone()
+        } else {
+            CacheControl::none()
+        };
+        async move {
+            // The strict one joins last: a follower.
+            if i == 10 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cache
+                .get_or_fetch(CallKind::Chat, &req, &cc, || async {
+                    upstream.fetch_add(1, Ordering::SeqCst);
+                    Ok::<Value, std::io::Error>(
+                        json!({"choices": [{"message": {"content": "new"}}]}),
+                    )
+                })
+                .await
+                .unwrap()
+                .status
+        }
+    }))
+    .await;
+    for status in &outs[..10] {
+        assert!(
+            matches!(
+                status,
+                CacheStatus::Hit {
+                    tier: Tier::Backend,
+                    ..
+                }
+            ),
+            "{status:?}"
+        );
+    }
+    assert!(
+        matches!(
+            outs[10],
+            CacheStatus::Miss {
+                reason: cache_core::MissReason::Stale,
+                ..
+            }
+        ),
+        "{:?}",
+        outs[10]
+    );
+    assert_eq!(
+        upstream.load(Ordering::SeqCst),
+        2,
+        "only the strict one went upstream"
+    );
+    assert_eq!(cache.stats().hits_backend.load(Ordering::Relaxed), 10);
+    // One lease attempt for the ten, one `get` and one lease attempt for the strict one.
+    assert_eq!(f.hub.gets.load(Ordering::SeqCst) - gets, 1);
+    assert_eq!(f.hub.lease_attempts.load(Ordering::SeqCst) - attempts, 2);
+}
+
+/// Concurrent identical requests on one replica over a stored entry: the in-process leader's
+/// lease attempt finds it, and the others read it themselves: every one is a hit (none
+/// reported coalesced), and none goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_hits_behind_a_reading_lease_are_hits() {
+    let f = fleet_with(1, false, true);
+    let cache = &f.replicas[0];
+    let upstream = Arc::new(AtomicUsize::new(0));
+    let req = request("many hits");
+    call(cache, &req, &upstream).await;
+    cache.flush(Duration::from_secs(1)).await.unwrap();
+    let outs = futures::future::join_all((0..20).map(|_| {
+        let (cache, req, upstream) = (cache.clone(), req.clone(), upstream.clone());
+        async move { call(&cache, &req, &upstream).await }
+    }))
+    .await;
+    for (v, status) in &outs {
+        assert_eq!(v["choices"][0]["message"]["content"], "answer 0");
+        assert!(status.is_hit(), "{status:?}");
+    }
+    assert_eq!(upstream.load(Ordering::SeqCst), 1);
+    let s = cache.stats();
+    assert_eq!(s.hits_backend.load(Ordering::Relaxed), 20);
+    assert_eq!(s.misses.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_every_replica_makes_one_upstream_call() {
-    let f = fleet(3, false);
+    burst(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_every_replica_makes_one_upstream_call_with_a_reading_lease() {
+    burst(true).await;
+}
+
+async fn burst(reads: bool) {
+    let f = fleet_with(3, false, reads);
     let upstream = Arc::new(AtomicUsize::new(0));
     let req = request("burst");
     let outs = futures::future::join_all((0..30).map(|i| {
@@ -250,11 +477,29 @@ async fn a_burst_over_every_replica_makes_one_upstream_call() {
         remote, 2,
         "the two other replicas' leaders waited for the lease"
     );
+    let (misses, coalesced): (u64, u64) = f.replicas.iter().fold((0, 0), |(m, c), r| {
+        let s = r.stats();
+        (
+            m + s.misses.load(Ordering::Relaxed),
+            c + s.coalesced.load(Ordering::Relaxed),
+        )
+    });
+    assert_eq!(misses, 30, "every request of the burst missed");
+    assert_eq!(coalesced, 29, "all but the leader were answered by it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_coordinator_fails_open() {
-    let f = fleet(2, false);
+    broken(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reading_coordinator_fails_open() {
+    broken(true).await;
+}
+
+async fn broken(reads: bool) {
+    let f = fleet_with(2, false, reads);
     f.hub.broken.store(true, Ordering::SeqCst);
     let upstream = AtomicUsize::new(0);
     let (v, status) = call(&f.replicas[0], &request("broken"), &upstream).await;

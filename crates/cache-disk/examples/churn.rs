@@ -17,33 +17,6 @@ use cache_disk::{DiskBackend, DiskConfig, DiskStats};
 
 const VALUE_BYTES: usize = 2048;
 
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            // Allocated blocks, not the apparent length: what `du` reports.
-            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
@@ -54,8 +27,8 @@ fn report(what: &str, s: &DiskStats, dir: &Path) {
         s.entries,
         mib(s.bytes),
         mib(s.size_on_disk),
-        mib(dir_size(dir)),
-        rss_mib(),
+        mib(cache_disk::allocated_bytes(dir)),
+        cache_core::testing::rss_mib(),
         s.expired_removed,
         s.evicted,
     );
@@ -101,7 +74,7 @@ async fn main() {
         .await
         .unwrap();
         if (i + 1) % step == 0 {
-            peak_du = peak_du.max(dir_size(&dir));
+            peak_du = peak_du.max(cache_disk::allocated_bytes(&dir));
             report(
                 &format!(
                     "after {} sets ({:.0}/s)",

@@ -9,26 +9,10 @@
 //! ```
 //! Defaults: a 32 MiB bound, 10 rounds, values of 1024 to 8192 bytes, a temporary directory.
 
-use std::path::Path;
 use std::time::Instant;
 
 use cache_core::{Bytes, CacheBackend};
 use cache_disk::{DiskBackend, DiskConfig, DiskStats};
-
-/// Allocated bytes of every file under `path` (what `du` reports).
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
 
 fn mib(b: u64) -> f64 {
     b as f64 / f64::from(1 << 20)
@@ -93,11 +77,11 @@ async fn main() {
         sets += 1;
         if written >= next_sample {
             next_sample += sample;
-            peak = peak.max(dir_size(&dir));
+            peak = peak.max(cache_disk::allocated_bytes(&dir));
         }
         if written >= next_report {
             next_report += step;
-            let du = dir_size(&dir);
+            let du = cache_disk::allocated_bytes(&dir);
             peak = peak.max(du);
             report(
                 &format!("{:.1} x max written", written as f64 / max_bytes as f64),
@@ -116,7 +100,7 @@ async fn main() {
         peak as f64 / max_bytes as f64
     );
     drop(b);
-    let du = dir_size(&dir);
+    let du = cache_disk::allocated_bytes(&dir);
     let b = DiskBackend::open(config).unwrap();
     report("closed and reopened", &b.stats(), du);
 }

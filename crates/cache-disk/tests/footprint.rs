@@ -4,7 +4,6 @@
 //! allocated size (what `du` counts) is checked after every 1/8 of the bound written. Not
 //! timed; the longer measurement is `examples/footprint.rs`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use cache_core::{Bytes, CacheBackend};
@@ -15,20 +14,6 @@ const MAX_BYTES: u64 = 4 << 20;
 /// The documented bound on the directory's size.
 fn bound(max_bytes: u64) -> u64 {
     4 * max_bytes + (32 << 20)
-}
-
-/// Allocated bytes of every file under `path`.
-fn dir_size(path: &Path) -> u64 {
-    std::fs::read_dir(path).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => dir_size(&e.path()),
-                Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-                Err(_) => 0,
-            })
-            .sum()
-    })
 }
 
 /// Churns `rounds` × [`MAX_BYTES`] of values of `min..=max` bytes through a fresh cache and
@@ -62,7 +47,7 @@ async fn churn(min: u64, max: u64, rounds: u64) -> u64 {
         n += 1;
         if written >= next_check {
             next_check += MAX_BYTES / 8;
-            let size = dir_size(&dir);
+            let size = cache_disk::allocated_bytes(&dir);
             peak = peak.max(size);
             assert!(
                 size <= bound(MAX_BYTES),

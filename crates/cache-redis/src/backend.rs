@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::params::Params;
-use cache_core::{CacheBackend, CacheError, Capabilities, Coordinator, Health, Result};
+use cache_core::{CacheBackend, CacheError, Capabilities, Coordinator, Entry, Health, Result};
 use fred::clients::WithOptions;
 use fred::prelude::{
     Client, ClientLike, Config, ConnectionConfig, Error as FredError, ErrorKind, EventInterface,
@@ -58,6 +58,9 @@ impl Kind {
 /// * [`CacheBackend::get_many`] is `MGET`, [`CacheBackend::set_many`] a pipeline of `SET`s; on a
 ///   Cluster the keys are grouped by hash slot, so there is never a `CROSSSLOT` error.
 /// * [`CacheBackend::clear`] is `SCAN MATCH` + `UNLINK` on every master, never `FLUSHALL`/`FLUSHDB`.
+///   `clear(None)` removes only keys shaped like entry keys (`hash`, `namespace:hash`) whose
+///   value starts like an envelope ([`Entry::has_marker`]): another application's keys in the
+///   same database survive, even 64-hex ones.
 /// * Commands fail fast while a connection is down (the cache turns that into a miss) and the
 ///   pool reconnects in the background with exponential backoff. [`RedisBackend::connect`]
 ///   never waits for Redis, so a cache configured while Redis is down starts degraded and
@@ -276,6 +279,35 @@ impl RedisBackend {
             out.extend(all.chunks(BATCH).map(<[usize]>::to_vec));
         }
         out
+    }
+
+    /// The keys of `keys` whose value starts like a cache entry ([`Entry::has_marker`]): one
+    /// `GETRANGE` of the first bytes per key, pipelined. A key holding another type (a hash,
+    /// a list) is not an entry.
+    async fn entries_among<'k>(&self, keys: Vec<&'k str>) -> Result<Vec<&'k str>> {
+        let client = self.client();
+        let heads = futures::future::join_all(keys.iter().map(|&k| {
+            let client = client.clone();
+            async move {
+                client
+                    .getrange::<fred::prelude::Value, _>(k, 0, Entry::MARKER_LEN - 1)
+                    .await
+            }
+        }))
+        .await;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, head) in keys.into_iter().zip(heads) {
+            match head {
+                Ok(v) => {
+                    if v.as_bytes().is_some_and(Entry::has_marker) {
+                        out.push(key);
+                    }
+                }
+                Err(e) if e.details().starts_with("WRONGTYPE") => {}
+                Err(e) => return Err(self.key_error("clear", key, e)),
+            }
+        }
+        Ok(out)
     }
 
     /// `UNLINK`s `keys` (grouped per slot on a Cluster); returns how many existed.
@@ -699,6 +731,13 @@ impl CacheBackend for RedisBackend {
                     None => is_entry_key(k),
                 })
                 .collect();
+            // Without a namespace, a key's shape is not enough: another application sharing
+            // the database may use 64 hex digits too (LiteLLM's own keys are SHA-256 hashes).
+            // Only values that start like an envelope go.
+            let names = match namespace {
+                Some(_) => names,
+                None => self.entries_among(names).await?,
+            };
             if !names.is_empty() {
                 removed += self.unlink_all(&names).await?;
             }

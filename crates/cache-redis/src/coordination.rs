@@ -17,8 +17,8 @@
 //!   lease with a bounded backoff (10 ms doubling to 250 ms), so a holder that died (its lease
 //!   expired, with no wake-up) is noticed within the lease TTL plus 250 ms.
 //! * **Connection state.** While the subscription is down (an error, an unresponsive server, a
-//!   lagging receiver, or this process's own heartbeat, published every second, not heard back
-//!   within 3 s) the sinks are told `connection(false)`: the engines empty and bypass L1.
+//!   lagging receiver, or this process's own heartbeat, published every second on a channel
+//!   only this process subscribes to, not heard back within 3 s) the sinks are told `connection(false)`: the engines empty and bypass L1.
 //!   After each (re)subscription they are told `connection(true)` and L1 starts again, empty.
 
 use std::collections::HashMap;
@@ -48,6 +48,12 @@ const NAME: &str = "redis-coordinator";
 /// How long this process's own heartbeat may take to come back before the subscription is
 /// declared lost (heartbeats go out every second).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The channel this process's heartbeats travel on (`<CHANNEL>:heartbeat:<origin>`): only this
+/// process subscribes to it.
+fn heartbeat_channel(origin: &str) -> String {
+    format!("{CHANNEL}:heartbeat:{origin}")
+}
 
 /// The entry if stored (`{2, value}`), else the lease if free (`{1}`), else `{0}`.
 const ACQUIRE: &str = r"
@@ -308,8 +314,12 @@ impl Inner {
     }
 
     async fn publish_raw(&self, msg: String) -> Result<()> {
+        self.publish_on(CHANNEL, msg).await
+    }
+
+    async fn publish_on(&self, channel: &str, msg: String) -> Result<()> {
         self.client()
-            .publish::<i64, _, _>(CHANNEL, msg)
+            .publish::<i64, _, _>(channel, msg)
             .await
             .map(|_| ())
             .map_err(|e| error("publish", e))
@@ -387,12 +397,15 @@ impl RedisCoordinator {
         let mut unresponsive = subscriber.unresponsive_rx();
         let connection = subscriber.connect();
         let weak = Arc::downgrade(&inner);
+        // Heartbeats go to a channel only this process subscribes to: each one is delivered
+        // once, not to every replica (N replicas on the shared channel would make N² a second).
+        let heartbeats = heartbeat_channel(&inner.origin);
         let heartbeat = json!({ "h": inner.origin }).to_string();
         let listener = tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             let sub = subscriber;
-            // Every second: this process's heartbeat is published (through the pool) and must
-            // come back on the subscription within HEARTBEAT_TIMEOUT, else the subscription is
+            // Every second: this process's heartbeat is published (through the pool, on its own
+            // channel) and must come back on the subscription within HEARTBEAT_TIMEOUT, else the subscription is
             // declared lost (a connection that died without a reset raises no error: its
             // socket is idle) and reconnected. A connection that is up while the subscription
             // is not (an error event with no reconnection after it) is subscribed again.
@@ -413,11 +426,12 @@ impl RedisCoordinator {
                                 });
                             } else {
                                 let (inner, msg) = (inner.clone(), heartbeat.clone());
+                                let channel = heartbeats.clone();
                                 tokio::spawn(async move {
-                                    let _ = inner.publish_raw(msg).await;
+                                    let _ = inner.publish_on(&channel, msg).await;
                                 });
                             }
-                        } else if sub.is_connected() && sub.subscribe(CHANNEL).await.is_ok() {
+                        } else if sub.is_connected() && sub.subscribe(vec![CHANNEL, heartbeats.as_str()]).await.is_ok() {
                             heard = Instant::now();
                             inner.set_live(true);
                             tracing::info!(backend = NAME, channel = CHANNEL, "subscribed again: invalidations from other replicas are heard");
@@ -425,7 +439,7 @@ impl RedisCoordinator {
                     }
                     r = reconnects.recv() => match r {
                         Ok(_) | Err(RecvError::Lagged(_)) => {
-                            match sub.subscribe(CHANNEL).await {
+                            match sub.subscribe(vec![CHANNEL, heartbeats.as_str()]).await {
                                 Ok(()) => {
                                     let Some(inner) = weak.upgrade() else { return };
                                     heard = Instant::now();
@@ -460,12 +474,12 @@ impl RedisCoordinator {
                         let Some(inner) = weak.upgrade() else { return };
                         match m {
                             Ok(msg) => {
-                                if let Some(b) = msg.value.as_bytes() {
-                                    if b == heartbeat.as_bytes() {
+                                if &*msg.channel == heartbeats.as_str() {
+                                    if msg.value.as_bytes() == Some(heartbeat.as_bytes()) {
                                         heard = Instant::now();
-                                    } else {
-                                        inner.dispatch(b);
                                     }
+                                } else if let Some(b) = msg.value.as_bytes() {
+                                    inner.dispatch(b);
                                 }
                             }
                             // Messages were lost: what L1 holds may be stale.
@@ -532,6 +546,10 @@ impl Coordinator for RedisCoordinator {
             },
             _ => Ok(LeaseAttempt::Held),
         }
+    }
+
+    fn reads_entry(&self) -> bool {
+        true
     }
 
     async fn wait_lease(&self, key: &str, max: Duration) -> Result<bool> {

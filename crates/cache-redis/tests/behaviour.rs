@@ -105,9 +105,10 @@ fn clear_is_glob_safe_cluster() {
     });
 }
 
-/// `clear(None)` removes the keys shaped like cache entries (`hash`, `ns:hash`) and nothing
-/// else. Runs in database 9 of the shared server, which nothing else uses, so it cannot remove
-/// another test's entries; also checks `db` selects the database.
+/// `clear(None)` removes the cache's entries (key `hash` or `ns:hash`, value an envelope of
+/// either form) and nothing else: not other keys, and not another application's values under
+/// 64-hex keys (a LiteLLM entry, a hash). Runs in database 9 of the shared server, which nothing
+/// else uses, so it cannot remove another test's entries; also checks `db` selects the database.
 #[test]
 #[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn clear_all_removes_only_entry_shaped_keys() {
@@ -128,11 +129,42 @@ fn clear_all_removes_only_entry_shaped_keys() {
             format!("app:{}", hash.to_uppercase().replace('0', "A")),
             "llm-cache-health-check".to_owned(),
         ];
-        for k in ours.iter().chain(foreign.iter()) {
-            b.set(k, Bytes::from_static(b"v"), Some(Duration::from_secs(60)))
-                .await
-                .unwrap();
+        let entry = cache_core::Entry::new(CallKind::Chat, Bytes::from_static(b"{}"), None, None);
+        let ttl = Some(Duration::from_secs(60));
+        for (i, k) in ours.iter().enumerate() {
+            let value = if i % 2 == 0 {
+                entry.encode()
+            } else {
+                entry.encode_with(&cache_core::Encoding::COMPACT)
+            };
+            b.set(k, value, ttl).await.unwrap();
         }
+        for k in &foreign {
+            b.set(k, Bytes::from_static(b"v"), ttl).await.unwrap();
+        }
+        // Entry-shaped keys that are not ours: a LiteLLM-style JSON value, a short value, an
+        // empty one, and a hash (GETRANGE on it is WRONGTYPE).
+        let lookalikes = [
+            entry_key(None, 5),
+            entry_key(Some("app"), 6),
+            entry_key(None, 7),
+            entry_key(None, 8),
+        ];
+        b.set(
+            &lookalikes[0],
+            Bytes::from_static(br#"{"timestamp": 1.0, "response": "{}"}"#),
+            ttl,
+        )
+        .await
+        .unwrap();
+        b.set(&lookalikes[1], Bytes::from_static(b"\0LC"), ttl)
+            .await
+            .unwrap();
+        b.set(&lookalikes[2], Bytes::new(), ttl).await.unwrap();
+        cli(
+            STANDALONE_PORT,
+            &["-n", "9", "hset", &lookalikes[3], "f", "v"],
+        );
         assert_eq!(
             cli(STANDALONE_PORT, &["-n", "0", "exists", &ours[0]]),
             "0",
@@ -143,10 +175,16 @@ fn clear_all_removes_only_entry_shaped_keys() {
         for k in &ours {
             assert_eq!(b.get(k).await.unwrap(), None, "{k} must be cleared");
         }
-        for k in &foreign {
+        for k in foreign.iter().chain(&lookalikes[..3]) {
             assert!(b.get(k).await.unwrap().is_some(), "{k} must survive");
             b.delete(k).await.unwrap();
         }
+        assert_eq!(
+            cli(STANDALONE_PORT, &["-n", "9", "hget", &lookalikes[3], "f"]),
+            "v",
+            "a hash under an entry-shaped key must survive"
+        );
+        cli(STANDALONE_PORT, &["-n", "9", "del", &lookalikes[3]]);
     });
 }
 
@@ -343,5 +381,75 @@ fn l1_in_front_of_redis_and_delete_clear_reach_both_tiers() {
         assert!(!fetch(&cache, &req).await.is_hit(), "L1 still served it");
         cache.flush(Duration::from_secs(5)).await.unwrap();
         b.clear(Some(&ns)).await.unwrap();
+    });
+}
+
+/// Heartbeats travel on each replica's own channel: the shared coordination channel carries
+/// none (N replicas would otherwise make N² deliveries a second), each replica publishes about
+/// one a second, and each still hears its own (L1 stays live past the 3 s heartbeat timeout).
+#[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
+fn heartbeats_stay_off_the_shared_channel() {
+    use fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
+    rt().block_on(async {
+        let mut caches = Vec::new();
+        for _ in 0..2 {
+            let Some(b) = common::standalone().await else {
+                return;
+            };
+            let b: SharedBackend = std::sync::Arc::new(b);
+            caches.push(
+                CacheBuilder::from_shared(b)
+                    .namespace(unique("heartbeat"))
+                    .l1(L1Config::new(
+                        MemoryConfig::default(),
+                        Duration::from_secs(60),
+                    ))
+                    .build(),
+            );
+        }
+        let live = |caches: &[Cache]| caches.iter().all(|c| c.engine().unwrap().l1_live());
+        let start = std::time::Instant::now();
+        while !live(&caches) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "L1 never went live"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let url = format!("redis://127.0.0.1:{STANDALONE_PORT}");
+        let listener =
+            fred::prelude::Client::new(Config::from_url(&url).unwrap(), None, None, None);
+        listener.init().await.unwrap();
+        let mut rx = listener.message_rx();
+        listener
+            .subscribe(cache_redis::coordination::CHANNEL)
+            .await
+            .unwrap();
+        let heartbeat_channels = format!("{}:heartbeat:*", cache_redis::coordination::CHANNEL);
+        listener.psubscribe(heartbeat_channels).await.unwrap();
+        let (mut shared, mut own) = (Vec::new(), std::collections::HashMap::new());
+        let until = tokio::time::Instant::now() + Duration::from_millis(4500);
+        while let Ok(Ok(msg)) = tokio::time::timeout_at(until, rx.recv()).await {
+            let text =
+                String::from_utf8_lossy(msg.value.as_bytes().unwrap_or_default()).into_owned();
+            if &*msg.channel == cache_redis::coordination::CHANNEL {
+                shared.push(text);
+            } else {
+                *own.entry(msg.channel.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert!(
+            !shared.iter().any(|m| m.starts_with(r#"{"h":"#)),
+            "heartbeats on the shared channel: {shared:?}"
+        );
+        // Both caches of this test, and maybe other tests' running at the same time.
+        assert!(own.len() >= 2, "heartbeat channels heard: {own:?}");
+        assert!(
+            own.values().filter(|&&n| n >= 3).count() >= 2,
+            "about one heartbeat a second per replica: {own:?}"
+        );
+        assert!(live(&caches), "a replica stopped hearing its own heartbeat");
+        let _ = listener.quit().await;
     });
 }

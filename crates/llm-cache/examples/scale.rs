@@ -136,32 +136,6 @@ fn args() -> Args {
     a
 }
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 /// `used_memory` summed over the servers at `ports` that are masters (`redis-cli`).
 fn redis_used_memory(ports: &[u16]) -> u64 {
     let mut total = 0;
@@ -353,7 +327,7 @@ async fn main() {
         let cfg = CacheConfig::from_value(config.clone()).expect("config");
         let cache = cfg.build().await.expect("build");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss0 = rss_mib();
+        let rss0 = cache_core::testing::rss_mib();
         let mem0 = redis_used_memory(&ports);
         let first = CHECKPOINT.min(a.n);
         let mut rate_time = 0.0;
@@ -373,16 +347,17 @@ async fn main() {
         let large = probe(&cache, run, f, t, 2).await;
         let (footprint, notes) = match backend.as_str() {
             "memory" => (
-                (rss_mib() - rss0) * (1 << 20) as f64 / a.memory_bound.min(a.n) as f64,
+                (cache_core::testing::rss_mib() - rss0) * (1 << 20) as f64
+                    / a.memory_bound.min(a.n) as f64,
                 format!(
                     "bound {} items; process RSS {:.0} -> {:.0} MiB",
                     a.memory_bound,
                     rss0,
-                    rss_mib()
+                    cache_core::testing::rss_mib()
                 ),
             ),
             "disk" => {
-                let du = dir_size(&disk_dir);
+                let du = cache_disk::allocated_bytes(&disk_dir);
                 // The proxy opens the directory: this process lets go of it first.
                 drop(cache);
                 tokio::time::sleep(Duration::from_millis(500)).await;

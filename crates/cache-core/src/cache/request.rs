@@ -310,6 +310,14 @@ fn validate(
     Ok((entry, age))
 }
 
+/// What [`Prepared::lead_read`] found.
+enum LeadRead {
+    /// The entry: a hit.
+    Hit(Hit),
+    /// A miss (why), and what coordination decided for it.
+    Miss(Coordinated, MissReason),
+}
+
 impl Prepared {
     /// The key (also for bypassed requests, for the `x-litellm-cache-key` header).
     pub fn key(&self) -> Option<&CacheKey> {
@@ -364,8 +372,7 @@ impl Prepared {
     pub async fn lookup(&self) -> Lookup {
         let start = Instant::now();
         let out = self.lookup_inner().await;
-        self.lookup_nanos
-            .store(start.elapsed().as_nanos() as u64, Relaxed);
+        self.set_lookup_time(start);
         out
     }
 
@@ -394,66 +401,14 @@ impl Prepared {
         }
         let start = Instant::now();
         let now = now_ms();
-        let mut reason = MissReason::NotFound;
-
-        if let Some(l1) = engine.l1_active()
-            && let Some(raw) = l1.get_sync(key.as_str())
-        {
-            match validate(&raw, self.kind, self.max_age, now) {
-                Ok((entry, age)) => {
-                    return self.hit(engine, key, entry, age, Tier::L1, None, start);
-                }
-                Err(r) => reason = r,
-            }
-        }
-
-        let backend_name = engine.backend.name();
+        let mut reason = match self.l1_read(engine, key, now, start) {
+            Ok(hit) => return hit,
+            Err(r) => r,
+        };
         let generation = engine.l1_generation(key.as_str());
-        match engine.guarded_get(key.as_str(), stats).await {
-            Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
-                Ok((entry, age)) => {
-                    engine.l1_fill(
-                        key.as_str(),
-                        &raw,
-                        &entry,
-                        entry.remaining_ttl(now),
-                        generation,
-                    );
-                    return self.hit(engine, key, entry, age, Tier::Backend, None, start);
-                }
-                Err(r) => {
-                    if r == MissReason::Unusable {
-                        stats.corrupt.fetch_add(1, Relaxed);
-                        tracing::warn!(
-                            backend = backend_name,
-                            key = key.as_str(),
-                            "unusable cache entry treated as a miss"
-                        );
-                    } else if r == MissReason::NotFound && !engine.backend.capabilities().native_ttl
-                    {
-                        self.delete_in_background(engine, key);
-                    }
-                    reason = r;
-                }
-            },
-            Ok(None) => {}
-            Err(None) => reason = MissReason::BreakerOpen,
-            Err(Some(e)) => {
-                reason = MissReason::Error;
-                let msg = e.to_string();
-                self.cache.emit_with(|emit| {
-                    emit(&CacheEvent {
-                        kind: EventKind::Error,
-                        key: Some(key.as_str()),
-                        backend: backend_name,
-                        latency: start.elapsed(),
-                        age: None,
-                        similarity: None,
-                        bytes: 0,
-                        detail: Some(&msg),
-                    })
-                });
-            }
+        let res = engine.guarded_get(key.as_str(), stats).await;
+        if let Some(hit) = self.read_result(engine, key, res, generation, now, start, &mut reason) {
+            return hit;
         }
 
         if let (Some(sem), Some(input)) = (&engine.semantic, &self.semantic)
@@ -471,7 +426,101 @@ impl Prepared {
                 start,
             );
         }
+        self.record_miss(engine, key, reason, start)
+    }
 
+    /// The L1 step of a lookup: a hit, or why L1 had none.
+    fn l1_read(
+        &self,
+        engine: &Arc<CacheEngine>,
+        key: &CacheKey,
+        now: u64,
+        start: Instant,
+    ) -> std::result::Result<Lookup, MissReason> {
+        if let Some(l1) = engine.l1_active()
+            && let Some(raw) = l1.get_sync(key.as_str())
+        {
+            return match validate(&raw, self.kind, self.max_age, now) {
+                Ok((entry, age)) => Ok(self.hit(engine, key, entry, age, Tier::L1, None, start)),
+                Err(r) => Err(r),
+            };
+        }
+        Err(MissReason::NotFound)
+    }
+
+    /// What a read of the backend gave (`Err(None)`: the breaker skipped it): a hit (L1 filled
+    /// from it), or `None` with `reason` updated.
+    #[allow(clippy::too_many_arguments)]
+    fn read_result(
+        &self,
+        engine: &Arc<CacheEngine>,
+        key: &CacheKey,
+        res: std::result::Result<Option<Bytes>, Option<CacheError>>,
+        generation: u64,
+        now: u64,
+        start: Instant,
+        reason: &mut MissReason,
+    ) -> Option<Lookup> {
+        let stats = &self.cache.shared.stats;
+        let backend_name = engine.backend.name();
+        match res {
+            Ok(Some(raw)) => match validate(&raw, self.kind, self.max_age, now) {
+                Ok((entry, age)) => {
+                    engine.l1_fill(
+                        key.as_str(),
+                        &raw,
+                        &entry,
+                        entry.remaining_ttl(now),
+                        generation,
+                    );
+                    return Some(self.hit(engine, key, entry, age, Tier::Backend, None, start));
+                }
+                Err(r) => {
+                    if r == MissReason::Unusable {
+                        stats.corrupt.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            backend = backend_name,
+                            key = key.as_str(),
+                            "unusable cache entry treated as a miss"
+                        );
+                    } else if r == MissReason::NotFound && !engine.backend.capabilities().native_ttl
+                    {
+                        self.delete_in_background(engine, key);
+                    }
+                    *reason = r;
+                }
+            },
+            Ok(None) => {}
+            Err(None) => *reason = MissReason::BreakerOpen,
+            Err(Some(e)) => {
+                *reason = MissReason::Error;
+                let msg = e.to_string();
+                self.cache.emit_with(|emit| {
+                    emit(&CacheEvent {
+                        kind: EventKind::Error,
+                        key: Some(key.as_str()),
+                        backend: backend_name,
+                        latency: start.elapsed(),
+                        age: None,
+                        similarity: None,
+                        bytes: 0,
+                        detail: Some(&msg),
+                    })
+                });
+            }
+        }
+        None
+    }
+
+    /// Counts a lookup that found nothing usable, and says so.
+    fn record_miss(
+        &self,
+        engine: &CacheEngine,
+        key: &CacheKey,
+        reason: MissReason,
+        start: Instant,
+    ) -> Lookup {
+        let stats = &self.cache.shared.stats;
         let latency = start.elapsed();
         stats.misses.fetch_add(1, Relaxed);
         stats.lookup_latency.observe(latency);
@@ -485,7 +534,7 @@ impl Prepared {
             emit(&CacheEvent {
                 kind: EventKind::Miss,
                 key: Some(key.as_str()),
-                backend: backend_name,
+                backend: engine.backend.name(),
                 latency,
                 age: None,
                 similarity: None,
@@ -622,6 +671,18 @@ impl Prepared {
         if engine.breaker_state() == crate::BreakerState::Open {
             return Coordinated::Alone;
         }
+        self.coordinate_from(engine, key, coord, None).await
+    }
+
+    /// The lease loop of [`Prepared::coordinate`], starting from `first` (an attempt already
+    /// made) when given.
+    async fn coordinate_from(
+        &self,
+        engine: &Arc<CacheEngine>,
+        key: &CacheKey,
+        coord: &Arc<dyn crate::Coordinator>,
+        mut first: Option<LeaseAttempt>,
+    ) -> Coordinated {
         let stats = &self.cache.shared.stats;
         let start = Instant::now();
         // Half of `coalesce_timeout`: the in-process followers waiting for this request (for
@@ -634,13 +695,18 @@ impl Prepared {
         let mut empty_waits = 0;
         loop {
             let generation = engine.l1_generation(key.as_str());
-            let attempt = with_deadline(
-                coord.name(),
-                "lease",
-                engine.settings.read_timeout,
-                coord.try_lease(key.as_str(), engine.settings.coalesce_lease),
-            )
-            .await;
+            let attempt = match first.take() {
+                Some(attempt) => Ok(attempt),
+                None => {
+                    with_deadline(
+                        coord.name(),
+                        "lease",
+                        engine.settings.read_timeout,
+                        coord.try_lease(key.as_str(), engine.settings.coalesce_lease),
+                    )
+                    .await
+                }
+            };
             // Coordination errors are counted and logged, never fed to the store's breaker (a
             // server refusing scripts must not turn the cache off); one that cannot pass by
             // retrying turns coordination off for this configuration.
@@ -732,6 +798,100 @@ impl Prepared {
                 Err(()) => return Coordinated::Alone,
             }
         }
+    }
+
+    /// The coordinator whose lease attempt can serve as this request's backend read (see
+    /// [`Prepared::lead_read`]): a request that reads, stores and would coordinate, with no
+    /// semantic layer to consult after an exact miss, under a coordinator that reads the entry
+    /// with the lease ([`Coordinator::reads_entry`](crate::Coordinator::reads_entry)).
+    fn deferred_read(&self) -> Option<&Arc<dyn crate::Coordinator>> {
+        let engine = self.engine.as_ref()?;
+        if !self.reads()
+            || !self.writes()
+            || self.only_if_cached
+            || self.key.is_none()
+            || !engine.settings.coalesce
+            || engine.semantic.is_some()
+            || engine.breaker_state() == crate::BreakerState::Open
+        {
+            return None;
+        }
+        engine.coalescing_coordinator().filter(|c| c.reads_entry())
+    }
+
+    /// The backend read of the in-process leader of a request that defers it
+    /// ([`Prepared::deferred_read`]): one lease attempt that returns the entry if it is stored
+    /// (a hit, counted as a lookup's would be), else takes the lease (a miss: this request
+    /// leads) or finds it held (a miss: wait as [`Prepared::coordinate`] does). A storing miss
+    /// thus costs one round trip for its lookup and lease together. The attempt runs with the
+    /// store's breaker and read deadline, as a lookup does; an error is a miss that goes
+    /// upstream alone, and one that retrying cannot cure (a server refusing scripts) turns
+    /// coordination off and reads the entry the plain way.
+    async fn lead_read(
+        &self,
+        engine: &Arc<CacheEngine>,
+        key: &CacheKey,
+        coord: &Arc<dyn crate::Coordinator>,
+    ) -> LeadRead {
+        let stats = &self.cache.shared.stats;
+        let start = Instant::now();
+        let now = now_ms();
+        let generation = engine.l1_generation(key.as_str());
+        let res = engine
+            .guarded(
+                coord.try_lease(key.as_str(), engine.settings.coalesce_lease),
+                "lease",
+                engine.settings.read_timeout,
+                stats,
+            )
+            .await;
+        let mut reason = MissReason::NotFound;
+        let (next, res) = match res {
+            Ok(LeaseAttempt::Stored(raw)) => (Coordinated::Alone, Ok(Some(raw))),
+            Ok(LeaseAttempt::Acquired(lease)) => {
+                *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                (Coordinated::Lead, Ok(None))
+            }
+            Ok(LeaseAttempt::Held) => {
+                self.record_miss(engine, key, reason, start);
+                self.set_lookup_time(start);
+                let next = self
+                    .coordinate_from(engine, key, coord, Some(LeaseAttempt::Held))
+                    .await;
+                return LeadRead::Miss(next, reason);
+            }
+            Err(Some(e)) if !e.is_transient() => {
+                engine.disable_coordination(&e);
+                (
+                    Coordinated::Alone,
+                    engine.guarded_get(key.as_str(), stats).await,
+                )
+            }
+            Err(e) => (Coordinated::Alone, Err(e)),
+        };
+        let read = self.read_result(engine, key, res, generation, now, start, &mut reason);
+        self.set_lookup_time(start);
+        match read {
+            Some(Lookup::Hit(hit)) => LeadRead::Hit(hit),
+            _ => {
+                self.record_miss(engine, key, reason, start);
+                LeadRead::Miss(next, reason)
+            }
+        }
+    }
+
+    /// Whether another request's hit on this key answers this one: same call kind, and
+    /// fresh enough for its `max-age`.
+    fn accepts(&self, hit: &Hit) -> bool {
+        hit.entry.kind == self.kind
+            && self
+                .max_age
+                .is_none_or(|max| !max.is_zero() && hit.age <= max)
+    }
+
+    fn set_lookup_time(&self, start: Instant) {
+        self.lookup_nanos
+            .store(start.elapsed().as_nanos() as u64, Relaxed);
     }
 
     fn delete_in_background(&self, engine: &Arc<CacheEngine>, key: &CacheKey) {
@@ -991,24 +1151,40 @@ impl Prepared {
         Fut: Future<Output = std::result::Result<T, E>>,
     {
         let stats = &self.cache.shared.stats;
-        let reason = match self.lookup().await {
-            Lookup::Hit(hit) => match decode(&hit.entry.body) {
-                Some(value) => {
-                    return Ok(Cached {
-                        value,
-                        status: CacheStatus::Hit {
-                            tier: hit.tier,
-                            age: hit.age,
-                            similarity: hit.similarity,
-                        },
-                        key: self.key.clone(),
-                        entry: Some(hit.entry),
-                    });
+        // A hit, as the caller's type; `Err(reason)` for an entry `decode` refuses.
+        let answer = |hit: Hit| match decode(&hit.entry.body) {
+            Some(value) => Ok(Cached {
+                value,
+                status: CacheStatus::Hit {
+                    tier: hit.tier,
+                    age: hit.age,
+                    similarity: hit.similarity,
+                },
+                key: self.key.clone(),
+                entry: Some(hit.entry),
+            }),
+            None => {
+                stats.corrupt.fetch_add(1, Relaxed);
+                Err(MissReason::Unusable)
+            }
+        };
+        // A request that will coordinate reads the backend with its lease attempt, once it
+        // leads its in-process flight (`lead_read`): only L1 is read here.
+        let deferred = self.deferred_read();
+        let mut read_done = deferred.is_none();
+        let looked = match (&self.engine, &self.key, deferred) {
+            (Some(engine), Some(key), Some(_)) => {
+                match self.l1_read(engine, key, now_ms(), Instant::now()) {
+                    Ok(hit) => hit,
+                    Err(r) => Lookup::Miss(r),
                 }
-                None => {
-                    stats.corrupt.fetch_add(1, Relaxed);
-                    Some(MissReason::Unusable)
-                }
+            }
+            _ => self.lookup().await,
+        };
+        let mut reason = match looked {
+            Lookup::Hit(hit) => match answer(hit) {
+                Ok(cached) => return Ok(cached),
+                Err(r) => Some(r),
             },
             Lookup::Miss(r) => Some(r),
             Lookup::Bypass(_) => None,
@@ -1016,7 +1192,7 @@ impl Prepared {
         if self.only_if_cached {
             return Err(CallError::NotCached);
         }
-        let status = |store: StoreOutcome| match (reason, self.bypass) {
+        let status = |reason: Option<MissReason>, store: StoreOutcome| match (reason, self.bypass) {
             (Some(reason), _) => CacheStatus::Miss { reason, store },
             (None, reason) => CacheStatus::Bypass {
                 reason: reason.unwrap_or("disabled"),
@@ -1030,7 +1206,31 @@ impl Prepared {
             for _ in 0..3 {
                 match engine.flights.join(key.as_str()) {
                     Join::Lead(leader) => {
-                        if let Coordinated::Answer(hit) = self.coordinate().await
+                        let coordinated = match deferred {
+                            // The leader returns below: its read is done for good.
+                            Some(coord) if !read_done => {
+                                match self.lead_read(engine, key, coord).await {
+                                    // Handed to the in-process followers as a hit: each
+                                    // checks its own `max-age`.
+                                    LeadRead::Hit(hit) => match answer(hit.clone()) {
+                                        Ok(cached) => {
+                                            leader.publish_hit(hit);
+                                            return Ok(cached);
+                                        }
+                                        Err(r) => {
+                                            reason = Some(r);
+                                            Coordinated::Alone
+                                        }
+                                    },
+                                    LeadRead::Miss(next, r) => {
+                                        reason = Some(r);
+                                        next
+                                    }
+                                }
+                            }
+                            _ => self.coordinate().await,
+                        };
+                        if let Coordinated::Answer(hit) = coordinated
                             && let Some(value) = decode(&hit.entry.body)
                         {
                             // In-process followers take what the leader gets without their
@@ -1063,7 +1263,7 @@ impl Prepared {
                         };
                         return Ok(Cached {
                             value,
-                            status: status(store),
+                            status: status(reason, store),
                             key: self.key.clone(),
                             entry: None,
                         });
@@ -1072,6 +1272,16 @@ impl Prepared {
                         match Flights::wait(rx, engine.settings.coalesce_timeout).await {
                             Waited::Done(body) => {
                                 if let Some(value) = decode(&body) {
+                                    // A follower that deferred its read missed with its
+                                    // leader: counted as its lookup would have been.
+                                    if !read_done {
+                                        self.record_miss(
+                                            engine,
+                                            key,
+                                            MissReason::NotFound,
+                                            Instant::now(),
+                                        );
+                                    }
                                     stats.coalesced.fetch_add(1, Relaxed);
                                     self.cache.emit_with(|emit| {
                                         emit(&CacheEvent {
@@ -1094,7 +1304,45 @@ impl Prepared {
                                 }
                                 break;
                             }
-                            Waited::Retry => continue,
+                            // The entry the leader's read found: a hit for this request too,
+                            // if fresh enough for it; else its own read (below).
+                            Waited::Hit(hit) if !read_done && self.accepts(&hit) => {
+                                let Hit { entry, age, .. } = *hit;
+                                let looked = self.hit(
+                                    engine,
+                                    key,
+                                    entry,
+                                    age,
+                                    Tier::Backend,
+                                    None,
+                                    Instant::now(),
+                                );
+                                if let Lookup::Hit(hit) = looked {
+                                    match answer(hit) {
+                                        Ok(cached) => return Ok(cached),
+                                        Err(r) => {
+                                            read_done = true;
+                                            reason = Some(r);
+                                        }
+                                    }
+                                }
+                            }
+                            // The leader handed nothing on (it failed, or found an entry too
+                            // old for this request): a follower that deferred its read makes
+                            // it now, in parallel with the others, then leads or follows
+                            // again on a miss.
+                            Waited::Retry | Waited::Hit(_) if !read_done => {
+                                read_done = true;
+                                match self.lookup().await {
+                                    Lookup::Hit(hit) => match answer(hit) {
+                                        Ok(cached) => return Ok(cached),
+                                        Err(r) => reason = Some(r),
+                                    },
+                                    Lookup::Miss(r) => reason = Some(r),
+                                    Lookup::Bypass(_) => {}
+                                }
+                            }
+                            Waited::Retry | Waited::Hit(_) => continue,
                             Waited::TimedOut => break,
                         }
                     }
@@ -1102,6 +1350,17 @@ impl Prepared {
             }
         }
 
+        // A request that deferred its read and never made it (it followed until it gave up).
+        if !read_done {
+            match self.lookup().await {
+                Lookup::Hit(hit) => match answer(hit) {
+                    Ok(cached) => return Ok(cached),
+                    Err(r) => reason = Some(r),
+                },
+                Lookup::Miss(r) => reason = Some(r),
+                Lookup::Bypass(_) => {}
+            }
+        }
         let f = fetch.take().expect("fetch is called once");
         let started = Instant::now();
         let value = f().await.map_err(CallError::Upstream)?;
@@ -1112,7 +1371,7 @@ impl Prepared {
         };
         Ok(Cached {
             value,
-            status: status(store),
+            status: status(reason, store),
             key: self.key.clone(),
             entry: None,
         })
