@@ -9,7 +9,8 @@
 #
 #   direct  fake upstream (latency 0) hit directly: ceiling of load tool + fake server
 #   local   proxy with cache_params {type: local} in front of the fake upstream (UPSTREAM_LATENCY_MS)
-#   redis   proxy with cache_params {type: redis} (starts redis-server on REDIS_PORT if none answers)
+#   redis   proxy with cache_params {type: redis} (starts redis-server on REDIS_PORT if none answers);
+#           also hits over KEYS_N [1000] distinct stored requests (`chat-hit-distinct`, 0: skip)
 #   miss    proxy in front of the fake upstream (latency 0), every request `no-cache`: the miss path
 #   redis-store    proxy over Redis, upstream latency 0, every request distinct (a storing miss:
 #                  lookup, lease, upstream, store)
@@ -230,6 +231,30 @@ EOF
   warm "$URL" "$BODY" "$FAKE_PORT"
   grep -i 'cache-key' "$OUT_DIR/hit-headers.txt" | sed 's/^/  hit header: /' | tee -a "$OUT_DIR/notes.txt" || true
   for c in $CONCS; do run_wrk "$tag" chat-hit "$c" "$URL" "$BODY" "$FAKE_PORT" "$PROXY_PID"; done
+  # Hits over KEYS_N distinct stored requests (`redis` mode): concurrent requests for
+  # different keys, so nothing is shared between them (the single-key rows above can be
+  # served by one backend read for several concurrent requests).
+  if [ "$mode" = redis ] && [ "${KEYS_N:-1000}" -gt 0 ]; then
+    $PY - "$URL" "$UBODY" "${KEYS_N:-1000}" <<'PYEOF'
+# Stores the KEYS_N requests (misses, each UPSTREAM_LATENCY_MS upstream): 32 at a time.
+import http.client, os, sys, urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+url, body_file, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+u = urllib.parse.urlparse(url)
+template = open(body_file, "rb").read()
+headers = {"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["AUTH"]}
+def worker(w):
+    conn = http.client.HTTPConnection(u.hostname, u.port)
+    for i in range(w + 1, n + 1, 32):
+        conn.request("POST", u.path, template.replace(b"@UNIQUE@", b"k%d" % i), headers)
+        r = conn.getresponse(); r.read()
+        assert r.status == 200, r.status
+with ThreadPoolExecutor(32) as ex:
+    list(ex.map(worker, range(32)))
+PYEOF
+    sleep 1
+    for c in $CONCS; do KEYS_N=${KEYS_N:-1000} SCRIPT=post-cycle.lua run_wrk "$tag" chat-hit-distinct "$c" "$URL" "$UBODY" "$FAKE_PORT" "$PROXY_PID"; done
+  fi
   for kb in ${LARGE_KB:-}; do
     warm "$URL" "$OUT_DIR/body-large-$kb.json" "$FAKE_PORT"
     for c in ${LARGE_CONCS:-1 16}; do

@@ -10,7 +10,8 @@
 //!   ([`Coordinator::wait_lease`]) and now answer from the stored entry. A lease expires by itself
 //!   if its holder dies; a waiter gives up after `coalesce_timeout` and calls upstream itself.
 //!   A coordinator whose lease attempt returns the stored entry ([`Coordinator::reads_entry`])
-//!   also serves as the lookup of the requests that will coordinate: one round trip for both.
+//!   may also serve as the read of the requests that will coordinate (one round trip for
+//!   both); the orchestration does so while most recent reads miss.
 //! * **invalidates L1 everywhere**: a delete, a clear or a `no-cache` refresh is published
 //!   ([`Coordinator::publish`]); every replica's engine receives it through its
 //!   [`InvalidationSink`] and drops the keys from its L1. While the coordinator cannot hear
@@ -110,9 +111,9 @@ pub trait Coordinator: Send + Sync + Debug + 'static {
 
     /// Whether [`Coordinator::try_lease`] reads the entry in the same step: it answers
     /// [`LeaseAttempt::Stored`] whenever the entry `key` is stored, and takes the lease only
-    /// when it is not. The orchestration then lets the lease attempt of a request that will
-    /// coordinate be its lookup too (one round trip for both; checked by the conformance kit).
-    /// Default: no.
+    /// when it is not. The orchestration may then let the lease attempt of a request that will
+    /// coordinate be its read too (one round trip for both), which it does while most recent
+    /// reads miss (checked by the conformance kit). Default: no.
     fn reads_entry(&self) -> bool {
         false
     }

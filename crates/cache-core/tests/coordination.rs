@@ -341,6 +341,51 @@ async fn a_lease_that_reads_the_entry_is_the_lookup() {
     assert_eq!(f.hub.gets.load(Ordering::SeqCst), 1);
 }
 
+/// The leader reads with its lease attempt only while most recent reads miss: a run of hits
+/// switches it to a plain `get` (the store's cheaper read), a run of misses switches it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_read_is_used_while_reads_mostly_miss() {
+    let f = fleet_with(1, false, true);
+    let cache = &f.replicas[0];
+    let upstream = AtomicUsize::new(0);
+    let req = request("popular");
+    call(cache, &req, &upstream).await;
+    cache.flush(Duration::from_secs(1)).await.unwrap();
+    let leases = || f.hub.lease_attempts.load(Ordering::SeqCst);
+    let gets = || f.hub.gets.load(Ordering::SeqCst);
+    let (l0, g0) = (leases(), gets());
+    for _ in 0..40 {
+        let (_, status) = call(cache, &req, &upstream).await;
+        assert!(status.is_hit(), "{status:?}");
+    }
+    let (lease_reads, get_reads) = (leases() - l0, gets() - g0);
+    assert_eq!(lease_reads + get_reads, 40, "one read per hit");
+    assert!(
+        (18..=26).contains(&lease_reads),
+        "{lease_reads} hits read with the lease: it should stop once half the reads hit (~22)"
+    );
+    // Now misses: a `get`, then the lease, until they bring the share of hits below half.
+    let mut last = (0, 0);
+    for i in 0..40 {
+        let (l, g) = (leases(), gets());
+        cache
+            .get_or_fetch(
+                CallKind::Chat,
+                &request(&format!("new {i}")),
+                &CacheControl::none(),
+                || async { Ok::<Value, std::io::Error>(json!({"choices": []})) },
+            )
+            .await
+            .unwrap();
+        last = (leases() - l, gets() - g);
+    }
+    assert_eq!(
+        last,
+        (1, 0),
+        "a miss after a run of misses: the lease attempt alone"
+    );
+}
+
 /// Concurrent identical requests on one replica over a stored entry, while the store is slow:
 /// the in-process leader's one lease attempt answers every follower whose `max-age` its entry
 /// satisfies, each counted as a hit; one whose `max-age` it does not satisfy reads the store

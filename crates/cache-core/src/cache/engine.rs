@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +51,33 @@ pub struct CacheEngine {
     pub(super) encoding: Encoding,
     /// Set when the coordinator failed for good ([`CacheEngine::disable_coordination`]).
     pub(super) coordination_off: AtomicBool,
+    /// Recent share of the in-flight backend reads that hit ([`CacheEngine::read_outcome`]).
+    pub(super) read_hit_ratio: HitRatio,
+}
+
+/// An exponentially weighted share of hits among recent reads (each read weighs 1/32), in
+/// 1/65536ths. Updated without a lock: concurrent updates may drop one, which a heuristic
+/// can afford. Starts at 0 (a new cache mostly misses).
+#[derive(Debug, Default)]
+pub(crate) struct HitRatio(AtomicU32);
+
+impl HitRatio {
+    const ONE: u32 = 1 << 16;
+
+    pub(crate) fn record(&self, hit: bool) {
+        let r = self.0.load(Relaxed);
+        let target = if hit { Self::ONE } else { 0 };
+        let next = if target >= r {
+            r + (target - r) / 32
+        } else {
+            r - (r - target) / 32
+        };
+        self.0.store(next, Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> f64 {
+        f64::from(self.0.load(Relaxed)) / f64::from(Self::ONE)
+    }
 }
 
 pub(super) const L1_GENERATION_SHARDS: usize = 64;

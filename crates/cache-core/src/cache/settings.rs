@@ -229,6 +229,7 @@ impl CacheBuilder {
             coordinator,
             encoding,
             coordination_off: AtomicBool::new(false),
+            read_hit_ratio: Default::default(),
             settings,
         });
         if l1_listens && let Some(c) = &engine.coordinator {
