@@ -399,7 +399,8 @@ async fn the_leaders_read_answers_its_followers_within_their_max_age() {
     call(cache, &req, &upstream).await;
     cache.flush(Duration::from_secs(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    f.hub.lease_delay_ms.store(100, Ordering::SeqCst);
+    // The leader's read takes 500 ms; the strict request joins 20 ms in: a follower.
+    f.hub.lease_delay_ms.store(500, Ordering::SeqCst);
     let (attempts, gets) = (
         f.hub.lease_attempts.load(Ordering::SeqCst),
         f.hub.gets.load(Ordering::SeqCst),
@@ -475,6 +476,10 @@ async fn concurrent_hits_behind_a_reading_lease_are_hits() {
     let req = request("many hits");
     call(cache, &req, &upstream).await;
     cache.flush(Duration::from_secs(1)).await.unwrap();
+    // A slow read, so that the other 19 join the first one's flight.
+    f.hub.lease_delay_ms.store(200, Ordering::SeqCst);
+    let reads = || f.hub.lease_attempts.load(Ordering::SeqCst) + f.hub.gets.load(Ordering::SeqCst);
+    let before = reads();
     let outs = futures::future::join_all((0..20).map(|_| {
         let (cache, req, upstream) = (cache.clone(), req.clone(), upstream.clone());
         async move { call(&cache, &req, &upstream).await }
@@ -485,9 +490,79 @@ async fn concurrent_hits_behind_a_reading_lease_are_hits() {
         assert!(status.is_hit(), "{status:?}");
     }
     assert_eq!(upstream.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        reads() - before,
+        1,
+        "one store read for the 20 concurrent hits"
+    );
     let s = cache.stats();
     assert_eq!(s.hits_backend.load(Ordering::Relaxed), 20);
     assert_eq!(s.misses.load(Ordering::Relaxed), 1);
+}
+
+/// A leader whose read finds an entry too old for its own `max-age` goes upstream outside the
+/// flight: the requests waiting behind it read the entry themselves and hit, instead of
+/// waiting for its upstream call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_leader_does_not_hold_back_followers_that_can_hit() {
+    let f = fleet_with(1, false, true);
+    let cache = &f.replicas[0];
+    let upstream = Arc::new(AtomicUsize::new(0));
+    let req = request("strict leader");
+    call(cache, &req, &upstream).await;
+    cache.flush(Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.hub.lease_delay_ms.store(300, Ordering::SeqCst);
+    let strict = CacheControl::none().with_max_age(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let outs = futures::future::join_all((0..6).map(|i| {
+        let (cache, req, upstream, strict) =
+            (cache.clone(), req.clone(), upstream.clone(), strict.clone());
+        async move {
+            // The strict one leads; the others join 20 ms later.
+            let cc = if i == 0 {
+                strict
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                CacheControl::none()
+            };
+            let out = cache
+                .get_or_fetch(CallKind::Chat, &req, &cc, || async {
+                    upstream.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok::<Value, std::io::Error>(
+                        json!({"choices": [{"message": {"content": "new"}}]}),
+                    )
+                })
+                .await
+                .unwrap();
+            (out.status, started.elapsed())
+        }
+    }))
+    .await;
+    assert!(
+        matches!(
+            outs[0].0,
+            CacheStatus::Miss {
+                reason: cache_core::MissReason::Stale,
+                ..
+            }
+        ),
+        "{:?}",
+        outs[0].0
+    );
+    for (status, after) in &outs[1..] {
+        assert!(status.is_hit(), "{status:?}");
+        assert!(
+            *after < Duration::from_secs(2),
+            "a follower waited {after:?}, as long as the strict leader's upstream call"
+        );
+    }
+    assert_eq!(
+        upstream.load(Ordering::SeqCst),
+        2,
+        "only the strict one went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1216,7 +1216,11 @@ impl Prepared {
         let looked = match (&self.engine, &self.key, deferred) {
             (Some(engine), Some(key), Some(_)) => {
                 match self.l1_read(engine, key, now_ms(), Instant::now()) {
-                    Ok(hit) => hit,
+                    // Counted: this request's read is done, even if `decode` refuses it.
+                    Ok(hit) => {
+                        read_done = true;
+                        hit
+                    }
                     Err(r) => Lookup::Miss(r),
                 }
             }
@@ -1244,13 +1248,15 @@ impl Prepared {
         if let (Some(engine), Some(key), true) = (&self.engine, &self.key, self.reads())
             && engine.settings.coalesce
         {
-            for _ in 0..3 {
+            'flights: for _ in 0..3 {
                 match engine.flights.join(key.as_str()) {
                     Join::Lead(leader) => {
                         let coordinated = match deferred {
                             // The leader returns below: its read is done for good.
                             Some(coord) if !read_done => {
-                                match self.lead_read(engine, key, coord).await {
+                                read_done = true;
+                                let read = self.lead_read(engine, key, coord).await;
+                                let (next, r) = match read {
                                     // Handed to the in-process followers as a hit: each
                                     // checks its own `max-age`.
                                     LeadRead::Hit(hit) => match answer(hit.clone()) {
@@ -1258,16 +1264,22 @@ impl Prepared {
                                             leader.publish_hit(hit);
                                             return Ok(cached);
                                         }
-                                        Err(r) => {
-                                            reason = Some(r);
-                                            Coordinated::Alone
-                                        }
+                                        Err(r) => (Coordinated::Alone, r),
                                     },
-                                    LeadRead::Miss(next, r) => {
-                                        reason = Some(r);
-                                        next
-                                    }
+                                    LeadRead::Miss(next, r) => (next, r),
+                                };
+                                reason = Some(r);
+                                if matches!(r, MissReason::Stale | MissReason::Unusable) {
+                                    // An entry this request cannot use (stale for its
+                                    // `max-age`, or one it cannot decode): its followers may
+                                    // still hit. They are released to read for themselves,
+                                    // and this request goes upstream outside the flight.
+                                    drop(leader);
+                                    break 'flights;
                                 }
+                                // Not found (lead, wait or go alone), or a failed read
+                                // (alone): the followers take this request's answer.
+                                next
                             }
                             _ => self.coordinate().await,
                         };
@@ -1381,6 +1393,19 @@ impl Prepared {
                                     },
                                     Lookup::Miss(r) => reason = Some(r),
                                     Lookup::Bypass(_) => {}
+                                }
+                            }
+                            // A follower that had read for itself and missed: the entry the
+                            // leader found since answers it, coalesced (on top of its miss).
+                            Waited::Hit(hit) if self.accepts(&hit) => {
+                                if let Some(value) = decode(&hit.entry.body) {
+                                    stats.coalesced.fetch_add(1, Relaxed);
+                                    return Ok(Cached {
+                                        value,
+                                        status: CacheStatus::Coalesced,
+                                        key: self.key.clone(),
+                                        entry: Some(hit.entry),
+                                    });
                                 }
                             }
                             Waited::Retry | Waited::Hit(_) => continue,
