@@ -1,10 +1,14 @@
 -- wrk script: POST the JSON body in $BODY_FILE with every request made distinct (each
 -- occurrence of "@UNIQUE@" is replaced by "<run>-<thread>-<counter>"), so every request is a
 -- cache miss; bearer token from $AUTH. Prints the same RESULT line as post.lua.
+-- With $CYCLE_KEYS = N, "@UNIQUE@" is "k<i>" instead, i cycling over 1..N from an offset of
+-- each thread's own: hits over N distinct keys (stored first by the bench), concurrent
+-- requests mostly for different keys.
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 local template = f:read("*a")
 f:close()
 local run = tostring(os.time()) .. tostring(math.random(1, 1e9))
+local cycle = tonumber(os.getenv("CYCLE_KEYS") or "")
 local threads = {}
 local counter = 0
 local id = 0
@@ -25,7 +29,13 @@ end
 
 function request()
   counter = counter + 1
-  local body = template:gsub("@UNIQUE@", run .. "-" .. id .. "-" .. counter)
+  local unique
+  if cycle then
+    unique = "k" .. tostring((id * 7919 + counter) % cycle + 1)
+  else
+    unique = run .. "-" .. id .. "-" .. counter
+  end
+  local body = template:gsub("@UNIQUE@", unique)
   return wrk.format(nil, nil, nil, body)
 end
 

@@ -253,7 +253,7 @@ with ThreadPoolExecutor(32) as ex:
     list(ex.map(worker, range(32)))
 PYEOF
     sleep 1
-    for c in $CONCS; do KEYS_N=${KEYS_N:-1000} SCRIPT=post-cycle.lua run_wrk "$tag" chat-hit-distinct "$c" "$URL" "$UBODY" "$FAKE_PORT" "$PROXY_PID"; done
+    for c in $CONCS; do CYCLE_KEYS=${KEYS_N:-1000} SCRIPT=post-unique.lua run_wrk "$tag" chat-hit-distinct "$c" "$URL" "$UBODY" "$FAKE_PORT" "$PROXY_PID"; done
   fi
   for kb in ${LARGE_KB:-}; do
     warm "$URL" "$OUT_DIR/body-large-$kb.json" "$FAKE_PORT"

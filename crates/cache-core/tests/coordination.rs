@@ -229,6 +229,18 @@ fn fleet_with(n: usize, l1: bool, reads: bool) -> Fleet {
     Fleet { hub, replicas }
 }
 
+/// One replica over a store with a reading coordinator, holding the answer to `request(text)`
+/// (one upstream call, counted by the returned counter), `age` old.
+async fn one_stored(text: &str, age: Duration) -> (Fleet, Value, Arc<AtomicUsize>) {
+    let f = fleet_with(1, false, true);
+    let upstream = Arc::new(AtomicUsize::new(0));
+    let req = request(text);
+    call(&f.replicas[0], &req, &upstream).await;
+    f.replicas[0].flush(Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(age).await;
+    (f, req, upstream)
+}
+
 fn request(text: &str) -> Value {
     json!({"model": "m", "messages": [{"role": "user", "content": text}]})
 }
@@ -392,13 +404,8 @@ async fn the_lease_read_is_used_while_reads_mostly_miss() {
 /// itself and goes upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_read_answers_its_followers_within_their_max_age() {
-    let f = fleet_with(1, false, true);
+    let (f, req, upstream) = one_stored("handed on", Duration::from_millis(1100)).await;
     let cache = &f.replicas[0];
-    let upstream = Arc::new(AtomicUsize::new(0));
-    let req = request("handed on");
-    call(cache, &req, &upstream).await;
-    cache.flush(Duration::from_secs(1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     // The leader's read takes 500 ms; the strict request joins 20 ms in: a follower.
     f.hub.lease_delay_ms.store(500, Ordering::SeqCst);
     let (attempts, gets) = (
@@ -470,12 +477,8 @@ async fn the_leaders_read_answers_its_followers_within_their_max_age() {
 /// reported coalesced), and none goes upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_hits_behind_a_reading_lease_are_hits() {
-    let f = fleet_with(1, false, true);
+    let (f, req, upstream) = one_stored("many hits", Duration::ZERO).await;
     let cache = &f.replicas[0];
-    let upstream = Arc::new(AtomicUsize::new(0));
-    let req = request("many hits");
-    call(cache, &req, &upstream).await;
-    cache.flush(Duration::from_secs(1)).await.unwrap();
     // A slow read, so that the other 19 join the first one's flight.
     f.hub.lease_delay_ms.store(200, Ordering::SeqCst);
     let reads = || f.hub.lease_attempts.load(Ordering::SeqCst) + f.hub.gets.load(Ordering::SeqCst);
@@ -505,13 +508,8 @@ async fn concurrent_hits_behind_a_reading_lease_are_hits() {
 /// waiting for its upstream call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_strict_leader_does_not_hold_back_followers_that_can_hit() {
-    let f = fleet_with(1, false, true);
+    let (f, req, upstream) = one_stored("strict leader", Duration::from_millis(1100)).await;
     let cache = &f.replicas[0];
-    let upstream = Arc::new(AtomicUsize::new(0));
-    let req = request("strict leader");
-    call(cache, &req, &upstream).await;
-    cache.flush(Duration::from_secs(1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     f.hub.lease_delay_ms.store(300, Ordering::SeqCst);
     let strict = CacheControl::none().with_max_age(Duration::from_secs(1));
     let started = std::time::Instant::now();

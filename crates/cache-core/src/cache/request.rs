@@ -664,22 +664,21 @@ impl Prepared {
     /// Every step is bounded (the read deadline per store call, `coalesce_timeout` in all) and
     /// fails open ([`Coordinated::Alone`]).
     pub async fn coordinate(&self) -> Coordinated {
-        let (Some(engine), Some(key)) = (&self.engine, &self.key) else {
-            return Coordinated::Alone;
-        };
-        let Some(coord) = engine.coalescing_coordinator() else {
-            return Coordinated::Alone;
-        };
+        match self.coordination() {
+            Some((engine, key, coord)) => self.coordinate_from(engine, key, coord, None).await,
+            None => Coordinated::Alone,
+        }
+    }
+
+    /// What this request coordinates with, if it may coordinate at all.
+    fn coordination(&self) -> Option<(&Arc<CacheEngine>, &CacheKey, &Arc<dyn crate::Coordinator>)> {
+        let (engine, key) = (self.engine.as_ref()?, self.key.as_ref()?);
+        let coord = engine.coalescing_coordinator()?;
         // A request that would not store the answer cannot lead others; one that skips the
-        // lookup must not be answered from an entry.
-        if !self.reads() || !self.writes() {
-            return Coordinated::Alone;
-        }
-        // The store is failing: no coordination either (it would fail the same way).
-        if engine.breaker_state() == crate::BreakerState::Open {
-            return Coordinated::Alone;
-        }
-        self.coordinate_from(engine, key, coord, None).await
+        // lookup must not be answered from an entry. While the store is failing, no
+        // coordination either (it would fail the same way).
+        (self.reads() && self.writes() && engine.breaker_state() != crate::BreakerState::Open)
+            .then_some((engine, key, coord))
     }
 
     /// The lease loop of [`Prepared::coordinate`], starting from `first` (an attempt already
@@ -812,18 +811,8 @@ impl Prepared {
     /// leader ([`Prepared::lead_read`]): a request that reads, stores and would coordinate, with
     /// no semantic layer to consult after an exact miss.
     fn deferred_read(&self) -> Option<&Arc<dyn crate::Coordinator>> {
-        let engine = self.engine.as_ref()?;
-        if !self.reads()
-            || !self.writes()
-            || self.only_if_cached
-            || self.key.is_none()
-            || !engine.settings.coalesce
-            || engine.semantic.is_some()
-            || engine.breaker_state() == crate::BreakerState::Open
-        {
-            return None;
-        }
-        engine.coalescing_coordinator()
+        let (engine, _, coord) = self.coordination()?;
+        (!self.only_if_cached && engine.semantic.is_none()).then_some(coord)
     }
 
     /// The backend read of the in-process leader of a request that defers it
@@ -1226,13 +1215,15 @@ impl Prepared {
             }
             _ => self.lookup().await,
         };
-        let mut reason = match looked {
-            Lookup::Hit(hit) => match answer(hit) {
-                Ok(cached) => return Ok(cached),
-                Err(r) => Some(r),
-            },
-            Lookup::Miss(r) => Some(r),
-            Lookup::Bypass(_) => None,
+        // A lookup's outcome: the answer from a usable hit, else why not (`None`: bypassed).
+        let settle = |looked: Lookup| match looked {
+            Lookup::Hit(hit) => answer(hit).map_err(Some),
+            Lookup::Miss(r) => Err(Some(r)),
+            Lookup::Bypass(_) => Err(None),
+        };
+        let mut reason = match settle(looked) {
+            Ok(cached) => return Ok(cached),
+            Err(r) => r,
         };
         if self.only_if_cached {
             return Err(CallError::NotCached);
@@ -1370,13 +1361,11 @@ impl Prepared {
                                     None,
                                     Instant::now(),
                                 );
-                                if let Lookup::Hit(hit) = looked {
-                                    match answer(hit) {
-                                        Ok(cached) => return Ok(cached),
-                                        Err(r) => {
-                                            read_done = true;
-                                            reason = Some(r);
-                                        }
+                                match settle(looked) {
+                                    Ok(cached) => return Ok(cached),
+                                    Err(r) => {
+                                        read_done = true;
+                                        reason = r.or(reason);
                                     }
                                 }
                             }
@@ -1386,13 +1375,9 @@ impl Prepared {
                             // again on a miss.
                             Waited::Retry | Waited::Hit(_) if !read_done => {
                                 read_done = true;
-                                match self.lookup().await {
-                                    Lookup::Hit(hit) => match answer(hit) {
-                                        Ok(cached) => return Ok(cached),
-                                        Err(r) => reason = Some(r),
-                                    },
-                                    Lookup::Miss(r) => reason = Some(r),
-                                    Lookup::Bypass(_) => {}
+                                match settle(self.lookup().await) {
+                                    Ok(cached) => return Ok(cached),
+                                    Err(r) => reason = r.or(reason),
                                 }
                             }
                             // A follower that had read for itself and missed: the entry the
@@ -1418,13 +1403,9 @@ impl Prepared {
 
         // A request that deferred its read and never made it (it followed until it gave up).
         if !read_done {
-            match self.lookup().await {
-                Lookup::Hit(hit) => match answer(hit) {
-                    Ok(cached) => return Ok(cached),
-                    Err(r) => reason = Some(r),
-                },
-                Lookup::Miss(r) => reason = Some(r),
-                Lookup::Bypass(_) => {}
+            match settle(self.lookup().await) {
+                Ok(cached) => return Ok(cached),
+                Err(r) => reason = r.or(reason),
             }
         }
         let f = fetch.take().expect("fetch is called once");
