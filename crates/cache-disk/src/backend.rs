@@ -10,8 +10,103 @@ use bytes::Bytes;
 use cache_core::{CacheBackend, CacheError, Capabilities, Health, Result};
 
 use crate::NAME;
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, DiskEngine};
+use crate::log::LogStore;
 use crate::store::{DiskStats, Store};
+
+/// The storage engine behind the backend (see [`DiskEngine`]).
+#[derive(Debug)]
+enum Engine {
+    Sled(Store),
+    Log(LogStore),
+}
+
+/// Calls the same method on whichever engine is open.
+macro_rules! each {
+    ($e:expr, $s:ident => $call:expr) => {
+        match $e {
+            Engine::Sled($s) => $call,
+            Engine::Log($s) => $call,
+        }
+    };
+}
+
+impl Engine {
+    fn open(config: DiskConfig) -> Result<Engine> {
+        Ok(match config.engine {
+            DiskEngine::Sled => Engine::Sled(Store::open(config)?),
+            DiskEngine::Log => Engine::Log(LogStore::open(config)?),
+        })
+    }
+    fn config(&self) -> &DiskConfig {
+        each!(self, s => s.config())
+    }
+    fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        each!(self, s => s.get(key))
+    }
+    fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        each!(self, s => s.set(key, value, ttl))
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        each!(self, s => s.delete(key))
+    }
+    fn clear(&self, namespace: Option<&str>) -> Result<u64> {
+        each!(self, s => s.clear(namespace))
+    }
+    fn flush(&self) -> Result<()> {
+        each!(self, s => s.flush())
+    }
+    fn ping(&self) -> Result<()> {
+        each!(self, s => s.ping())
+    }
+    fn stats(&self) -> DiskStats {
+        each!(self, s => s.stats())
+    }
+    fn sweep_expired(&self, stop: &dyn Fn() -> bool) -> Result<u64> {
+        each!(self, s => s.sweep_expired(stop))
+    }
+    fn sync_writes(&self) -> bool {
+        each!(self, s => s.sync_writes())
+    }
+    fn max_value_size(&self) -> usize {
+        each!(self, s => s.max_value_size())
+    }
+    fn db_path(&self) -> &std::path::Path {
+        each!(self, s => s.db_path())
+    }
+    fn moved_aside(&self) -> Option<&std::path::Path> {
+        each!(self, s => s.moved_aside())
+    }
+    fn lock_path(&self) -> &std::path::Path {
+        each!(self, s => s.lock_path())
+    }
+    /// sled reopens after an I/O failure; the log recovers on its next write.
+    fn needs_recovery(&self) -> bool {
+        match self {
+            Engine::Sled(s) => s.needs_recovery(),
+            Engine::Log(_) => false,
+        }
+    }
+    fn recover(&self) -> Result<bool> {
+        match self {
+            Engine::Sled(s) => s.recover(),
+            Engine::Log(_) => Ok(false),
+        }
+    }
+    /// Periodic work besides sweeping: the log's flushes and compaction.
+    fn maintain(&self) {
+        if let Engine::Log(s) = self {
+            s.maintain();
+        }
+    }
+    /// How often the maintenance thread wakes at least.
+    fn tick(&self) -> Duration {
+        match self {
+            Engine::Sled(_) => RECOVERY_RETRY,
+            Engine::Log(s) => s.tick().min(RECOVERY_RETRY),
+        }
+    }
+}
 
 /// Runs blocking work off the async worker threads (inline outside a Tokio runtime).
 async fn blocking<T: Send + 'static>(
@@ -52,7 +147,7 @@ struct Sweeper {
 }
 
 impl Sweeper {
-    fn spawn(store: Arc<Store>, every: Duration) -> Result<Sweeper> {
+    fn spawn(store: Arc<Engine>, every: Duration) -> Result<Sweeper> {
         let signal = Arc::new(Signal::default());
         let s = signal.clone();
         let thread = std::thread::Builder::new()
@@ -92,11 +187,12 @@ impl Sweeper {
                             Err(e) => tracing::warn!(backend = NAME, "sweep failed: {e}"),
                         }
                     }
+                    store.maintain();
                     // Wakes at least every RECOVERY_RETRY to notice an I/O failure.
                     let guard = s.stop.lock().unwrap_or_else(PoisonError::into_inner);
                     let (guard, _) = s
                         .wake
-                        .wait_timeout_while(guard, every.min(RECOVERY_RETRY), |stop| !*stop)
+                        .wait_timeout_while(guard, every.min(store.tick()), |stop| !*stop)
                         .unwrap_or_else(PoisonError::into_inner);
                     if *guard {
                         return;
@@ -139,7 +235,7 @@ impl Sweeper {
 /// background operation holds the database any more).
 #[derive(Debug)]
 pub struct DiskBackend {
-    store: Arc<Store>,
+    store: Arc<Engine>,
     sweeper: Sweeper,
     /// Bytes written since the last flush this backend waited for (see
     /// [`DiskBackend::backpressure`]).
@@ -160,7 +256,7 @@ impl DiskBackend {
     ///   foreign database and `on_corruption` is `Error`. With the default (`MoveAside`) a
     ///   damaged database is moved aside and the backend opens empty.
     pub fn open(config: DiskConfig) -> Result<Self> {
-        let store = Arc::new(Store::open(config)?);
+        let store = Arc::new(Engine::open(config)?);
         let sweeper = Sweeper::spawn(store.clone(), store.config().sweep_interval)?;
         Ok(DiskBackend {
             store,

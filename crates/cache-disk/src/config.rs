@@ -47,6 +47,20 @@ pub enum OnCorruption {
     Reset,
 }
 
+/// The storage engine under the disk backend (`disk_cache_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DiskEngine {
+    /// sled 0.34, in the `db/` folder (the default): a B-tree over a log, with a page cache of
+    /// [`DiskConfig::memory_bytes`].
+    #[default]
+    Sled,
+    /// An append-only log in the `log/` folder, with an index of every entry in memory (about
+    /// 80 bytes per entry): a hit is one hash lookup and one positioned read, however many
+    /// entries the cache holds. See `docs/backends/disk.md`.
+    Log,
+}
+
 /// Settings of a [`crate::DiskBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -76,6 +90,9 @@ pub struct DiskConfig {
     /// [`DiskConfig::on_corruption`] says. Time spent waiting for a previous instance of this
     /// process to release the database does not count.
     pub open_timeout: Duration,
+    /// The storage engine (`disk_cache_engine`: `sled`, the default, or `log`). Each keeps its
+    /// files in its own folder of [`DiskConfig::dir`]; switching starts with an empty cache.
+    pub engine: DiskEngine,
 }
 
 impl Default for DiskConfig {
@@ -88,6 +105,7 @@ impl Default for DiskConfig {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             on_corruption: OnCorruption::MoveAside,
             open_timeout: DEFAULT_OPEN_TIMEOUT,
+            engine: DiskEngine::Sled,
         }
     }
 }
@@ -102,8 +120,8 @@ impl DiskConfig {
     }
 
     /// Reads `disk_cache_dir`, `disk_cache_max_bytes`, `disk_cache_flush_interval`,
-    /// `disk_cache_sweep_interval`, `disk_cache_memory_bytes`, `disk_cache_on_corruption` and
-    /// `disk_cache_open_timeout`; absent keys keep their defaults. Other keys (`ttl`, `namespace`, ...) belong to the core.
+    /// `disk_cache_sweep_interval`, `disk_cache_memory_bytes`, `disk_cache_on_corruption`,
+    /// `disk_cache_open_timeout` and `disk_cache_engine`; absent keys keep their defaults. Other keys (`ttl`, `namespace`, ...) belong to the core.
     ///
     /// # Errors
     /// [`CacheError::Config`] naming the key for a value of the wrong type or out of range.
@@ -143,8 +161,26 @@ impl DiskConfig {
         if let Some(d) = params.seconds("disk_cache_open_timeout")? {
             c.open_timeout = d;
         }
+        if let Some(s) = params.string("disk_cache_engine")? {
+            c.engine = match s.as_str() {
+                "sled" => DiskEngine::Sled,
+                "log" => DiskEngine::Log,
+                other => {
+                    return Err(params.error(
+                        "disk_cache_engine",
+                        format!("expected `sled` or `log`, got `{other}`"),
+                    ));
+                }
+            };
+        }
         c.validate().map_err(|(key, msg)| params.error(key, msg))?;
         Ok(c)
+    }
+
+    /// Sets [`DiskConfig::engine`].
+    pub fn with_engine(mut self, engine: DiskEngine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Sets [`DiskConfig::max_bytes`].
@@ -266,6 +302,7 @@ mod tests {
             "disk_cache_memory_bytes": 8388608,
             "disk_cache_on_corruption": "reset",
             "disk_cache_open_timeout": "2.5",
+            "disk_cache_engine": "log",
             "ttl": 60,
         })))
         .unwrap();
@@ -276,6 +313,7 @@ mod tests {
         assert_eq!(c.memory_bytes, 8 << 20);
         assert_eq!(c.on_corruption, OnCorruption::Reset);
         assert_eq!(c.open_timeout, Duration::from_millis(2500));
+        assert_eq!(c.engine, DiskEngine::Log);
         for (v, want) in [
             ("move_aside", OnCorruption::MoveAside),
             ("error", OnCorruption::Error),
@@ -325,6 +363,10 @@ mod tests {
             (
                 json!({"disk_cache_open_timeout": 0.01}),
                 "cache_params.disk_cache_open_timeout",
+            ),
+            (
+                json!({"disk_cache_engine": "lsm"}),
+                "cache_params.disk_cache_engine",
             ),
             (
                 json!({"disk_cache_open_timeout": "soon"}),

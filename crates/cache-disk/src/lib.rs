@@ -57,13 +57,14 @@ mod backend;
 mod config;
 pub mod factory;
 mod lock;
+mod log;
 mod record;
 mod store;
 
 pub use backend::DiskBackend;
 pub use config::{
     DEFAULT_DIR, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BYTES,
-    DEFAULT_OPEN_TIMEOUT, DEFAULT_SWEEP_INTERVAL, DiskConfig, OnCorruption,
+    DEFAULT_OPEN_TIMEOUT, DEFAULT_SWEEP_INTERVAL, DiskConfig, DiskEngine, OnCorruption,
 };
 pub use factory::DiskFactory;
 pub use store::DiskStats;

@@ -269,8 +269,9 @@ fn has_data(db_path: &Path) -> bool {
 }
 
 /// Moves the damaged store in `dir` aside (see [`OnCorruption::MoveAside`]) and returns the
-/// lock of the (new, empty) directory and where the store went. `lock` is the lock of `dir`.
-fn move_aside(dir: &Path, lock: DirLock) -> Result<(DirLock, PathBuf)> {
+/// lock of the (new, empty) directory and where the store went. `lock` is the lock of `dir`;
+/// `folder` the engine's folder in it.
+pub(crate) fn move_aside(dir: &Path, lock: DirLock, folder: &str) -> Result<(DirLock, PathBuf)> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -288,9 +289,10 @@ fn move_aside(dir: &Path, lock: DirLock) -> Result<(DirLock, PathBuf)> {
     };
     // The whole directory moves when it holds only what this backend put there.
     let ours_only = std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .all(|e| [LOCK_FILE, DB_DIR, SPACE_PROBE].contains(&&*e.file_name().to_string_lossy()))
+        entries.flatten().all(|e| {
+            [LOCK_FILE, DB_DIR, crate::log::LOG_DIR, SPACE_PROBE]
+                .contains(&&*e.file_name().to_string_lossy())
+        })
     });
     let whole = std::fs::canonicalize(dir).ok().and_then(|full| {
         let parent = full.parent()?.to_owned();
@@ -316,8 +318,8 @@ fn move_aside(dir: &Path, lock: DirLock) -> Result<(DirLock, PathBuf)> {
             ),
         }
     }
-    let db = dir.join(DB_DIR);
-    let to = free_name(dir, DB_DIR);
+    let db = dir.join(folder);
+    let to = free_name(dir, folder);
     std::fs::rename(&db, &to).map_err(|e| {
         io_err(
             format!(
@@ -384,7 +386,7 @@ impl Store {
                         })?;
                     }
                     OnCorruption::MoveAside => {
-                        let (new_lock, to) = move_aside(&dir, lock)?;
+                        let (new_lock, to) = move_aside(&dir, lock, DB_DIR)?;
                         lock = new_lock;
                         tracing::error!(
                             backend = NAME,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cache_core::{Bytes, CacheBackend, Capabilities, Health, Result, async_trait};
-use cache_disk::{DiskBackend, DiskConfig};
+use cache_disk::{DiskBackend, DiskConfig, DiskEngine};
 
 /// A disk backend that owns its temporary directory.
 #[derive(Debug)]
@@ -15,9 +15,10 @@ struct TempDisk {
 }
 
 impl TempDisk {
-    fn new() -> Self {
+    fn new(engine: DiskEngine) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = DiskConfig::new(dir.path())
+            .with_engine(engine)
             .with_max_bytes(64 << 20)
             .with_sweep_interval(Duration::from_millis(200));
         TempDisk {
@@ -61,4 +62,12 @@ impl CacheBackend for TempDisk {
     }
 }
 
-cache_core::cache_conformance!(backend = async { TempDisk::new() });
+mod sled {
+    use super::*;
+    cache_core::cache_conformance!(backend = async { TempDisk::new(DiskEngine::Sled) });
+}
+
+mod log {
+    use super::*;
+    cache_core::cache_conformance!(backend = async { TempDisk::new(DiskEngine::Log) });
+}
