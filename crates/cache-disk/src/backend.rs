@@ -33,6 +33,20 @@ macro_rules! each {
 
 impl Engine {
     fn open(config: DiskConfig) -> Result<Engine> {
+        let (other, name) = match config.engine {
+            DiskEngine::Sled => (crate::log::LOG_DIR, "log"),
+            DiskEngine::Log => (crate::store::DB_DIR, "sled"),
+        };
+        let leftover = config.dir.join(other);
+        if leftover.is_dir() {
+            tracing::warn!(
+                backend = NAME,
+                folder = %leftover.display(),
+                bytes = crate::allocated_bytes(&leftover),
+                "{} holds a disk cache of the {name} engine, which this one does not read:                  delete it, or set disk_cache_engine: {name} to use it again",
+                leftover.display()
+            );
+        }
         Ok(match config.engine {
             DiskEngine::Sled => Engine::Sled(Store::open(config)?),
             DiskEngine::Log => Engine::Log(LogStore::open(config)?),
@@ -91,6 +105,18 @@ impl Engine {
         match self {
             Engine::Sled(s) => s.recover(),
             Engine::Log(_) => Ok(false),
+        }
+    }
+    /// What a writer that wrote a lot since the last one waits for: a flush, and for the log
+    /// its compaction too, so that a fast writer cannot outrun the maintenance thread.
+    fn catch_up(&self) -> Result<()> {
+        match self {
+            Engine::Sled(s) => s.flush(),
+            Engine::Log(s) => {
+                s.flush()?;
+                s.maintain();
+                Ok(())
+            }
         }
     }
     /// Periodic work besides sweeping: the log's flushes and compaction.
@@ -301,9 +327,10 @@ impl DiskBackend {
     }
 
     /// Backpressure: after half of `disk_cache_max_bytes` (1 to 64 MiB) written since the last
-    /// flush, a write waits for one. On a loaded machine sled's background flusher can fall
-    /// behind a fast writer, and its log then grows past the documented footprint bound
-    /// (`4 × disk_cache_max_bytes + 32 MiB`); this keeps the writer from outrunning it.
+    /// flush, a write waits for one (and, with the log engine, for a compaction). On a loaded
+    /// machine sled's background flusher can fall behind a fast writer, and its log then grows
+    /// past the documented footprint bound (`4 × disk_cache_max_bytes + 32 MiB`); this keeps
+    /// the writer from outrunning it.
     async fn backpressure(&self, written: u64) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.store.sync_writes() {
@@ -313,7 +340,7 @@ impl DiskBackend {
         if self.unflushed.fetch_add(written, Relaxed) + written >= limit {
             self.unflushed.store(0, Relaxed);
             let store = self.store.clone();
-            blocking("flush", move || store.flush()).await?;
+            blocking("flush", move || store.catch_up()).await?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cache_core::{Bytes, CacheBackend};
-use cache_disk::{DB_DIR, DiskBackend, DiskConfig, LOCK_FILE};
+use cache_disk::{DB_DIR, DiskBackend, DiskConfig, DiskEngine, LOCK_FILE};
 
 /// Open timeout used by these tests, and the bound on an open that finds damage.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -16,6 +16,7 @@ const OPEN_BOUND: Duration = Duration::from_secs(10);
 
 fn config(dir: &Path) -> DiskConfig {
     DiskConfig::new(dir)
+        .with_engine(DiskEngine::Sled)
         .with_flush_interval(Duration::from_millis(50))
         .with_open_timeout(OPEN_TIMEOUT)
 }

@@ -119,6 +119,7 @@ const DAMAGE_TEST: &str = "random_damage_to_the_data_file_never_panics_nor_serve
 
 fn damage_cfg(p: &Path) -> DiskConfig {
     DiskConfig::new(p)
+        .with_engine(ENGINE)
         .with_flush_interval(Duration::from_millis(50))
         .with_on_corruption(OnCorruption::Error)
         // Before the parent's 60 s deadline: a sled loop at open is the watchdog's.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use cache_core::{Bytes, CacheBackend};
-use cache_disk::{DiskBackend, DiskConfig};
+use cache_disk::{DiskBackend, DiskConfig, DiskEngine};
 
 const MAX_BYTES: u64 = 4 << 20;
 
@@ -18,7 +18,7 @@ fn bound(max_bytes: u64) -> u64 {
 
 /// Churns `rounds` × [`MAX_BYTES`] of values of `min..=max` bytes through a fresh cache and
 /// returns the largest directory size seen.
-async fn churn(min: u64, max: u64, rounds: u64) -> u64 {
+async fn churn(engine: DiskEngine, min: u64, max: u64, rounds: u64) -> u64 {
     // One churn at a time: two at once on a small machine starve each other's flusher.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -26,6 +26,7 @@ async fn churn(min: u64, max: u64, rounds: u64) -> u64 {
     let dir = tmp.path().join("cache");
     let b = DiskBackend::open(
         DiskConfig::new(&dir)
+            .with_engine(engine)
             .with_max_bytes(MAX_BYTES)
             .with_flush_interval(Duration::from_millis(100)),
     )
@@ -62,7 +63,7 @@ async fn churn(min: u64, max: u64, rounds: u64) -> u64 {
     assert!(stats.bytes <= MAX_BYTES);
     assert!(stats.evicted > 0);
     eprintln!(
-        "values of {min}..={max} B: {n} sets, {written} bytes written, peak directory size {peak} \
+        "{engine:?}: values of {min}..={max} B: {n} sets, {written} bytes written, peak directory size {peak} \
          ({:.2} x the bound of {MAX_BYTES})",
         peak as f64 / MAX_BYTES as f64
     );
@@ -71,10 +72,20 @@ async fn churn(min: u64, max: u64, rounds: u64) -> u64 {
 
 #[tokio::test]
 async fn churn_of_small_values_stays_within_the_footprint_bound() {
-    churn(1024, 8192, 10).await;
+    churn(DiskEngine::Sled, 1024, 8192, 10).await;
+}
+
+#[tokio::test]
+async fn log_engine_churn_of_small_values_stays_within_the_footprint_bound() {
+    churn(DiskEngine::Log, 1024, 8192, 10).await;
 }
 
 #[tokio::test]
 async fn churn_of_large_values_stays_within_the_footprint_bound() {
-    churn(64 << 10, 256 << 10, 10).await;
+    churn(DiskEngine::Sled, 64 << 10, 256 << 10, 10).await;
+}
+
+#[tokio::test]
+async fn log_engine_churn_of_large_values_stays_within_the_footprint_bound() {
+    churn(DiskEngine::Log, 64 << 10, 256 << 10, 10).await;
 }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cache_core::{Bytes, CacheBackend};
-use cache_disk::{DiskBackend, DiskConfig};
+use cache_disk::{DiskBackend, DiskConfig, DiskEngine};
 
 const CHILD_ENV: &str = "LLM_CACHE_DISK_TEST_CHILD";
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -45,8 +45,25 @@ fn check(key: &str, got: &Bytes) -> u32 {
     version
 }
 
-fn config(dir: &Path, sync: bool) -> DiskConfig {
-    DiskConfig::new(dir).with_flush_interval(if sync { Duration::ZERO } else { FLUSH_EVERY })
+fn config(dir: &Path, sync: bool, engine: DiskEngine) -> DiskConfig {
+    DiskConfig::new(dir)
+        .with_engine(engine)
+        .with_flush_interval(if sync { Duration::ZERO } else { FLUSH_EVERY })
+}
+
+fn engine_name(engine: DiskEngine) -> &'static str {
+    match engine {
+        DiskEngine::Log => "log",
+        _ => "sled",
+    }
+}
+
+fn engine_named(name: &str) -> DiskEngine {
+    match name {
+        "log" => DiskEngine::Log,
+        "sled" => DiskEngine::Sled,
+        other => panic!("unknown engine {other}"),
+    }
 }
 
 fn spawn_child(test: &str, spec: &str, stdin: bool) -> Child {
@@ -91,8 +108,8 @@ const FLUSHED: usize = 300;
 
 /// Child: writes and flushes `flushed-*`, prints FLUSHED, then writes `late-*` and overwrites
 /// `flushed-*` (version 1) forever, printing each acknowledged write, until killed.
-async fn writer_child(dir: &str, sync: bool) {
-    let b = DiskBackend::open(config(Path::new(dir), sync)).expect("child open");
+async fn writer_child(dir: &str, sync: bool, engine: DiskEngine) {
+    let b = DiskBackend::open(config(Path::new(dir), sync, engine)).expect("child open");
     for i in 0..FLUSHED {
         let k = format!("flushed-{i}");
         b.set(&k, value(&k, 0), None).await.unwrap();
@@ -110,11 +127,12 @@ async fn writer_child(dir: &str, sync: bool) {
     }
 }
 
-async fn kill_9(test: &str, sync: bool) {
+async fn kill_9(test: &str, sync: bool, engine: DiskEngine) {
     let dir = tempfile::tempdir().unwrap();
     let spec = format!(
-        "write:{}:{}",
+        "write:{}:{}:{}",
         if sync { "sync" } else { "interval" },
+        engine_name(engine),
         dir.path().display()
     );
     let mut child = spawn_child(test, &spec, false);
@@ -147,7 +165,7 @@ async fn kill_9(test: &str, sync: bool) {
     );
 
     // The kernel released the lock with the process: reopening works at once.
-    let b = DiskBackend::open(config(dir.path(), false)).expect("reopen after kill -9");
+    let b = DiskBackend::open(config(dir.path(), false, engine)).expect("reopen after kill -9");
     for i in 0..FLUSHED {
         let k = format!("flushed-{i}");
         let got = b
@@ -185,12 +203,13 @@ async fn kill_9(test: &str, sync: bool) {
         }
     }
     eprintln!(
-        "kill -9 ({}): {} writes acknowledged, {present} recovered, {lost_in_window} lost within the last flush window",
+        "kill -9 ({}, {}): {} writes acknowledged, {present} recovered, {lost_in_window} lost within the last flush window",
         if sync {
             "flush every write"
         } else {
             "flush every 100 ms"
         },
+        engine_name(engine),
         acked.len()
     );
     // The accounting was rebuilt from what survived.
@@ -199,7 +218,8 @@ async fn kill_9(test: &str, sync: bool) {
 
 /// Child: holds the directory until its stdin closes.
 async fn holder_child(dir: &str) {
-    let b = DiskBackend::open(config(Path::new(dir), false)).expect("child open");
+    let b = DiskBackend::open(config(Path::new(dir), false, DiskEngine::default()))
+        .expect("child open");
     b.set("held", value("held", 0), None).await.unwrap();
     b.flush().await.unwrap();
     println!("HOLDING");
@@ -215,8 +235,9 @@ fn run_child(spec: &str) {
         let (role, rest) = spec.split_once(':').unwrap();
         match role {
             "write" => {
-                let (mode, dir) = rest.split_once(':').unwrap();
-                writer_child(dir, mode == "sync").await;
+                let (mode, rest) = rest.split_once(':').unwrap();
+                let (engine, dir) = rest.split_once(':').unwrap();
+                writer_child(dir, mode == "sync", engine_named(engine)).await;
             }
             "hold" => holder_child(rest).await,
             other => panic!("unknown child role {other}"),
@@ -234,6 +255,22 @@ async fn kill_9_loses_at_most_the_flush_window_and_serves_nothing_corrupt() {
     kill_9(
         "kill_9_loses_at_most_the_flush_window_and_serves_nothing_corrupt",
         false,
+        DiskEngine::Sled,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_engine_kill_9_loses_at_most_the_flush_window_and_serves_nothing_corrupt() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        return tokio::task::spawn_blocking(move || run_child(&spec))
+            .await
+            .unwrap();
+    }
+    kill_9(
+        "log_engine_kill_9_loses_at_most_the_flush_window_and_serves_nothing_corrupt",
+        false,
+        DiskEngine::Log,
     )
     .await;
 }
@@ -248,6 +285,22 @@ async fn kill_9_with_flush_interval_zero_loses_no_acknowledged_write() {
     kill_9(
         "kill_9_with_flush_interval_zero_loses_no_acknowledged_write",
         true,
+        DiskEngine::Sled,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_engine_kill_9_with_flush_interval_zero_loses_no_acknowledged_write() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        return tokio::task::spawn_blocking(move || run_child(&spec))
+            .await
+            .unwrap();
+    }
+    kill_9(
+        "log_engine_kill_9_with_flush_interval_zero_loses_no_acknowledged_write",
+        true,
+        DiskEngine::Log,
     )
     .await;
 }
@@ -270,7 +323,7 @@ async fn a_second_process_gets_a_clear_error_not_a_hang() {
     wait_line(&rx, "HOLDING");
 
     let start = Instant::now();
-    let err = DiskBackend::open(config(dir.path(), false))
+    let err = DiskBackend::open(config(dir.path(), false, DiskEngine::default()))
         .expect_err("the directory is held by the child")
         .to_string();
     assert!(
@@ -290,7 +343,7 @@ async fn a_second_process_gets_a_clear_error_not_a_hang() {
     drop(child.stdin.take());
     wait_line(&rx, "RELEASED");
     assert!(child.wait().unwrap().success());
-    let b = DiskBackend::open(config(dir.path(), false)).unwrap();
+    let b = DiskBackend::open(config(dir.path(), false, DiskEngine::default())).unwrap();
     let got = b.get("held").await.unwrap().expect("the child's entry");
     check("held", &got);
 }
