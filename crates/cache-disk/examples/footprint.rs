@@ -20,7 +20,7 @@ fn mib(b: u64) -> f64 {
 
 fn report(what: &str, s: &DiskStats, du: u64) {
     println!(
-        "{what:<28} entries {:>7}  live {:>7.1} MiB  sled size_on_disk {:>7.1} MiB  du {:>7.1} MiB  du/max {:>5.2}  evicted {:>7}",
+        "{what:<28} entries {:>7}  live {:>7.1} MiB  size_on_disk {:>7.1} MiB  du {:>7.1} MiB  du/max {:>5.2}  evicted {:>7}",
         s.entries,
         mib(s.bytes),
         mib(s.size_on_disk),

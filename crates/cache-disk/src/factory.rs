@@ -17,6 +17,7 @@ pub const KEYS: &[&str] = &[
     "disk_cache_memory_bytes",
     "disk_cache_on_corruption",
     "disk_cache_open_timeout",
+    "disk_cache_engine",
 ];
 
 /// `type: disk`: the embedded persistent cache.

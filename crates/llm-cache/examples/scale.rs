@@ -4,7 +4,7 @@
 //! method are in `docs/benchmarks.md`. Not in CI: a full run loads millions of entries.
 //!
 //! ```text
-//! scale [--n N] [--backends memory,disk,redis,cluster] [--proxy PATH] [--dir DIR]
+//! scale [--n N] [--backends memory,disk,disk-sled,redis,cluster] [--proxy PATH] [--dir DIR]
 //!       [--redis-port P] [--cluster-ports P1,P2,...] [--memory-bound ITEMS]
 //!       [--disk-memory BYTES] [--settle SECS]
 //! `--settle`: a pause after each load, before the probes (background work such as sled's
@@ -313,9 +313,10 @@ async fn main() {
                 json!({"type": "local", "max_size_in_memory": a.memory_bound}),
                 vec![],
             ),
-            "disk" => {
+            "disk" | "disk-sled" => {
                 let _ = std::fs::remove_dir_all(&disk_dir);
-                let mut c = json!({"type": "disk", "disk_cache_dir": disk_dir, "disk_cache_max_bytes": 8u64 << 30});
+                let engine = if backend == "disk" { "log" } else { "sled" };
+                let mut c = json!({"type": "disk", "disk_cache_dir": disk_dir, "disk_cache_max_bytes": 8u64 << 30, "disk_cache_engine": engine});
                 if let Some(m) = a.disk_memory {
                     c["disk_cache_memory_bytes"] = json!(m);
                 }
@@ -329,7 +330,7 @@ async fn main() {
                 json!({"type": "redis", "redis_startup_nodes": a.cluster_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>()}),
                 a.cluster_ports.clone(),
             ),
-            other => panic!("unknown backend {other} (memory, disk, redis, cluster)"),
+            other => panic!("unknown backend {other} (memory, disk, disk-sled, redis, cluster)"),
         };
         flush_redis(&ports);
         let cfg = CacheConfig::from_value(config.clone()).expect("config");
@@ -364,8 +365,9 @@ async fn main() {
                     cache_core::testing::rss_mib()
                 ),
             ),
-            "disk" => {
+            "disk" | "disk-sled" => {
                 let du = cache_disk::allocated_bytes(&disk_dir);
+                let rss = cache_core::testing::rss_mib();
                 // The proxy opens the directory: this process lets go of it first.
                 drop(cache);
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -374,16 +376,17 @@ async fn main() {
                     std::fs::write(
                         &path,
                         format!(
-                            "litellm_settings:\n  cache: true\n  cache_params:\n    type: disk\n    disk_cache_dir: {}\n    disk_cache_max_bytes: {}\n",
+                            "litellm_settings:\n  cache: true\n  cache_params:\n    type: disk\n    disk_cache_dir: {}\n    disk_cache_max_bytes: {}\n    disk_cache_engine: {}\n",
                             disk_dir.display(),
-                            8u64 << 30
+                            8u64 << 30,
+                            if backend == "disk" { "log" } else { "sled" }
                         ),
                     )
                     .expect("write config");
                     proxy_startup(proxy, &path)
                 });
                 let notes = format!(
-                    "du {:.0} MiB; proxy startup over the full cache: {}",
+                    "du {:.0} MiB; process RSS {rss0:.0} -> {rss:.0} MiB; proxy startup over the full cache: {}",
                     du as f64 / (1 << 20) as f64,
                     startup.map_or("not measured (--proxy)".to_owned(), |d| format!(
                         "{} ms",
