@@ -1,4 +1,4 @@
-//! The disk backend next to the in-memory one: hit latency through the core `Cache` (key +
+//! The disk backend (both engines) next to the in-memory one: hit latency through the core `Cache` (key +
 //! backend get + envelope decode) and write throughput, for 2 KB values.
 //!
 //! Run with `cargo xtask bench disk`; results and method in `docs/benchmarks.md` ("Disk").
@@ -11,7 +11,7 @@ use cache_core::{
     Bytes, CacheBackend, CacheBuilder, CacheControl, CallKind, Lookup, MemoryBackend, MemoryConfig,
     RequestContext, SharedBackend,
 };
-use cache_disk::{DiskBackend, DiskConfig};
+use cache_disk::{DiskBackend, DiskConfig, DiskEngine};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
@@ -70,8 +70,17 @@ fn memory() -> SharedBackend {
     ))
 }
 
-fn disk(dir: &std::path::Path) -> SharedBackend {
-    Arc::new(DiskBackend::open(DiskConfig::new(dir)).unwrap())
+fn disk(dir: &std::path::Path, engine: DiskEngine) -> SharedBackend {
+    Arc::new(DiskBackend::open(DiskConfig::new(dir).with_engine(engine)).unwrap())
+}
+
+/// The backends compared: in-memory, then each disk engine in its own directory.
+fn backends(dir: &std::path::Path) -> [(&'static str, SharedBackend); 3] {
+    [
+        ("memory", memory()),
+        ("disk (log)", disk(&dir.join("log"), DiskEngine::Log)),
+        ("disk (sled)", disk(&dir.join("sled"), DiskEngine::Sled)),
+    ]
 }
 
 fn hit(c: &mut Criterion) {
@@ -80,7 +89,7 @@ fn hit(c: &mut Criterion) {
     let req = request();
     let cc = CacheControl::none();
     let mut group = c.benchmark_group("hit 2KB (key + get + decode)");
-    for (name, backend) in [("memory", memory()), ("disk", disk(dir.path()))] {
+    for (name, backend) in backends(dir.path()) {
         let cache = CacheBuilder::from_shared(backend).build();
         rt.block_on(async {
             cache
@@ -120,7 +129,7 @@ fn random_get(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let mut group = c.benchmark_group("backend get 2KB, random of 100k keys");
-    for (name, backend) in [("memory", memory()), ("disk", disk(dir.path()))] {
+    for (name, backend) in backends(dir.path()) {
         rt.block_on(async {
             for i in 0..KEYS {
                 backend
@@ -149,7 +158,7 @@ fn write(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut group = c.benchmark_group("backend set 2KB, 1 h TTL");
     group.throughput(Throughput::Elements(1));
-    for (name, backend) in [("memory", memory()), ("disk", disk(dir.path()))] {
+    for (name, backend) in backends(dir.path()) {
         let mut i = 0usize;
         let v = value(0);
         group.bench_function(name, |b| {

@@ -216,7 +216,7 @@ impl State {
 
     fn forget(&mut self, hash: u64, old: &Slot) {
         self.order.remove(&(old.expires, old.seq, hash));
-        self.bytes -= u64::from(old.charged);
+        self.bytes = self.bytes.saturating_sub(u64::from(old.charged));
         if let Some(s) = self.segs.get_mut(&old.seg) {
             s.live = s.live.saturating_sub(u64::from(old.len));
         }
@@ -931,31 +931,39 @@ impl LogStore {
                 w.file
                     .sync_data()
                     .map_err(|e| io("clear", "cannot flush the disk cache log", e))?;
-                let (removed, old) = {
+                let removed = {
                     let mut s = self.state();
                     let removed = s.index.len() as u64;
                     s.index.clear();
                     s.order.clear();
                     s.bytes = 0;
-                    let old: Vec<u32> = s.segs.range(..seg).map(|(&id, _)| id).collect();
-                    for id in &old {
-                        s.segs.remove(id);
+                    for g in s.segs.values_mut() {
+                        g.live = 0;
                     }
-                    if let Some(sg) = s.segs.get_mut(&seg) {
-                        sg.size = w.pos;
-                        sg.live = 0;
-                    }
-                    (removed, old)
+                    removed
                 };
+                let old: Vec<u32> = self.state().segs.range(..seg).map(|(&id, _)| id).collect();
+                for id in old {
+                    let p = segment_path(&self.path, id);
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {
+                            self.state().segs.remove(&id);
+                        }
+                        // Left in the table (all dead): compaction retries it, and the marker
+                        // is kept until then (it is only dropped from the oldest segment).
+                        Err(e) => tracing::warn!(
+                            backend = NAME,
+                            file = %p.display(),
+                            "cannot delete a cleared segment: {e}"
+                        ),
+                    }
+                }
+                if let Some(sg) = self.state().segs.get_mut(&seg) {
+                    sg.size = w.pos;
+                }
                 let active = w.file.clone();
                 w.unsynced.retain(|f| Arc::ptr_eq(f, &active));
                 drop(w);
-                for id in old {
-                    let p = segment_path(&self.path, id);
-                    if let Err(e) = std::fs::remove_file(&p) {
-                        tracing::warn!(backend = NAME, file = %p.display(), "cannot delete a cleared segment: {e}");
-                    }
-                }
                 let _ = sync_dir(&self.path);
                 Ok(removed)
             }
@@ -1007,9 +1015,17 @@ impl LogStore {
     /// Flushes every write to disk (fsync).
     pub(crate) fn flush(&self) -> Result<()> {
         let files = std::mem::take(&mut self.writer().unsynced);
-        for f in &files {
-            f.sync_data()
-                .map_err(|e| io("flush", "cannot flush the disk cache log", e))?;
+        for (i, f) in files.iter().enumerate() {
+            if let Err(e) = f.sync_data() {
+                // Retried by the next flush.
+                let mut w = self.writer();
+                for f in &files[i..] {
+                    if !w.unsynced.iter().any(|u| Arc::ptr_eq(u, f)) {
+                        w.unsynced.push(f.clone());
+                    }
+                }
+                return Err(io("flush", "cannot flush the disk cache log", e));
+            }
         }
         *lock(&self.last_sync) = Instant::now();
         Ok(())

@@ -131,9 +131,12 @@ async fn run(kind: EmulatorKind) {
     let text = hit_within(&cache, Duration::from_secs(20))
         .await
         .unwrap_or_else(|| panic!("{kind:?}: no hit after the store came back"));
-    // A write sent while the server was frozen may be processed when it thaws.
+    // A write sent while the server was frozen may be processed when it thaws; and a read
+    // right after the thaw can still fail (a connection from before the freeze) while the
+    // write after it succeeds, storing the answer `hit_within` itself fetched. All three are
+    // this request's own answers; anything else would be a wrong hit.
     assert!(
-        text == "v1" || text == "during-outage",
+        ["v1", "during-outage", "refetched"].contains(&text.as_str()),
         "{kind:?}: unexpected hit {text:?}"
     );
 
