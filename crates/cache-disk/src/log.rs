@@ -12,26 +12,28 @@
 //!   [4: CRC-32 of the rest, LE][1: kind][2: key length, LE][4: value length, LE]
 //!   [8: expires at, Unix ms, LE, u64::MAX = never][8: seq, LE][key][value]
 //!   ```
-//!   `kind` is a value (`PUT`), a removal (`TOMBSTONE`, no value) or the removal of every entry
-//!   written before it (`CLEAR`, no key, no value). `seq` orders every write of the store.
+//!   `kind` is a value (`PUT`), a removal (`TOMBSTONE`, no value), the removal of every entry
+//!   written before it (`CLEAR`, no key, no value) or evictions (`EVICT`, no key, the value is
+//!   the evicted entries' index hashes). `seq` orders every write of the store.
 //! * `index.snap`: the index as it was at a clean close, so that the next open need not read
 //!   every segment. It is removed at open, before any write.
 //!
 //! # Recovery
 //! Replaying the segments rebuilds the index whatever order their records come in: a record
 //! counts only if its `seq` is newer than what the index holds for its key and than every
-//! removal of that key (and every `CLEAR`) seen. A record that fails its check ends the
-//! replay of its segment; in the last segment that is a write a crash cut short, and the file
-//! is cut back to before it. A record that fails its check when read is a miss.
+//! removal of that key (and every `CLEAR`) seen. A record that fails its check at the end of
+//! the last segment, with no whole record after it, is a write a crash cut short: the file is
+//! cut back to before it. Any other damage found by a replay, or a segment missing between two
+//! others, makes the store damaged (`disk_cache_on_corruption`): the lost records may have
+//! removed or replaced older ones. A record that fails its check when read is a miss.
 //!
 //! # Space
 //! Overwritten, removed, expired and evicted records stay in their segment until compaction
 //! copies the live records of a mostly dead segment to the end of the log and deletes it.
 //! Removals and `CLEAR` markers are copied too, unless their segment is the oldest: a removal
 //! is always written after the records it removes, so only older segments can hold those.
-//! Eviction (over `disk_cache_max_bytes`) and expiry only drop index entries: an entry that
-//! was evicted can come back after a crash (it is still the newest value of its key), never
-//! one that was overwritten or removed.
+//! Expiry only drops index entries; eviction (over `disk_cache_max_bytes`) drops them and logs
+//! their hashes, so that they do not come back after a crash.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -63,6 +65,10 @@ const SEGMENT_EXT: &str = "seg";
 const PUT: u8 = 1;
 const TOMBSTONE: u8 = 2;
 const CLEAR: u8 = 3;
+/// Entries evicted to stay under the bound: no key; the value is their index hashes (8 bytes
+/// each, LE). Logged so that an evicted entry does not come back after a crash (a namespace
+/// cleared meanwhile would otherwise get it back).
+const EVICT: u8 = 4;
 /// Length of a record header.
 const HEADER: usize = 4 + 1 + 2 + 4 + 8 + 8;
 /// `expires` of an entry that never expires.
@@ -124,6 +130,7 @@ impl Header {
             PUT => true,
             TOMBSTONE => h.value_len == 0,
             CLEAR => h.value_len == 0 && h.key_len == 0,
+            EVICT => h.key_len == 0 && h.value_len > 0 && h.value_len.is_multiple_of(8),
             _ => false,
         };
         valid.then_some(h)
@@ -253,6 +260,9 @@ pub(crate) struct LogStore {
     state: Mutex<State>,
     /// Serialises compactions.
     compacting: Mutex<()>,
+    /// Serialises flushes: one that returns has seen every earlier write synced, including
+    /// those another flush had taken to sync.
+    flushing: Mutex<()>,
     /// When written data was last flushed by the maintenance tick.
     last_sync: Mutex<Instant>,
     failing: AtomicBool,
@@ -311,7 +321,6 @@ fn list_segments(dir: &Path) -> std::io::Result<std::result::Result<Vec<u32>, St
 struct Replay {
     state: State,
     max_seq: u64,
-    damaged: u64,
     /// Entries found expired (and dropped) at open.
     expired: u64,
 }
@@ -331,6 +340,15 @@ impl Replay {
         }
     }
 
+    /// A removal of `hash` at `seq`: drops an older indexed value, and any older one met later.
+    fn remove_older(&mut self, removed: &mut HashMap<u64, u64>, hash: u64, seq: u64) {
+        let r = removed.entry(hash).or_insert(0);
+        *r = (*r).max(seq);
+        if self.state.index.get(&hash).is_some_and(|s| s.seq < seq) {
+            self.state.remove(hash);
+        }
+    }
+
     /// Applies one record at (`seg`, `off`).
     fn apply(
         &mut self,
@@ -345,12 +363,10 @@ impl Replay {
         let key = &rec[HEADER..HEADER + h.key_len];
         match h.kind {
             CLEAR => *clear_floor = (*clear_floor).max(h.seq),
-            TOMBSTONE => {
-                let hash = key_hash(key);
-                let r = removed.entry(hash).or_insert(0);
-                *r = (*r).max(h.seq);
-                if self.state.index.get(&hash).is_some_and(|s| s.seq < h.seq) {
-                    self.state.remove(hash);
+            TOMBSTONE => self.remove_older(removed, key_hash(key), h.seq),
+            EVICT => {
+                for hash in rec[HEADER..].chunks_exact(8) {
+                    self.remove_older(removed, u64_at(hash, 0), h.seq);
                 }
             }
             _ => {
@@ -520,6 +536,7 @@ impl LogStore {
             writer: Mutex::new(writer),
             state: Mutex::new(replay.state),
             compacting: Mutex::new(()),
+            flushing: Mutex::new(()),
             last_sync: Mutex::new(Instant::now()),
             failing: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
@@ -530,7 +547,6 @@ impl LogStore {
             moved_aside,
             lock,
         };
-        store.counters.damaged.store(replay.damaged, Relaxed);
         store
             .counters
             .expired_removed
@@ -616,10 +632,7 @@ impl LogStore {
             .and_then(|raw| load_snapshot(&raw, &files));
         let (replay, source) = match from_snapshot {
             Some(r) => (r, "clean close"),
-            None => (
-                replay(path, &mut files).map_err(|e| other("cannot read the log".into(), e))?,
-                "log replay",
-            ),
+            None => (replay(path, &mut files)?, "log replay"),
         };
         let mut replay = replay;
         replay.drop_expired(now);
@@ -642,7 +655,12 @@ impl LogStore {
                 unsynced: Vec::new(),
             },
             last => {
-                let id = last.map_or(0, |(id, _, _)| id + 1);
+                let id = match last {
+                    None => 0,
+                    Some((id, _, _)) => id
+                        .checked_add(1)
+                        .ok_or_else(|| Failure::Damaged("segment numbers exhausted".to_owned()))?,
+                };
                 let p = segment_path(path, id);
                 let f = open_rw(&p, true)
                     .and_then(|f| sync_dir(path).map(|()| f))
@@ -872,21 +890,41 @@ impl LogStore {
         Ok(s.remove(hash).is_some())
     }
 
-    /// Drops index entries, first to expire first (then first stored), until under the bound.
+    /// Drops index entries, first to expire first (then first stored), until under the bound,
+    /// and logs their hashes (see [`EVICT`]).
     fn evict(&self) {
         let now = now_ms();
-        let mut s = self.state();
-        while s.bytes > self.config.max_bytes {
-            let Some(&(expires, _, hash)) = s.order.first() else {
-                break;
-            };
-            s.remove(hash);
-            let c = if expires != NEVER && expires <= now {
-                &self.counters.expired_removed
-            } else {
-                &self.counters.evicted
-            };
-            c.fetch_add(1, Relaxed);
+        let mut w = self.writer();
+        let mut gone = Vec::new();
+        {
+            let mut s = self.state();
+            while s.bytes > self.config.max_bytes {
+                let Some(&(expires, _, hash)) = s.order.first() else {
+                    break;
+                };
+                s.remove(hash);
+                gone.extend_from_slice(&hash.to_le_bytes());
+                let c = if expires != NEVER && expires <= now {
+                    &self.counters.expired_removed
+                } else {
+                    &self.counters.evicted
+                };
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        let mut rec = encode(EVICT, &[], &gone, NEVER);
+        match self.append(&mut w, &mut rec, false) {
+            Ok((seg, _, _)) => {
+                if let Some(sg) = self.state().segs.get_mut(&seg) {
+                    sg.size = w.pos;
+                }
+            }
+            // Evicted all the same; after a crash they may come back (still their keys'
+            // newest values).
+            Err(e) => tracing::warn!(backend = NAME, "cannot log evictions: {e}"),
         }
     }
 
@@ -943,19 +981,27 @@ impl LogStore {
                     removed
                 };
                 let old: Vec<u32> = self.state().segs.range(..seg).map(|(&id, _)| id).collect();
+                // Oldest first, stopping at a failure: the segments left stay contiguous (a gap
+                // reads as a lost segment at the next replay) and stay in the table (all
+                // dead): compaction deletes them later, and the marker is kept until then (it
+                // is only dropped from the oldest segment).
                 for id in old {
                     let p = segment_path(&self.path, id);
                     match std::fs::remove_file(&p) {
                         Ok(()) => {
                             self.state().segs.remove(&id);
                         }
-                        // Left in the table (all dead): compaction retries it, and the marker
-                        // is kept until then (it is only dropped from the oldest segment).
-                        Err(e) => tracing::warn!(
-                            backend = NAME,
-                            file = %p.display(),
-                            "cannot delete a cleared segment: {e}"
-                        ),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            self.state().segs.remove(&id);
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                backend = NAME,
+                                file = %p.display(),
+                                "cannot delete a cleared segment (compaction retries): {e}"
+                            );
+                            break;
+                        }
                     }
                 }
                 if let Some(sg) = self.state().segs.get_mut(&seg) {
@@ -1014,6 +1060,7 @@ impl LogStore {
 
     /// Flushes every write to disk (fsync).
     pub(crate) fn flush(&self) -> Result<()> {
+        let _one = lock(&self.flushing);
         let files = std::mem::take(&mut self.writer().unsynced);
         for (i, f) in files.iter().enumerate() {
             if let Err(e) = f.sync_data() {
@@ -1129,6 +1176,16 @@ impl LogStore {
         }
         // The copies reach the disk before the segment they came from goes.
         self.flush()?;
+        let p = segment_path(&self.path, id);
+        match std::fs::remove_file(&p) {
+            // `clear` may have deleted it meanwhile.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                // Still tracked (and still the oldest): its removals are not dropped while the
+                // file can come back in a replay. Retried by the next compaction.
+                return Err(io("compact", format!("cannot delete {}", p.display()), e));
+            }
+            _ => {}
+        }
         {
             let mut s = self.state();
             // Entries left pointing here: expired, or after damage in the segment.
@@ -1144,14 +1201,6 @@ impl LogStore {
                 }
             }
             s.segs.remove(&id);
-        }
-        let p = segment_path(&self.path, id);
-        match std::fs::remove_file(&p) {
-            // `clear` may have deleted it meanwhile.
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("compact", format!("cannot delete {}", p.display()), e));
-            }
-            _ => {}
         }
         sync_dir(&self.path).map_err(|e| io("compact", "cannot sync the log folder", e))
     }
@@ -1313,7 +1362,7 @@ fn load_snapshot(raw: &[u8], files: &BTreeMap<u32, (Arc<File>, u64)>) -> Option<
         if *len != size {
             return None;
         }
-        state.segs.insert(
+        let dup = state.segs.insert(
             id,
             Segment {
                 file: file.clone(),
@@ -1321,9 +1370,12 @@ fn load_snapshot(raw: &[u8], files: &BTreeMap<u32, (Arc<File>, u64)>) -> Option<
                 live: 0,
             },
         );
+        if dup.is_some() {
+            return None;
+        }
     }
     let n = usize::try_from(u64_at(take(&mut at, 8)?, 0)).ok()?;
-    if body.len() != at + n.checked_mul(SNAP_ENTRY)? {
+    if body.len() != at.checked_add(n.checked_mul(SNAP_ENTRY)?)? {
         return None;
     }
     state.index.reserve(n);
@@ -1351,9 +1403,42 @@ fn load_snapshot(raw: &[u8], files: &BTreeMap<u32, (Arc<File>, u64)>) -> Option<
     })
 }
 
-/// Rebuilds the index from every segment. A damaged record ends its segment's replay; the
-/// last segment is cut back to before it (a write a crash cut short).
-fn replay(path: &Path, files: &mut BTreeMap<u32, (Arc<File>, u64)>) -> std::io::Result<Replay> {
+/// Whether a record that passes its check starts anywhere in `from..len` of `file`.
+fn valid_record_after(file: &File, from: u64, len: u64) -> std::io::Result<bool> {
+    let mut rest = vec![0u8; (len - from) as usize];
+    file.read_exact_at(&mut rest, from)?;
+    Ok((0..rest.len()).any(|i| {
+        Header::parse(&rest[i..])
+            .is_some_and(|h| i + h.len() <= rest.len() && check(&rest[i..i + h.len()]).is_some())
+    }))
+}
+
+/// Rebuilds the index from every segment.
+///
+/// A record that fails its check is damage unless it is a write the crash cut short: in the
+/// last segment, with no whole record after it. Then the file is cut back to before it. Any
+/// other damage, and a segment missing between two others, fails the replay: the lost records
+/// may have removed or replaced older ones, which must not be served (the store is then
+/// handled as `disk_cache_on_corruption` says).
+fn replay(
+    path: &Path,
+    files: &mut BTreeMap<u32, (Arc<File>, u64)>,
+) -> std::result::Result<Replay, Failure> {
+    let io_failure = |e: std::io::Error| {
+        Failure::Other(CacheError::backend(
+            NAME,
+            "open",
+            true,
+            format!("cannot read the disk cache log in {}: {e}", path.display()),
+        ))
+    };
+    if let (Some(&first), Some(&last)) = (files.keys().next(), files.keys().next_back())
+        && (last - first) as usize + 1 != files.len()
+    {
+        return Err(Failure::Damaged(format!(
+            "segments are missing between {first:016x} and {last:016x}"
+        )));
+    }
     let mut r = Replay::default();
     let mut removed: HashMap<u64, u64> = HashMap::new();
     let mut clear_floor = 0u64;
@@ -1369,31 +1454,30 @@ fn replay(path: &Path, files: &mut BTreeMap<u32, (Arc<File>, u64)>) -> std::io::
         );
         let end = each_record(file, *len, |off, rec, h| {
             r.apply(&mut removed, &mut clear_floor, rec, h, id, off);
-        })?;
+        })
+        .map_err(io_failure)?;
         if end < *len {
-            if Some(id) == last {
-                tracing::warn!(
-                    backend = NAME,
-                    segment = id,
-                    at = end,
-                    "the last disk cache segment ends in an incomplete record (a crash during a \
-                     write): cut back"
-                );
-                file.set_len(end)?;
-                file.sync_all()?;
-                *len = end;
-                if let Some(s) = r.state.segs.get_mut(&id) {
-                    s.size = end;
-                }
-            } else {
-                r.damaged += 1;
-                tracing::warn!(
-                    backend = NAME,
-                    dir = %path.display(),
-                    segment = id,
-                    at = end,
-                    "damaged disk cache segment: the records after the damage are lost"
-                );
+            let torn =
+                Some(id) == last && !valid_record_after(file, end + 1, *len).map_err(io_failure)?;
+            if !torn {
+                return Err(Failure::Damaged(format!(
+                    "segment {id:016x} is damaged at byte {end}, before records that may \
+                     remove or replace older entries"
+                )));
+            }
+            tracing::warn!(
+                backend = NAME,
+                segment = id,
+                at = end,
+                "the last disk cache segment ends in an incomplete record (a crash during a \
+                 write): cut back"
+            );
+            file.set_len(end)
+                .and_then(|()| file.sync_all())
+                .map_err(io_failure)?;
+            *len = end;
+            if let Some(s) = r.state.segs.get_mut(&id) {
+                s.size = end;
             }
         }
     }
@@ -1447,7 +1531,7 @@ mod tests {
     impl LogStore {
         /// Drops the store as a crash would leave it: no flush, no snapshot. Every write has
         /// reached the OS (a process crash loses nothing the kernel has).
-        fn crash(self) {
+        pub(super) fn crash(self) {
             self.crashed.store(true, Relaxed);
         }
 
@@ -1759,6 +1843,75 @@ mod tests {
             assert_eq!(
                 store.get(&format!("keep:{round}")).unwrap().as_deref(),
                 Some(&b"kept"[..])
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+    use crate::config::DiskEngine;
+
+    fn open_bound(dir: &Path, max: u64) -> LogStore {
+        let config = DiskConfig::new(dir)
+            .with_engine(DiskEngine::Log)
+            .with_max_bytes(max);
+        LogStore::open_sized(config, 64 << 10).unwrap()
+    }
+
+    /// An entry evicted before its namespace was cleared must not come back after a crash.
+    #[test]
+    fn an_evicted_entry_stays_gone_after_a_namespace_clear_and_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_bound(dir.path(), 2 << 20);
+        let old = [b"old answer ".as_slice(), &[b'o'; 10_000]].concat();
+        store.set("ns:a", &old, None).unwrap();
+        store.set("big", &vec![b'x'; 2040 << 10], None).unwrap(); // evicts ns:a
+        assert_eq!(store.get("ns:a").unwrap(), None);
+        assert_eq!(store.stats().evicted, 1);
+        assert!(store.delete("big").unwrap());
+        assert_eq!(store.clear(Some("ns")).unwrap(), 0);
+        store.crash();
+        let store = open_bound(dir.path(), 1 << 20);
+        assert_eq!(
+            store.get("ns:a").unwrap(),
+            None,
+            "cleared, then resurrected"
+        );
+    }
+
+    /// Damage in the middle of the log must not hide a later overwrite or removal.
+    #[test]
+    fn damage_before_an_overwrite_never_brings_the_old_value_back() {
+        for removal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_bound(dir.path(), 64 << 20);
+            store.set("k", b"v1", None).unwrap();
+            store.set("x", b"some other entry", None).unwrap();
+            if removal {
+                store.delete("k").unwrap();
+            } else {
+                store.set("k", b"v2", None).unwrap();
+            }
+            store.set("y", b"a later entry", None).unwrap();
+            store.crash();
+            // Flip a byte inside the record of "x".
+            let log = dir.path().join(LOG_DIR);
+            let seg = segment_path(&log, *list_segments(&log).unwrap().unwrap().last().unwrap());
+            let mut data = std::fs::read(&seg).unwrap();
+            let at = data
+                .windows(b"some other entry".len())
+                .position(|w| w == b"some other entry")
+                .unwrap();
+            data[at] ^= 0xFF;
+            std::fs::write(&seg, &data).unwrap();
+            let store = open_bound(dir.path(), 64 << 20);
+            let got = store.get("k").unwrap();
+            assert_ne!(
+                got.as_deref(),
+                Some(&b"v1"[..]),
+                "removal {removal}: v1 came back"
             );
         }
     }
