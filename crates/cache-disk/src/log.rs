@@ -21,9 +21,9 @@
 //! # Recovery
 //! Replaying the segments rebuilds the index whatever order their records come in: a record
 //! counts only if its `seq` is newer than what the index holds for its key and than every
-//! removal of that key (and every `CLEAR`) seen. A record that fails its check at the end of
-//! the last segment, with no whole record after it, is a write a crash cut short: the file is
-//! cut back to before it. Any other damage found by a replay, or a segment missing between two
+//! removal of that key (and every `CLEAR`) seen. A record at the end of the last segment that
+//! runs past the end of the file, or a tail of zeros, is a write a crash cut short: the file
+//! is cut back to before it. Any other damage found by a replay, or a segment missing between two
 //! others, makes the store damaged (`disk_cache_on_corruption`): the lost records may have
 //! removed or replaced older ones. A record that fails its check when read is a miss.
 //!
@@ -890,20 +890,52 @@ impl LogStore {
         Ok(s.remove(hash).is_some())
     }
 
-    /// Drops index entries, first to expire first (then first stored), until under the bound,
-    /// and logs their hashes (see [`EVICT`]).
+    /// Drops index entries, first to expire first (then first stored), until under the bound.
+    /// Their hashes are logged first (see [`EVICT`]): an entry removed from the index with no
+    /// record of it could come back after a crash, even after its namespace was cleared. If
+    /// the record cannot be written the entries stay (over the bound, rather than a wrong hit
+    /// later); the next write retries.
     fn evict(&self) {
         let now = now_ms();
         let mut w = self.writer();
-        let mut gone = Vec::new();
-        {
-            let mut s = self.state();
-            while s.bytes > self.config.max_bytes {
-                let Some(&(expires, _, hash)) = s.order.first() else {
+        // Writes wait (the writer lock), so the victims stay what they are; the sweeper may
+        // remove some meanwhile, which changes nothing.
+        let victims: Vec<(u64, u64, u64)> = {
+            let s = self.state();
+            let mut over = s.bytes.saturating_sub(self.config.max_bytes);
+            let mut v = Vec::new();
+            for &(expires, seq, hash) in &s.order {
+                if over == 0 {
                     break;
-                };
+                }
+                over =
+                    over.saturating_sub(s.index.get(&hash).map_or(0, |sl| u64::from(sl.charged)));
+                v.push((expires, seq, hash));
+            }
+            v
+        };
+        if victims.is_empty() {
+            return;
+        }
+        let hashes: Vec<u8> = victims.iter().flat_map(|v| v.2.to_le_bytes()).collect();
+        let mut rec = encode(EVICT, &[], &hashes, NEVER);
+        let seg = match self.append(&mut w, &mut rec, false) {
+            Ok((seg, _, _)) => seg,
+            Err(e) => {
+                tracing::warn!(
+                    backend = NAME,
+                    "cannot log evictions, evicting nothing: {e}"
+                );
+                return;
+            }
+        };
+        let mut s = self.state();
+        if let Some(sg) = s.segs.get_mut(&seg) {
+            sg.size = w.pos;
+        }
+        for (expires, seq, hash) in victims {
+            if s.index.get(&hash).is_some_and(|sl| sl.seq == seq) {
                 s.remove(hash);
-                gone.extend_from_slice(&hash.to_le_bytes());
                 let c = if expires != NEVER && expires <= now {
                     &self.counters.expired_removed
                 } else {
@@ -911,20 +943,6 @@ impl LogStore {
                 };
                 c.fetch_add(1, Relaxed);
             }
-        }
-        if gone.is_empty() {
-            return;
-        }
-        let mut rec = encode(EVICT, &[], &gone, NEVER);
-        match self.append(&mut w, &mut rec, false) {
-            Ok((seg, _, _)) => {
-                if let Some(sg) = self.state().segs.get_mut(&seg) {
-                    sg.size = w.pos;
-                }
-            }
-            // Evicted all the same; after a crash they may come back (still their keys'
-            // newest values).
-            Err(e) => tracing::warn!(backend = NAME, "cannot log evictions: {e}"),
         }
     }
 
@@ -1403,20 +1421,36 @@ fn load_snapshot(raw: &[u8], files: &BTreeMap<u32, (Arc<File>, u64)>) -> Option<
     })
 }
 
-/// Whether a record that passes its check starts anywhere in `from..len` of `file`.
-fn valid_record_after(file: &File, from: u64, len: u64) -> std::io::Result<bool> {
-    let mut rest = vec![0u8; (len - from) as usize];
-    file.read_exact_at(&mut rest, from)?;
-    Ok((0..rest.len()).any(|i| {
-        Header::parse(&rest[i..])
-            .is_some_and(|h| i + h.len() <= rest.len() && check(&rest[i..i + h.len()]).is_some())
-    }))
+/// Whether the bytes of `file` from `at` to `len`, where a record failed its check, are a
+/// write cut short: a record whose header promises more than the file holds (a process killed
+/// during the write), or nothing but zeros (pages a power loss did not write). Anything else
+/// (a record that fits but fails its CRC, a header that does not parse) is damage.
+fn torn_write(file: &File, at: u64, len: u64) -> std::io::Result<bool> {
+    let mut head = vec![0u8; HEADER.min((len - at) as usize)];
+    file.read_exact_at(&mut head, at)?;
+    if head.len() < HEADER {
+        return Ok(true);
+    }
+    if Header::parse(&head).is_some_and(|h| at + h.len() as u64 > len) {
+        return Ok(true);
+    }
+    let mut rest = vec![0u8; (len - at).min(64 << 20) as usize];
+    let mut off = at;
+    while off < len {
+        let n = rest.len().min((len - off) as usize);
+        file.read_exact_at(&mut rest[..n], off)?;
+        if rest[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
 }
 
 /// Rebuilds the index from every segment.
 ///
-/// A record that fails its check is damage unless it is a write the crash cut short: in the
-/// last segment, with no whole record after it. Then the file is cut back to before it. Any
+/// A record that fails its check is damage unless it is a write the crash cut short (see
+/// [`torn_write`]) at the end of the last segment. Then the file is cut back to before it. Any
 /// other damage, and a segment missing between two others, fails the replay: the lost records
 /// may have removed or replaced older ones, which must not be served (the store is then
 /// handled as `disk_cache_on_corruption` says).
@@ -1457,8 +1491,7 @@ fn replay(
         })
         .map_err(io_failure)?;
         if end < *len {
-            let torn =
-                Some(id) == last && !valid_record_after(file, end + 1, *len).map_err(io_failure)?;
+            let torn = Some(id) == last && torn_write(file, end, *len).map_err(io_failure)?;
             if !torn {
                 return Err(Failure::Damaged(format!(
                     "segment {id:016x} is damaged at byte {end}, before records that may \
@@ -1879,6 +1912,42 @@ mod durability_tests {
             None,
             "cleared, then resurrected"
         );
+    }
+
+    /// A tail of zeros (pages a power loss did not write) is cut off; a last record that fits
+    /// but fails its check (it could be a removal) is damage, never cut off silently.
+    #[test]
+    fn a_tail_of_zeros_is_cut_and_a_damaged_last_record_is_damage() {
+        for zeros in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_bound(dir.path(), 64 << 20);
+            store.set("k", b"v1", None).unwrap();
+            store.delete("k").unwrap();
+            store.crash();
+            let log = dir.path().join(LOG_DIR);
+            let seg = segment_path(&log, *list_segments(&log).unwrap().unwrap().last().unwrap());
+            let mut data = std::fs::read(&seg).unwrap();
+            if zeros {
+                data.extend_from_slice(&[0u8; 5000]);
+            } else {
+                // Bit rot in the removal's key.
+                let n = data.len();
+                data[n - 1] ^= 0x01;
+            }
+            std::fs::write(&seg, &data).unwrap();
+            let config = DiskConfig::new(dir.path())
+                .with_engine(DiskEngine::Log)
+                .with_on_corruption(OnCorruption::Error);
+            let opened = LogStore::open_sized(config, 64 << 10);
+            if zeros {
+                let store = opened.unwrap();
+                assert_eq!(store.get("k").unwrap(), None);
+                assert!(std::fs::metadata(&seg).unwrap().len() < data.len() as u64);
+            } else {
+                let err = opened.unwrap_err().to_string();
+                assert!(err.contains("damaged"), "{err}");
+            }
+        }
     }
 
     /// Damage in the middle of the log must not hide a later overwrite or removal.
