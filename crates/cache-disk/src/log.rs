@@ -49,7 +49,7 @@ use cache_core::envelope::now_ms;
 use cache_core::{CacheError, Result};
 
 use crate::NAME;
-use crate::config::{DiskConfig, OnCorruption};
+use crate::config::DiskConfig;
 use crate::lock::DirLock;
 use crate::record;
 use crate::store::DiskStats;
@@ -471,52 +471,10 @@ impl LogStore {
             Ok(x) => x,
             Err(Failure::Other(e)) => return Err(e),
             Err(Failure::Damaged(why)) => {
-                match config.on_corruption {
-                    OnCorruption::Error => {
-                        return Err(CacheError::backend(
-                            NAME,
-                            "open",
-                            false,
-                            format!(
-                                "the disk cache log in {} cannot be used: {why}. Nothing was \
-                                 moved or deleted; move {} away, or set \
-                                 disk_cache_on_corruption: move_aside (or reset) to start with \
-                                 an empty cache",
-                                dir.display(),
-                                path.display()
-                            ),
-                        ));
-                    }
-                    OnCorruption::Reset => {
-                        tracing::error!(
-                            backend = NAME,
-                            dir = %dir.display(),
-                            "disk cache log cannot be used ({why}); disk_cache_on_corruption is \
-                             reset: deleted it, starting with an empty cache"
-                        );
-                        std::fs::remove_dir_all(&path).map_err(|e| {
-                            CacheError::backend(
-                                NAME,
-                                "open",
-                                false,
-                                format!("cannot delete {}: {e}", path.display()),
-                            )
-                        })?;
-                    }
-                    OnCorruption::MoveAside => {
-                        let (new_lock, to) = crate::store::move_aside(&dir, lock, LOG_DIR)?;
-                        lock = new_lock;
-                        tracing::error!(
-                            backend = NAME,
-                            dir = %dir.display(),
-                            moved_to = %to.display(),
-                            "disk cache log is damaged ({why}): moved it aside to {}, starting \
-                             with an empty cache (delete it once inspected)",
-                            to.display()
-                        );
-                        moved_aside = Some(to);
-                    }
-                }
+                let (new_lock, to) =
+                    crate::store::on_damage(&dir, LOG_DIR, "log", &config, lock, &why)?;
+                lock = new_lock;
+                moved_aside = to;
                 match Self::open_log(&path, segment_target) {
                     Ok(x) => x,
                     Err(Failure::Other(e)) => return Err(e),
@@ -1349,7 +1307,7 @@ fn segment_target(config: &DiskConfig) -> u64 {
 
 /// How opening the log failed.
 enum Failure {
-    /// The folder is damaged or not ours (see [`OnCorruption`]).
+    /// The folder is damaged or not ours (see [`crate::OnCorruption`]).
     Damaged(String),
     Other(CacheError),
 }
@@ -1548,7 +1506,7 @@ impl Drop for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DiskEngine;
+    use crate::config::{DiskEngine, OnCorruption};
 
     fn config(dir: &Path) -> DiskConfig {
         DiskConfig::new(dir)
@@ -1884,7 +1842,7 @@ mod tests {
 #[cfg(test)]
 mod durability_tests {
     use super::*;
-    use crate::config::DiskEngine;
+    use crate::config::{DiskEngine, OnCorruption};
 
     fn open_bound(dir: &Path, max: u64) -> LogStore {
         let config = DiskConfig::new(dir)

@@ -333,6 +333,64 @@ pub(crate) fn move_aside(dir: &Path, lock: DirLock, folder: &str) -> Result<(Dir
     Ok((lock, to))
 }
 
+/// Handles a store found damaged at open, as `config.on_corruption` says: an error naming the
+/// directory (nothing moved), the engine's `folder` deleted, or moved aside (logged with
+/// `tracing::error!`). Returns the directory lock to keep (moving the directory takes a new
+/// one) and where the store went, if it moved. `what` names the store in messages.
+pub(crate) fn on_damage(
+    dir: &Path,
+    folder: &str,
+    what: &str,
+    config: &DiskConfig,
+    lock: DirLock,
+    why: &str,
+) -> Result<(DirLock, Option<PathBuf>)> {
+    let path = dir.join(folder);
+    match config.on_corruption {
+        OnCorruption::Error => Err(CacheError::backend(
+            NAME,
+            "open",
+            false,
+            format!(
+                "the disk cache {what} in {} cannot be used: {why}. Nothing was moved or \
+                 deleted; move {} away, or set disk_cache_on_corruption: move_aside (or reset) \
+                 to start with an empty cache",
+                dir.display(),
+                path.display()
+            ),
+        )),
+        OnCorruption::Reset => {
+            tracing::error!(
+                backend = NAME,
+                dir = %dir.display(),
+                "disk cache {what} cannot be used ({why}); disk_cache_on_corruption is reset: \
+                 deleted it, starting with an empty cache"
+            );
+            std::fs::remove_dir_all(&path).map_err(|e| {
+                CacheError::backend(
+                    NAME,
+                    "open",
+                    false,
+                    format!("cannot delete {}: {e}", path.display()),
+                )
+            })?;
+            Ok((lock, None))
+        }
+        OnCorruption::MoveAside => {
+            let (new_lock, to) = move_aside(dir, lock, folder)?;
+            tracing::error!(
+                backend = NAME,
+                dir = %dir.display(),
+                moved_to = %to.display(),
+                "disk cache {what} is damaged ({why}): moved it aside to {}, starting with an \
+                 empty cache (delete it once inspected)",
+                to.display()
+            );
+            Ok((new_lock, Some(to)))
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `config.dir`.
     pub(crate) fn open(config: DiskConfig) -> Result<Store> {
@@ -353,52 +411,9 @@ impl Store {
             Ok(x) => x,
             Err(OpenFailure::Other(e)) => return Err(e),
             Err(OpenFailure::Damaged(why)) => {
-                match config.on_corruption {
-                    OnCorruption::Error => {
-                        return Err(CacheError::backend(
-                            NAME,
-                            "open",
-                            false,
-                            format!(
-                                "the disk cache database in {} cannot be used: {why}. Nothing \
-                                 was moved or deleted; move {} away, or set \
-                                 disk_cache_on_corruption: move_aside (or reset) to start with \
-                                 an empty cache",
-                                dir.display(),
-                                db_path.display()
-                            ),
-                        ));
-                    }
-                    OnCorruption::Reset => {
-                        tracing::error!(
-                            backend = NAME,
-                            dir = %dir.display(),
-                            "disk cache database cannot be used ({why}); disk_cache_on_corruption \
-                             is reset: deleted it, starting with an empty cache"
-                        );
-                        std::fs::remove_dir_all(&db_path).map_err(|e| {
-                            CacheError::backend(
-                                NAME,
-                                "open",
-                                false,
-                                format!("cannot delete {}: {e}", db_path.display()),
-                            )
-                        })?;
-                    }
-                    OnCorruption::MoveAside => {
-                        let (new_lock, to) = move_aside(&dir, lock, DB_DIR)?;
-                        lock = new_lock;
-                        tracing::error!(
-                            backend = NAME,
-                            dir = %dir.display(),
-                            moved_to = %to.display(),
-                            "disk cache database is damaged ({why}): moved it aside to {}, \
-                             starting with an empty cache (delete it once inspected)",
-                            to.display()
-                        );
-                        moved_aside = Some(to);
-                    }
-                }
+                let (new_lock, to) = on_damage(&dir, DB_DIR, "database", &config, lock, &why)?;
+                lock = new_lock;
+                moved_aside = to;
                 match Self::open_watched(&db_path, &config) {
                     Ok(x) => x,
                     Err(OpenFailure::Other(e)) => return Err(e),
