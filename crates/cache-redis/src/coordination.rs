@@ -19,7 +19,9 @@
 //! * **Connection state.** While the subscription is down (an error, an unresponsive server, a
 //!   lagging receiver, or this process's own heartbeat, published every second on a channel
 //!   only this process subscribes to, not heard back within 3 s) the sinks are told `connection(false)`: the engines empty and bypass L1.
-//!   After each (re)subscription they are told `connection(true)` and L1 starts again, empty.
+//!   After each (re)subscription, once this process's heartbeat has come back through it (a
+//!   server that refuses writes accepts a subscription but delivers nothing), they are told
+//!   `connection(true)` and L1 starts again, empty.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -432,19 +434,26 @@ impl RedisCoordinator {
                                 });
                             }
                         } else if sub.is_connected() && sub.subscribe(vec![CHANNEL, heartbeats.as_str()]).await.is_ok() {
-                            heard = Instant::now();
-                            inner.set_live(true);
-                            tracing::info!(backend = NAME, channel = CHANNEL, "subscribed again: invalidations from other replicas are heard");
+                            // Subscribed is not proof that messages flow (a server refusing
+                            // writes accepts SUBSCRIBE but no PUBLISH): L1 comes back when this
+                            // heartbeat comes back through the subscription.
+                            let (inner, msg) = (inner.clone(), heartbeat.clone());
+                            let channel = heartbeats.clone();
+                            tokio::spawn(async move {
+                                let _ = inner.publish_on(&channel, msg).await;
+                            });
                         }
                     }
                     r = reconnects.recv() => match r {
                         Ok(_) | Err(RecvError::Lagged(_)) => {
                             match sub.subscribe(vec![CHANNEL, heartbeats.as_str()]).await {
                                 Ok(()) => {
+                                    // Live once a heartbeat comes back through it (see above).
                                     let Some(inner) = weak.upgrade() else { return };
-                                    heard = Instant::now();
-                                    inner.set_live(true);
-                                    tracing::info!(backend = NAME, channel = CHANNEL, "subscribed: invalidations from other replicas are heard");
+                                    let (msg, channel) = (heartbeat.clone(), heartbeats.clone());
+                                    tokio::spawn(async move {
+                                        let _ = inner.publish_on(&channel, msg).await;
+                                    });
                                 }
                                 Err(e) => {
                                     tracing::warn!(backend = NAME, error = %e, "cannot subscribe to the coordination channel; L1 stays off until it can");
@@ -477,6 +486,10 @@ impl RedisCoordinator {
                                 if &*msg.channel == heartbeats.as_str() {
                                     if msg.value.as_bytes() == Some(heartbeat.as_bytes()) {
                                         heard = Instant::now();
+                                        if !inner.live.load(Ordering::SeqCst) {
+                                            inner.set_live(true);
+                                            tracing::info!(backend = NAME, channel = CHANNEL, "subscribed, heartbeat heard: invalidations from other replicas are heard");
+                                        }
                                     }
                                 } else if let Some(b) = msg.value.as_bytes() {
                                     inner.dispatch(b);

@@ -574,6 +574,17 @@ async fn a_silent_subscription_turns_l1_off_until_heartbeats_return() {
         off_after <= Duration::from_millis(4500),
         "declared lost {off_after:?} after the heartbeats stopped (bound: 3 s + one tick)"
     );
+    // And it stays off while the pause lasts: resubscribing succeeds (SUBSCRIBE is not a
+    // write), but no heartbeat can come back through it.
+    while paused.elapsed() < Duration::from_millis(5500) {
+        assert_eq!(
+            l1_live(p).await,
+            Some(false),
+            "L1 back on {:?} into the pause, with no heartbeat heard",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Writes resume after 6 s: the subscription is checked again and L1 comes back.
     let start = Instant::now();
     while l1_live(p).await != Some(true) {
