@@ -40,8 +40,8 @@ use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,7 +52,7 @@ use crate::NAME;
 use crate::config::DiskConfig;
 use crate::lock::DirLock;
 use crate::record;
-use crate::store::DiskStats;
+use crate::store::{Counters, DiskStats, lock};
 
 /// Name of the engine's folder inside the cache directory.
 pub(crate) const LOG_DIR: &str = "log";
@@ -80,11 +80,6 @@ const COPY_BATCH: usize = 1 << 20;
 
 fn io(operation: &'static str, what: impl std::fmt::Display, e: std::io::Error) -> CacheError {
     CacheError::backend(NAME, operation, true, format!("{what}: {e}"))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update of the guarded state is completed before anything that can panic.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The index key of a cache key: 64 bits of its BLAKE3 hash. Two keys that share it take each
@@ -244,13 +239,6 @@ struct Writer {
     seq: u64,
     /// Files written since their last fsync.
     unsynced: Vec<Arc<File>>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    expired_removed: AtomicU64,
-    evicted: AtomicU64,
-    damaged: AtomicU64,
 }
 
 /// The log store. Field order matters: the files close before the directory lock is released.
@@ -511,7 +499,7 @@ impl LogStore {
             .store(replay.expired, Relaxed);
         store.evict();
         let (entries, bytes) = {
-            let s = lock_state(&store.state);
+            let s = store.state();
             (s.index.len(), s.bytes)
         };
         tracing::info!(
@@ -642,7 +630,7 @@ impl LogStore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        lock_state(&self.state)
+        lock(&self.state)
     }
 
     /// Appends `rec` (sealed with a new `seq` unless `keep_seq`) to the log; returns where.
@@ -1295,10 +1283,6 @@ impl LogStore {
         std::fs::rename(&tmp, self.path.join(SNAPSHOT))?;
         sync_dir(&self.path)
     }
-}
-
-fn lock_state(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    lock(m)
 }
 
 fn segment_target(config: &DiskConfig) -> u64 {

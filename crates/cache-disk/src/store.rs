@@ -161,12 +161,12 @@ impl Accounting {
     }
 }
 
-/// Counters of what the store did since it was opened.
+/// Counters of what the store did since it was opened (both engines).
 #[derive(Debug, Default)]
-struct Counters {
-    expired_removed: AtomicU64,
-    evicted: AtomicU64,
-    damaged: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) expired_removed: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) damaged: AtomicU64,
 }
 
 /// A snapshot of the store's state.
@@ -248,8 +248,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+/// Locks `m`, ignoring poisoning: what both engines guard is either `()` or updated completely
+/// before anything that can panic, so a panic elsewhere cannot leave it inconsistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
