@@ -33,6 +33,7 @@
 #   DURATION [15]  CONCS ["1 16 64"]  STREAM_CONC [16] (empty: skip)  UPSTREAM_LATENCY_MS [200]
 #   LARGE_KB [none]  e.g. "51 200": also hits of ~51 KB and ~200 KB requests at LARGE_CONCS ["1 16"]
 #   OUT_DIR [./out-proxy]  TAG [mode name] label in results
+#   PERF_CASE [none]  e.g. chat-hit-distinct: `perf record -g` the proxy during that case
 #   PROXY_CPUS / WRK_CPUS  pin the proxy / wrk to these CPUs (taskset -c), so the load generator
 #              does not preempt the proxy;  WRK_THREADS [min(conc, 2)]  wrk threads
 set -euo pipefail
@@ -121,6 +122,10 @@ run_wrk() { # tag case conc url body upstream_port(or -) pid(or -)
   local tag=$1 case=$2 c=$3 url=$4 body=$5 uport=$6 pid=$7 t before after out delta rss cpu0 cpu
   t=$(( c < ${WRK_THREADS:-2} ? c : ${WRK_THREADS:-2} ))
   before=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); cpu0=$(cpu_ticks "$pid")
+  # PERF_CASE=<case>: also `perf record -g` the proxy during that case's run ($OUT_DIR/perf-<case>-<conc>.data)
+  if [ -n "${PERF_CASE:-}" ] && [ "$PERF_CASE" = "$case" ] && [ "$pid" != - ]; then
+    perf record -q -g -p "$pid" -o "$OUT_DIR/perf-$case-$c.data" -- sleep $((DURATION > 4 ? DURATION - 2 : DURATION)) >/dev/null 2>&1 &
+  fi
   out=$(BODY_FILE=$body timeout $((DURATION + 30)) ${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s \
         -s "$HERE/${SCRIPT:-post.lua}" "$url" | tee -a "$OUT_DIR/wrk.log" | grep '^RESULT') || { echo "wrk failed" >&2; return 1; }
   after=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); delta=$((after - before))

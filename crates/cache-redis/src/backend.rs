@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::{RedisConfig, Topology};
 use crate::coordination::RedisCoordinator;
 use crate::keys::{escape_glob, is_entry_key};
+use crate::reads::Reads;
 
 const NAME: &str = "redis";
 /// Keys per MGET / UNLINK command and commands per pipeline.
@@ -77,6 +78,8 @@ pub struct RedisBackend {
     /// The configuration, to open the coordinator's subscriber connection when first asked.
     config: RedisConfig,
     coordinator: OnceLock<Option<Arc<RedisCoordinator>>>,
+    /// Single-key reads, gathered into `MGET`s under load.
+    pub(crate) reads: Arc<Reads>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -173,15 +176,18 @@ impl RedisBackend {
         if let Some(first) = pool.clients().first() {
             tasks.push(log_connection_events(first, summary.clone()));
         }
+        let options = Options {
+            fail_fast: true,
+            timeout: Some(config.command_timeout),
+            max_attempts: Some(1),
+            ..Default::default()
+        };
+        let reads = Reads::new(pool.clone(), options.clone(), kind == Kind::Cluster);
         Ok(RedisBackend {
             pool,
             kind,
-            options: Options {
-                fail_fast: true,
-                timeout: Some(config.command_timeout),
-                max_attempts: Some(1),
-                ..Default::default()
-            },
+            options,
+            reads,
             summary,
             command_timeout: config.command_timeout,
             tasks,
@@ -602,8 +608,8 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        self.client()
-            .get::<Option<Bytes>, _>(key)
+        self.reads
+            .get(key)
             .await
             .map_err(|e| self.key_error("get", key, e))
     }

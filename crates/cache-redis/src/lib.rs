@@ -34,6 +34,7 @@ pub mod config;
 pub mod coordination;
 pub mod factory;
 mod keys;
+mod reads;
 
 #[cfg(feature = "tls")]
 pub use backend::tls_config;
