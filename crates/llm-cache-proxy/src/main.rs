@@ -5,3 +5,8 @@
 fn main() -> std::process::ExitCode {
     llm_cache_proxy::cli::run(llm_cache::builtin_registry())
 }
+
+/// The allocator of the binary (the library crates leave it to the application).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
