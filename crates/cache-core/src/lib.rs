@@ -58,8 +58,8 @@ pub use backend::{CacheBackend, Capabilities, Health, SharedBackend};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{
     Cache, CacheBuilder, CacheEngine, CacheMode, CacheSettings, CacheStatus, Cached, CallError,
-    Coordinated, DEFAULT_L1_MAX_BYTES, Hit, L1Config, Lookup, MissReason, PingReport, Prepared,
-    RequestContext, StoreFailure, StoreOutcome, Tier,
+    Coordinated, DEFAULT_L1_MAX_BYTES, Hit, L1Config, Led, Lookup, MissReason, PingReport,
+    Prepared, RequestContext, StoreFailure, StoreOutcome, Tier,
 };
 pub use coordination::{Coordinator, Invalidation, InvalidationSink, Lease, LeaseAttempt};
 pub use directives::{CacheControl, DirectiveError};

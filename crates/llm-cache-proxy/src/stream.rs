@@ -13,7 +13,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use llm_cache::CacheStatus;
-use llm_cache::core::{Coordinated, Hit, Lookup, Prepared, StoreOutcome};
+use llm_cache::core::{Coordinated, Hit, Led, Lookup, Prepared, StoreOutcome};
 use serde_json::Value;
 
 use crate::config::Deployment;
@@ -124,11 +124,23 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         include_usage,
         meta: &meta,
     };
-    let reason = match prepared.lookup().await {
-        Lookup::Hit(hit) => match replay.answer(&prepared, &hit, None) {
-            Some(resp) => return resp,
-            None => llm_cache::core::MissReason::Unusable,
-        },
+    // A request whose store read is left to its flight's leader (Redis: the lease attempt is
+    // the read) looks up only L1 here; the leader reads for it (`Prepared::lead_lookup`).
+    let deferred = prepared.defers_read();
+    let mut read_done = !deferred;
+    let looked = if deferred {
+        prepared.lookup_l1()
+    } else {
+        prepared.lookup().await
+    };
+    let reason = match looked {
+        Lookup::Hit(hit) => {
+            read_done = true;
+            match replay.answer(&prepared, &hit, None) {
+                Some(resp) => return resp,
+                None => llm_cache::core::MissReason::Unusable,
+            }
+        }
         Lookup::Miss(r) => r,
         Lookup::Bypass(_) => llm_cache::core::MissReason::NotFound,
     };
@@ -136,7 +148,7 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         st.metrics.request(label, "only_if_cached_miss");
         return not_cached(prepared.key());
     }
-    let status = match prepared.bypass_reason() {
+    let miss_status = |reason| match prepared.bypass_reason() {
         Some(r) => CacheStatus::Bypass { reason: r },
         // The stream is stored once it ends cleanly: after these headers are sent.
         None => CacheStatus::Miss {
@@ -148,6 +160,7 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
             },
         },
     };
+    let mut status = miss_status(reason);
     let key = prepared.key().cloned();
     let engine = prepared.cache().engine();
 
@@ -161,9 +174,28 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         for _ in 0..3 {
             match st.stream_flights.join(&flight) {
                 Join::Lead(leader) => {
-                    // Across replicas: wait while another replica streams this request, then
-                    // replay the entry it stored (docs/deployment.md).
-                    if let Coordinated::Answer(hit) = prepared.coordinate().await
+                    // Across replicas: take the key's lease, or wait while another replica
+                    // streams this request, then replay the entry it stored
+                    // (docs/deployment.md). A request that deferred its read reads the store
+                    // here first (with the lease attempt, while reads mostly miss).
+                    let coordinated = if read_done {
+                        prepared.coordinate().await
+                    } else {
+                        match prepared.lead_lookup().await {
+                            Led::Hit(hit) => match replay.answer(&prepared, &hit, None) {
+                                Some(resp) => return resp,
+                                None => {
+                                    status = miss_status(llm_cache::core::MissReason::Unusable);
+                                    Coordinated::Alone
+                                }
+                            },
+                            Led::Miss(next, r) => {
+                                status = miss_status(r);
+                                next
+                            }
+                        }
+                    };
+                    if let Coordinated::Answer(hit) = coordinated
                         && let Some(resp) =
                             replay.answer(&prepared, &hit, Some(CacheStatus::Coalesced))
                     {
@@ -211,6 +243,10 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                 }
                 Join::Follow(mut sub) => {
                     if sub.wait_started(engine.settings().coalesce_timeout).await {
+                        // Its lookup, left to the leader, missed with the leader's.
+                        if !read_done {
+                            prepared.count_deferred_miss();
+                        }
                         prepared.cache().stats().coalesced.fetch_add(1, Relaxed);
                         let status = CacheStatus::Coalesced;
                         let mut resp = forwarded_stream(
@@ -231,14 +267,30 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                         return resp;
                     }
                     // The leader's upstream refused, the wait timed out, or the leader answered
-                    // from another replica's entry: look again, then try again.
-                    if let Lookup::Hit(hit) = prepared.lookup().await
-                        && let Some(resp) = replay.answer(&prepared, &hit, None)
-                    {
-                        return resp;
+                    // from the store (a hit, or another replica's entry): look again, then try
+                    // again.
+                    read_done = true;
+                    match prepared.lookup().await {
+                        Lookup::Hit(hit) => {
+                            if let Some(resp) = replay.answer(&prepared, &hit, None) {
+                                return resp;
+                            }
+                            status = miss_status(llm_cache::core::MissReason::Unusable);
+                        }
+                        Lookup::Miss(r) => status = miss_status(r),
+                        Lookup::Bypass(_) => {}
                     }
                 }
             }
+        }
+    }
+    if !read_done {
+        // Not reached (a request that defers its read joins a flight above), but never go
+        // upstream without having looked.
+        if let Lookup::Hit(hit) = prepared.lookup().await
+            && let Some(resp) = replay.answer(&prepared, &hit, None)
+        {
+            return resp;
         }
     }
 

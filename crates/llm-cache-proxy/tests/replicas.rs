@@ -595,3 +595,172 @@ async fn a_silent_subscription_turns_l1_off_until_heartbeats_return() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `redis-server` of this test alone (its command counts are this test's), killed on drop.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (cargo xtask services up redis installs it)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { port, child }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Calls of `command` since the start (`INFO commandstats`; commands run inside scripts
+    /// are counted under their own names).
+    fn calls(&self, command: &str) -> u64 {
+        let info = self.cli(&["info", "commandstats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of an unlabelled counter of the proxy's `/metrics`.
+async fn counter(p: &Proxy, name: &str) -> f64 {
+    let text = reqwest::get(p.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A streamed request's text and `Cache-Status`.
+async fn ask_stream(http: &reqwest::Client, p: &Proxy, body: &Value) -> (String, String) {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let r = http
+        .post(p.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = r
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+    let words = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect::<String>();
+    (words, status)
+}
+
+/// A streamed storing miss reads Redis with its lease attempt (one round trip before the
+/// upstream call, as a non-streamed one): no `GET` while reads mostly miss. The same requests
+/// again are hits, and lookups are counted once each, also for the identical streams that
+/// followed another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server installed (cargo xtask services up redis)"]
+async fn streamed_misses_read_redis_with_the_lease_attempt() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let redis = PrivateRedis::start();
+    let up = FakeUpstream::start().await;
+    let store = format!("host: 127.0.0.1, port: {}", redis.port);
+    let p = &replicas(1, &up, &store, "").await[0];
+    let http = http();
+    let prompts: Vec<String> = (0..20).map(|i| unique(&format!("streamed-{i}"))).collect();
+    let (gets, evals) = (
+        redis.calls("get"),
+        redis.calls("evalsha") + redis.calls("eval"),
+    );
+    let mut answers = Vec::new();
+    for prompt in &prompts {
+        let (text, status) = ask_stream(&http, p, &chat_body(prompt)).await;
+        assert!(status.contains("fwd=miss"), "{status}");
+        assert!(text.ends_with(&format!("to: {prompt}")), "{text}");
+        answers.push(text);
+    }
+    // The entries are written after each stream ends.
+    let start = Instant::now();
+    while redis.cli(&["dbsize"]).trim() != "20" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "20 entries never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.chat_calls(), 20);
+    // Per miss: the lease attempt (the read) and the write that releases it, two scripts.
+    // Each script reads once with a `GET` (counted as a `GET`), so any `GET` beyond one per
+    // script is a read of its own (the old code's lookup before the lease: 60 `GET`s).
+    assert_eq!(redis.calls("evalsha") + redis.calls("eval") - evals, 40);
+    assert_eq!(
+        redis.calls("get") - gets,
+        40,
+        "a streamed storing miss read with a GET before its lease"
+    );
+    assert_eq!(counter(p, "llm_cache_misses_total").await, 20.0);
+
+    for (prompt, first) in prompts.iter().zip(&answers) {
+        let (text, status) = ask_stream(&http, p, &chat_body(prompt)).await;
+        assert!(status.contains("hit"), "{status}");
+        assert_eq!(&text, first);
+    }
+    assert_eq!(up.chat_calls(), 20, "the second round was all hits");
+    assert_eq!(counter(p, "llm_cache_misses_total").await, 20.0);
+
+    // Ten identical streams at once: one upstream stream; each request's lookup is counted
+    // once, as a miss (the leader's read, the followers' left to it).
+    up.set_latency(Duration::from_millis(300));
+    let body = chat_body(&unique("burst"));
+    let burst = join_all((0..10).map(|_| ask_stream(&http, p, &body))).await;
+    assert_eq!(up.chat_calls(), 21);
+    for (text, _) in &burst {
+        assert_eq!(text, &burst[0].0);
+    }
+    assert_eq!(counter(p, "llm_cache_misses_total").await, 30.0);
+}

@@ -24,7 +24,7 @@ mod status;
 
 pub use engine::CacheEngine;
 pub(crate) use engine::StoreWrite;
-pub use request::{Prepared, RequestContext};
+pub use request::{Led, Prepared, RequestContext};
 pub use settings::{CacheBuilder, CacheMode, CacheSettings, DEFAULT_L1_MAX_BYTES, L1Config};
 pub use status::{
     CacheStatus, Cached, CallError, Coordinated, Hit, Lookup, MissReason, PingReport, StoreFailure,

@@ -326,6 +326,15 @@ enum LeadRead {
     Miss(Coordinated, MissReason),
 }
 
+/// What the leader of a caller's own in-process flight read ([`Prepared::lead_lookup`]).
+#[derive(Debug)]
+pub enum Led {
+    /// The entry (counted as a hit).
+    Hit(Hit),
+    /// A miss (counted; why), and what cross-process coordination decided for it.
+    Miss(Coordinated, MissReason),
+}
+
 impl Prepared {
     /// The key (also for bypassed requests, for the `x-litellm-cache-key` header).
     pub fn key(&self) -> Option<&CacheKey> {
@@ -907,6 +916,62 @@ impl Prepared {
                 self.record_miss(engine, key, reason, start);
                 LeadRead::Miss(next, reason)
             }
+        }
+    }
+
+    /// Whether this request leaves its backend read to the leader of its in-process flight,
+    /// for callers that run their own flight instead of [`Prepared::get_or_fetch`] (the
+    /// proxy's stream fan-out): a request that reads, stores and coordinates across
+    /// processes. Such a request looks up only L1 first ([`Prepared::lookup_l1`]); if it leads
+    /// its flight, [`Prepared::lead_lookup`] reads the store (with the lease attempt as the
+    /// read where the coordinator allows it); if it follows and takes the leader's upstream
+    /// answer, [`Prepared::count_deferred_miss`] counts its lookup.
+    pub fn defers_read(&self) -> bool {
+        self.deferred_read().is_some()
+    }
+
+    /// The L1 step of a lookup alone. A hit is counted as a lookup's; a miss is not (the
+    /// backend read that follows counts it).
+    pub fn lookup_l1(&self) -> Lookup {
+        if let Some(reason) = self.bypass {
+            return Lookup::Bypass(reason);
+        }
+        let (Some(engine), Some(key), true) = (&self.engine, &self.key, self.read) else {
+            return Lookup::Miss(MissReason::NotFound);
+        };
+        match self.l1_read(engine, key, now_ms(), Instant::now()) {
+            Ok(hit) => hit,
+            Err(r) => Lookup::Miss(r),
+        }
+    }
+
+    /// The backend read of the leader of a caller's own in-process flight, for a request that
+    /// [defers its read](Prepared::defers_read): as [`Prepared::get_or_fetch`]'s leader reads,
+    /// counted as a lookup. A miss comes with what coordination decided: [`Coordinated::Lead`]
+    /// (this request holds the lease; storing the answer releases it), an answer another
+    /// process stored meanwhile, or [`Coordinated::Alone`]. For a request that does not defer
+    /// its read: a whole [`Prepared::lookup`], then [`Prepared::coordinate`] on a miss.
+    pub async fn lead_lookup(&self) -> Led {
+        let (Some(engine), Some(key), Some(coord)) =
+            (&self.engine, &self.key, self.deferred_read())
+        else {
+            return match self.lookup().await {
+                Lookup::Hit(hit) => Led::Hit(hit),
+                Lookup::Miss(r) => Led::Miss(self.coordinate().await, r),
+                Lookup::Bypass(_) => Led::Miss(Coordinated::Alone, MissReason::NotFound),
+            };
+        };
+        match self.lead_read(engine, key, coord).await {
+            LeadRead::Hit(hit) => Led::Hit(hit),
+            LeadRead::Miss(next, r) => Led::Miss(next, r),
+        }
+    }
+
+    /// Counts the lookup of a request that [deferred its read](Prepared::defers_read) and
+    /// took its flight leader's upstream answer: a miss, as its own read would have been.
+    pub fn count_deferred_miss(&self) {
+        if let (Some(engine), Some(key)) = (&self.engine, &self.key) {
+            self.record_miss(engine, key, MissReason::NotFound, Instant::now());
         }
     }
 
