@@ -209,3 +209,36 @@ pub fn config(upstream: &FakeUpstream, cache_params: &str, master_key: Option<&s
     }
     c
 }
+
+/// POSTs `body` as JSON to `url`, expects 200; returns the `Cache-Status` header (empty when
+/// absent) and the whole body.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (String, bytes::Bytes) {
+    let r = http.post(url).json(body).send().await.expect("request");
+    assert_eq!(r.status(), 200, "POST {url}");
+    let status = r
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, r.bytes().await.expect("body"))
+}
+
+/// The text of an SSE chat stream: every chunk's `choices[0].delta.content`, joined.
+pub fn streamed_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}

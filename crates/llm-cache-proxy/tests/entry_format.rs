@@ -40,20 +40,7 @@ async fn proxy(up: &FakeUpstream, ns: &str, extra: &str) -> Proxy {
 }
 
 async fn post(p: &Proxy, path: &str, body: &Value) -> (String, bytes::Bytes) {
-    let r = reqwest::Client::new()
-        .post(p.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let status = r
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    (status, r.bytes().await.unwrap())
+    llm_cache_tests::post_json(&reqwest::Client::new(), &p.url(path), body).await
 }
 
 /// Waits (bounded) until every key of the namespace is written, returns them.

@@ -708,20 +708,7 @@ fn stream_req(prompt: &str) -> Value {
 
 /// Sends a streaming request; returns `Cache-Status` and the whole body.
 async fn stream_call(url: String, req: Value) -> (String, bytes::Bytes) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&req)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status(), 200);
-    let status = r
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    (status, r.bytes().await.expect("body"))
+    llm_cache_tests::post_json(&reqwest::Client::new(), &url, &req).await
 }
 
 #[tokio::test]

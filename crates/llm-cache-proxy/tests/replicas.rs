@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use llm_cache_tests::{FakeUpstream, Proxy};
+use llm_cache_tests::{FakeUpstream, Proxy, post_json, streamed_text};
 use serde_json::{Value, json};
 
 const REDIS: &str = "host: 127.0.0.1, port: 17001";
@@ -213,19 +213,8 @@ async fn streaming_burst_across_replicas_makes_one_upstream_call() {
                 first.get_or_insert_with(|| started.elapsed());
                 text.extend_from_slice(&chunk);
             }
-            let text = String::from_utf8(text).unwrap();
             // The streamed words, joined.
-            let words = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .filter(|d| *d != "[DONE]")
-                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .filter_map(|v| {
-                    v["choices"][0]["delta"]["content"]
-                        .as_str()
-                        .map(str::to_owned)
-                })
-                .collect::<String>();
+            let words = streamed_text(&text);
             (i % 3, words, first.unwrap(), started.elapsed())
         }
     }))
@@ -671,32 +660,8 @@ async fn counter(p: &Proxy, name: &str) -> f64 {
 async fn ask_stream(http: &reqwest::Client, p: &Proxy, body: &Value) -> (String, String) {
     let mut body = body.clone();
     body["stream"] = json!(true);
-    let r = http
-        .post(p.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let status = r
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let text = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
-    let words = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect::<String>();
-    (words, status)
+    let (status, bytes) = post_json(http, &p.url("/v1/chat/completions"), &body).await;
+    (streamed_text(&bytes), status)
 }
 
 /// A streamed storing miss reads Redis with its lease attempt (one round trip before the
