@@ -1909,7 +1909,7 @@ mod durability_tests {
     /// and the store was found damaged.)
     #[test]
     fn a_power_loss_tears_only_the_last_segment() {
-        for written_after in [40u32, 200] {
+        for written_after in [100u32, 200] {
             let dir = tempfile::tempdir().unwrap();
             let store = open_bound(dir.path(), 64 << 20);
             let value = |i: u32| bytes::Bytes::from(format!("value {i} {}", "v".repeat(900)));
@@ -1924,7 +1924,8 @@ mod durability_tests {
                 .into_iter()
                 .map(|id| (id, std::fs::metadata(segment_path(&log, id)).unwrap().len()))
                 .collect();
-            // ~1 KB each on 64 KiB segments: 200 later writes roll three times.
+            // ~1 KB each on 64 KiB segments (~69 records): 100 later writes roll once, 200
+            // roll three times.
             for i in 150..150 + written_after {
                 store.set(&format!("k{i}"), &value(i), None).unwrap();
             }

@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 
 /// Reads on the wire at once before later ones queue for the next `MGET`.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
-/// Keys per `MGET`.
-const MAX_BATCH: usize = 500;
+/// Keys per `MGET`: a batch's reply is one reply, under one command timeout.
+const MAX_BATCH: usize = 64;
 
 type Answer = std::result::Result<Option<Bytes>, FredError>;
 
@@ -104,32 +104,14 @@ impl Reads {
             }
             std::mem::take(&mut st.queue)
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(self.clone().run(batch));
-            }
-            Err(_) => {
-                self.lock().in_flight -= 1;
-                for (_, tx) in batch {
-                    let _ = tx.send(Err(FredError::new(
-                        ErrorKind::Canceled,
-                        "no runtime to send the batched read",
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Sends batches until the queue is empty, then frees the slot.
-    async fn run(self: Arc<Self>, mut batch: Vec<(Key, oneshot::Sender<Answer>)>) {
-        loop {
-            self.send(batch).await;
-            let mut st = self.lock();
-            if st.queue.is_empty() {
-                st.in_flight -= 1;
-                return;
-            }
-            batch = std::mem::take(&mut st.queue);
+        let slot = BatchSlot {
+            reads: self.clone(),
+            done: false,
+        };
+        // Without a runtime (or with one shutting down, which drops the task unrun), the slot
+        // is freed and the batch's readers get an error: a miss.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(run(slot, batch));
         }
     }
 
@@ -168,10 +150,22 @@ impl Reads {
                             let _ = tx.send(Err(FredError::new(ErrorKind::Protocol, msg.clone())));
                         }
                     }
-                    Err(e) => {
+                    // A connection that failed or timed out fails every read of the batch.
+                    Err(e) if is_connection_error(&e) => {
                         for (_, tx) in group {
                             let _ = tx.send(Err(e.clone()));
                         }
+                    }
+                    // Anything else (a Cluster slot being migrated: `TRYAGAIN`): each key is
+                    // read alone, so a batch never fails a read a `GET` would answer.
+                    Err(_) => {
+                        futures::future::join_all(group.into_iter().map(|(key, tx)| {
+                            let client = client.clone();
+                            async move {
+                                let _ = tx.send(client.get::<Option<Bytes>, _>(key).await);
+                            }
+                        }))
+                        .await;
                     }
                 }
             }
@@ -207,11 +201,55 @@ impl Reads {
     }
 }
 
+/// Sends batches until the queue is empty, then frees the slot.
+async fn run(mut slot: BatchSlot, mut batch: Vec<(Key, oneshot::Sender<Answer>)>) {
+    loop {
+        slot.reads.send(batch).await;
+        let mut st = slot.reads.lock();
+        if st.queue.is_empty() {
+            // Under the lock that saw the queue empty: a read queued after this finds a
+            // free slot.
+            st.in_flight -= 1;
+            slot.done = true;
+            return;
+        }
+        batch = std::mem::take(&mut st.queue);
+    }
+}
+
+/// The read slot a batch task holds. Freed by the task when the queue is empty; if the task
+/// is dropped before that (a runtime shutting down, a panic), freed on drop, and the reads
+/// still queued get an error (their answer senders are dropped) rather than wait for a slot.
+struct BatchSlot {
+    reads: Arc<Reads>,
+    done: bool,
+}
+
+impl Drop for BatchSlot {
+    fn drop(&mut self) {
+        if !self.done {
+            let queued = {
+                let mut st = self.reads.lock();
+                st.in_flight -= 1;
+                std::mem::take(&mut st.queue)
+            };
+            drop(queued);
+        }
+    }
+}
+
 #[cfg(test)]
 impl Reads {
     fn in_flight(&self) -> usize {
         self.lock().in_flight
     }
+}
+
+fn is_connection_error(e: &FredError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure
+    )
 }
 
 /// A read slot, released when the direct `GET` finishes or its caller gives up.
@@ -301,6 +339,29 @@ mod tests {
         assert_eq!(b.get(&keys[1]).await.unwrap(), expect(1));
         assert_eq!(b.reads.batched.load(super::Relaxed), before);
         b.clear(Some(&ns)).await.unwrap();
+    }
+
+    /// A batch task dropped before it ran (a runtime shutting down) frees its slot, and the
+    /// reads queued behind it fail at once instead of waiting for a slot. (No server needed:
+    /// nothing listens on port 17990.)
+    #[test]
+    fn a_batch_dropped_unrun_frees_its_slot_and_fails_the_queued_reads() {
+        cache_core::testing::runtime().block_on(async {
+            let b = RedisBackend::connect(RedisConfig::standalone("127.0.0.1", 17990))
+                .await
+                .unwrap();
+            let reads = b.reads.clone();
+            reads.lock().in_flight = super::MAX_IN_FLIGHT;
+            let (tx, rx) = super::oneshot::channel();
+            reads.lock().queue.push((super::Key::from("k"), tx));
+            drop(super::BatchSlot {
+                reads: reads.clone(),
+                done: false,
+            });
+            assert_eq!(reads.in_flight(), super::MAX_IN_FLIGHT - 1);
+            assert!(reads.lock().queue.is_empty());
+            assert!(rx.await.is_err(), "a queued read was left waiting");
+        });
     }
 
     #[test]

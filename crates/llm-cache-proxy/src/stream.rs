@@ -13,7 +13,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use llm_cache::CacheStatus;
-use llm_cache::core::{Coordinated, Hit, Led, Lookup, Prepared, StoreOutcome};
+use llm_cache::core::{Coordinated, Hit, Led, Lookup, MissReason, Prepared, StoreOutcome};
 use serde_json::Value;
 
 use crate::config::Deployment;
@@ -138,11 +138,11 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
             read_done = true;
             match replay.answer(&prepared, &hit, None) {
                 Some(resp) => return resp,
-                None => llm_cache::core::MissReason::Unusable,
+                None => MissReason::Unusable,
             }
         }
         Lookup::Miss(r) => r,
-        Lookup::Bypass(_) => llm_cache::core::MissReason::NotFound,
+        Lookup::Bypass(_) => MissReason::NotFound,
     };
     if prepared.only_if_cached() {
         st.metrics.request(label, "only_if_cached_miss");
@@ -171,7 +171,7 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
         // Followers get the shape they asked for: a stream with and one without the usage
         // chunk are different flights.
         let flight = format!("{}\nusage={include_usage}", key.as_str());
-        for _ in 0..3 {
+        'flights: for _ in 0..3 {
             match st.stream_flights.join(&flight) {
                 Join::Lead(leader) => {
                     // Across replicas: take the key's lease, or wait while another replica
@@ -181,14 +181,24 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                     let coordinated = if read_done {
                         prepared.coordinate().await
                     } else {
+                        read_done = true;
+                        // An entry this request cannot use (too old for its `max-age`, or not
+                        // replayable): its followers may still hit. They are released to read
+                        // for themselves, and this request streams outside the flight.
                         match prepared.lead_lookup().await {
-                            Led::Hit(hit) => match replay.answer(&prepared, &hit, None) {
-                                Some(resp) => return resp,
-                                None => {
-                                    status = miss_status(llm_cache::core::MissReason::Unusable);
-                                    Coordinated::Alone
+                            Led::Hit(hit) => {
+                                if let Some(resp) = replay.answer(&prepared, &hit, None) {
+                                    return resp;
                                 }
-                            },
+                                status = miss_status(MissReason::Unusable);
+                                drop(leader);
+                                break 'flights;
+                            }
+                            Led::Miss(_, r @ (MissReason::Stale | MissReason::Unusable)) => {
+                                status = miss_status(r);
+                                drop(leader);
+                                break 'flights;
+                            }
                             Led::Miss(next, r) => {
                                 status = miss_status(r);
                                 next
@@ -275,7 +285,7 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                             if let Some(resp) = replay.answer(&prepared, &hit, None) {
                                 return resp;
                             }
-                            status = miss_status(llm_cache::core::MissReason::Unusable);
+                            status = miss_status(MissReason::Unusable);
                         }
                         Lookup::Miss(r) => status = miss_status(r),
                         Lookup::Bypass(_) => {}
@@ -287,10 +297,15 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
     if !read_done {
         // Not reached (a request that defers its read joins a flight above), but never go
         // upstream without having looked.
-        if let Lookup::Hit(hit) = prepared.lookup().await
-            && let Some(resp) = replay.answer(&prepared, &hit, None)
-        {
-            return resp;
+        match prepared.lookup().await {
+            Lookup::Hit(hit) => {
+                if let Some(resp) = replay.answer(&prepared, &hit, None) {
+                    return resp;
+                }
+                status = miss_status(MissReason::Unusable);
+            }
+            Lookup::Miss(r) => status = miss_status(r),
+            Lookup::Bypass(_) => {}
         }
     }
 

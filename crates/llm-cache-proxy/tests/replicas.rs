@@ -729,3 +729,49 @@ async fn streamed_misses_read_redis_with_the_lease_attempt() {
     }
     assert_eq!(counter(p, "llm_cache_misses_total").await, 30.0);
 }
+
+/// A streamed request that leads its fan-out but cannot use the stored entry (`s-maxage: 0`)
+/// releases the identical streams that joined it: they read for themselves and hit, rather
+/// than wait for its upstream stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "service: redis (cargo xtask services up)"]
+async fn a_stale_stream_leader_releases_its_followers_to_hit() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let up = FakeUpstream::start().await;
+    let p = &replicas(1, &up, REDIS, "").await[0];
+    let http = http();
+    let body = chat_body(&unique("stale-leader"));
+    let (first, status) = ask_stream(&http, p, &body).await;
+    assert!(status.contains("fwd=miss"), "{status}");
+    // The entry is written after the stream ends.
+    let start = Instant::now();
+    while !ask_stream(&http, p, &body).await.1.contains("hit") {
+        assert!(start.elapsed() < Duration::from_secs(10), "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.set_latency(Duration::from_millis(1000));
+    let mut fresh = body.clone();
+    fresh["cache"] = json!({"s-maxage": 0});
+    let leader = {
+        let (http, p) = (http.clone(), p.url("/v1/chat/completions"));
+        let mut fresh = fresh.clone();
+        fresh["stream"] = json!(true);
+        tokio::spawn(async move { post_json(&http, &p, &fresh).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let followers = join_all((0..5).map(|_| ask_stream(&http, p, &body))).await;
+    for (text, status) in &followers {
+        assert!(
+            status.contains("hit"),
+            "a follower of a stale leader: {status}"
+        );
+        assert_eq!(text, &first);
+    }
+    let (status, _) = leader.await.unwrap();
+    assert!(status.contains("fwd=stale"), "{status}");
+    assert_eq!(
+        up.chat_calls(),
+        2,
+        "the first miss and the stale leader's refresh"
+    );
+}
