@@ -265,26 +265,9 @@ impl RedisBackend {
         }
     }
 
-    /// Keys grouped so that each group can go into one multi-key command: one group per hash
-    /// slot on a Cluster, one group otherwise; groups are split at [`BATCH`] keys.
+    /// [`slot_groups`] of at most [`BATCH`] keys.
     fn groups(&self, keys: &[&str]) -> Vec<Vec<usize>> {
-        let mut out: Vec<Vec<usize>> = Vec::new();
-        if self.kind == Kind::Cluster {
-            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-            for (i, k) in keys.iter().enumerate() {
-                by_slot
-                    .entry(redis_keyslot(k.as_bytes()))
-                    .or_default()
-                    .push(i);
-            }
-            for idxs in by_slot.into_values() {
-                out.extend(idxs.chunks(BATCH).map(<[usize]>::to_vec));
-            }
-        } else {
-            let all: Vec<usize> = (0..keys.len()).collect();
-            out.extend(all.chunks(BATCH).map(<[usize]>::to_vec));
-        }
-        out
+        slot_groups(keys, self.kind == Kind::Cluster, BATCH)
     }
 
     /// The keys of `keys` whose value starts like a cache entry ([`Entry::has_marker`]): one
@@ -590,6 +573,28 @@ pub fn tls_config(ca_certs: Option<&std::path::Path>) -> Result<fred::prelude::T
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(fred::prelude::TlsConnector::from(config).into())
+}
+
+/// The indexes of `keys` grouped so that each group can go into one multi-key command: one
+/// group per hash slot on a Cluster, one group otherwise; groups are split at `max` keys.
+pub(crate) fn slot_groups(keys: &[impl AsRef<[u8]>], cluster: bool, max: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    if cluster {
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            by_slot
+                .entry(redis_keyslot(k.as_ref()))
+                .or_default()
+                .push(i);
+        }
+        for idxs in by_slot.into_values() {
+            out.extend(idxs.chunks(max).map(<[usize]>::to_vec));
+        }
+    } else {
+        let all: Vec<usize> = (0..keys.len()).collect();
+        out.extend(all.chunks(max).map(<[usize]>::to_vec));
+    }
+    out
 }
 
 #[async_trait]

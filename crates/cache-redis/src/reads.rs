@@ -13,7 +13,6 @@
 //! (a hash, a list) is an error when read alone (`WRONGTYPE`) and absent when read in a batch
 //! (`MGET` answers nil for it): a miss either way.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -23,8 +22,9 @@ use fred::prelude::{
     Client, ClientLike, Error as FredError, ErrorKind, KeysInterface, Options, Pool,
 };
 use fred::types::Key;
-use fred::util::redis_keyslot;
 use tokio::sync::oneshot;
+
+use crate::backend::slot_groups;
 
 /// Reads on the wire at once before later ones queue for the next `MGET`.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
@@ -32,6 +32,8 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 64;
 
 type Answer = std::result::Result<Option<Bytes>, FredError>;
+/// A queued read: its key, and where its answer goes.
+type Read = (Key, oneshot::Sender<Answer>);
 
 pub(crate) struct Reads {
     pool: Pool,
@@ -45,7 +47,7 @@ pub(crate) struct Reads {
 #[derive(Default)]
 struct State {
     in_flight: usize,
-    queue: Vec<(Key, oneshot::Sender<Answer>)>,
+    queue: Vec<Read>,
 }
 
 impl Reads {
@@ -115,7 +117,7 @@ impl Reads {
         }
     }
 
-    async fn send(&self, batch: Vec<(Key, oneshot::Sender<Answer>)>) {
+    async fn send(&self, batch: Vec<Read>) {
         // Readers that gave up no longer need their key read.
         let batch: Vec<_> = batch
             .into_iter()
@@ -174,35 +176,23 @@ impl Reads {
     }
 
     /// One group per `MGET`: by hash slot on a Cluster, at most [`MAX_BATCH`] keys each.
-    fn groups(
-        &self,
-        batch: Vec<(Key, oneshot::Sender<Answer>)>,
-    ) -> Vec<Vec<(Key, oneshot::Sender<Answer>)>> {
-        let mut by_slot: BTreeMap<u16, Vec<_>> = BTreeMap::new();
-        for item in batch {
-            let slot = if self.cluster {
-                redis_keyslot(item.0.as_bytes())
-            } else {
-                0
-            };
-            by_slot.entry(slot).or_default().push(item);
-        }
-        let mut out = Vec::new();
-        for mut items in by_slot.into_values() {
-            while items.len() > MAX_BATCH {
-                let rest = items.split_off(MAX_BATCH);
-                out.push(std::mem::replace(&mut items, rest));
-            }
-            if !items.is_empty() {
-                out.push(items);
-            }
-        }
-        out
+    fn groups(&self, batch: Vec<Read>) -> Vec<Vec<Read>> {
+        let keys: Vec<&[u8]> = batch.iter().map(|(k, _)| k.as_bytes()).collect();
+        let groups = slot_groups(&keys, self.cluster, MAX_BATCH);
+        let mut items: Vec<Option<Read>> = batch.into_iter().map(Some).collect();
+        groups
+            .into_iter()
+            .map(|idxs| {
+                idxs.into_iter()
+                    .map(|i| items[i].take().expect("each read in one group"))
+                    .collect()
+            })
+            .collect()
     }
 }
 
 /// Sends batches until the queue is empty, then frees the slot.
-async fn run(mut slot: BatchSlot, mut batch: Vec<(Key, oneshot::Sender<Answer>)>) {
+async fn run(mut slot: BatchSlot, mut batch: Vec<Read>) {
     loop {
         slot.reads.send(batch).await;
         let mut st = slot.reads.lock();

@@ -51,6 +51,21 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
+    /// A lookup's outcome: the hit replayed, or why not (`None`: bypassed).
+    fn settle(
+        &self,
+        prepared: &Prepared,
+        looked: Lookup,
+    ) -> std::result::Result<Response, Option<MissReason>> {
+        match looked {
+            Lookup::Hit(hit) => self
+                .answer(prepared, &hit, None)
+                .ok_or(Some(MissReason::Unusable)),
+            Lookup::Miss(r) => Err(Some(r)),
+            Lookup::Bypass(_) => Err(None),
+        }
+    }
+
     /// Answers with a stored entry replayed as a stream (a hit, or another replica's stored
     /// answer when `status` says so; `None`: the hit's own status); `None` when the entry is
     /// not JSON.
@@ -133,16 +148,11 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
     } else {
         prepared.lookup().await
     };
-    let reason = match looked {
-        Lookup::Hit(hit) => {
-            read_done = true;
-            match replay.answer(&prepared, &hit, None) {
-                Some(resp) => return resp,
-                None => MissReason::Unusable,
-            }
-        }
-        Lookup::Miss(r) => r,
-        Lookup::Bypass(_) => MissReason::NotFound,
+    // An L1 hit is counted, even if it cannot be replayed.
+    read_done |= matches!(looked, Lookup::Hit(_));
+    let reason = match replay.settle(&prepared, looked) {
+        Ok(resp) => return resp,
+        Err(r) => r.unwrap_or(MissReason::NotFound),
     };
     if prepared.only_if_cached() {
         st.metrics.request(label, "only_if_cached_miss");
@@ -280,15 +290,10 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
                     // from the store (a hit, or another replica's entry): look again, then try
                     // again.
                     read_done = true;
-                    match prepared.lookup().await {
-                        Lookup::Hit(hit) => {
-                            if let Some(resp) = replay.answer(&prepared, &hit, None) {
-                                return resp;
-                            }
-                            status = miss_status(MissReason::Unusable);
-                        }
-                        Lookup::Miss(r) => status = miss_status(r),
-                        Lookup::Bypass(_) => {}
+                    match replay.settle(&prepared, prepared.lookup().await) {
+                        Ok(resp) => return resp,
+                        Err(Some(r)) => status = miss_status(r),
+                        Err(None) => {}
                     }
                 }
             }
@@ -297,15 +302,10 @@ pub(crate) async fn stream_flow(call: StreamCall) -> Response {
     if !read_done {
         // Not reached (a request that defers its read joins a flight above), but never go
         // upstream without having looked.
-        match prepared.lookup().await {
-            Lookup::Hit(hit) => {
-                if let Some(resp) = replay.answer(&prepared, &hit, None) {
-                    return resp;
-                }
-                status = miss_status(MissReason::Unusable);
-            }
-            Lookup::Miss(r) => status = miss_status(r),
-            Lookup::Bypass(_) => {}
+        match replay.settle(&prepared, prepared.lookup().await) {
+            Ok(resp) => return resp,
+            Err(Some(r)) => status = miss_status(r),
+            Err(None) => {}
         }
     }
 

@@ -1266,20 +1266,12 @@ impl Prepared {
         // A request that will coordinate reads the backend with its lease attempt, once it
         // leads its in-process flight (`lead_read`): only L1 is read here.
         let deferred = self.deferred_read();
-        let mut read_done = deferred.is_none();
-        let looked = match (&self.engine, &self.key, deferred) {
-            (Some(engine), Some(key), Some(_)) => {
-                match self.l1_read(engine, key, now_ms(), Instant::now()) {
-                    // Counted: this request's read is done, even if `decode` refuses it.
-                    Ok(hit) => {
-                        read_done = true;
-                        hit
-                    }
-                    Err(r) => Lookup::Miss(r),
-                }
-            }
-            _ => self.lookup().await,
+        let looked = match deferred {
+            Some(_) => self.lookup_l1(),
+            None => self.lookup().await,
         };
+        // An L1 hit is counted: this request's read is done, even if `decode` refuses it.
+        let mut read_done = deferred.is_none() || matches!(looked, Lookup::Hit(_));
         // A lookup's outcome: the answer from a usable hit, else why not (`None`: bypassed).
         let settle = |looked: Lookup| match looked {
             Lookup::Hit(hit) => answer(hit).map_err(Some),
