@@ -253,6 +253,10 @@ pub(crate) struct LogStore {
     flushing: Mutex<()>,
     /// When written data was last flushed by the maintenance tick.
     last_sync: Mutex<Instant>,
+    /// The maintenance failures last logged (flush, compaction): the same failure on every
+    /// tick (a segment that cannot be deleted) is logged once, then again when it changes or
+    /// after the failing step succeeded.
+    maintenance_errors: Mutex<[Option<String>; 2]>,
     failing: AtomicBool,
     /// Set by a test that simulates a crash: no flush, no snapshot at drop.
     crashed: AtomicBool,
@@ -484,6 +488,7 @@ impl LogStore {
             compacting: Mutex::new(()),
             flushing: Mutex::new(()),
             last_sync: Mutex::new(Instant::now()),
+            maintenance_errors: Mutex::new([None, None]),
             failing: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -1055,11 +1060,35 @@ impl LogStore {
     /// much more than the live entries.
     pub(crate) fn maintain(&self) {
         let due = lock(&self.last_sync).elapsed() >= self.config.flush_interval;
-        if due && let Err(e) = self.flush() {
-            tracing::warn!(backend = NAME, "periodic flush failed: {e}");
+        if due {
+            let res = self.flush();
+            self.log_maintenance(0, "periodic flush failed", res);
         }
-        if let Err(e) = self.compact() {
-            tracing::warn!(backend = NAME, "compaction failed: {e}");
+        let res = self.compact();
+        self.log_maintenance(1, "compaction failed", res);
+    }
+
+    /// Logs a maintenance step's failure at `warn` unless the same failure was the last one
+    /// logged for that step (then at `debug`): a failure that repeats on every tick is one
+    /// warning, not one per tick. Returns whether it warned.
+    fn log_maintenance<T>(&self, step: usize, what: &str, res: Result<T>) -> bool {
+        let mut last = lock(&self.maintenance_errors);
+        match res {
+            Ok(_) => {
+                last[step] = None;
+                false
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if last[step].as_deref() == Some(msg.as_str()) {
+                    tracing::debug!(backend = NAME, "{what} (again): {msg}");
+                    false
+                } else {
+                    tracing::warn!(backend = NAME, "{what}: {msg}");
+                    last[step] = Some(msg);
+                    true
+                }
+            }
         }
     }
 
@@ -1510,6 +1539,29 @@ mod tests {
     /// Segments of 64 KiB: rolls and compactions within a few hundred writes.
     fn open(dir: &Path) -> LogStore {
         LogStore::open_sized(config(dir), 64 << 10).unwrap()
+    }
+
+    #[test]
+    fn a_maintenance_failure_repeating_every_tick_is_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let fail = |what: &str| -> Result<()> {
+            Err(io(
+                "compact",
+                format!("cannot delete {what}"),
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            ))
+        };
+        assert!(store.log_maintenance(1, "compaction failed", fail("a")));
+        for _ in 0..5 {
+            assert!(!store.log_maintenance(1, "compaction failed", fail("a")));
+        }
+        // Another step's failure, and another failure of the same step, are new.
+        assert!(store.log_maintenance(0, "periodic flush failed", fail("a")));
+        assert!(store.log_maintenance(1, "compaction failed", fail("b")));
+        // After a success, the failure is news again.
+        assert!(!store.log_maintenance(1, "compaction failed", Ok(())));
+        assert!(store.log_maintenance(1, "compaction failed", fail("b")));
     }
 
     impl LogStore {

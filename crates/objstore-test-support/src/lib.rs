@@ -76,10 +76,13 @@ pub fn gcs_service_account_file(base_url: &str) -> PathBuf {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let path = std::env::temp_dir().join(format!(
-        "llm-cache-test-gcs-{name}-{}.json",
-        std::process::id()
-    ));
+    // One file per base URL, shared by every test process (they write the same bytes), in a
+    // directory of its own whose files from earlier runs (an hour old) are removed here, so
+    // runs against emulators on ever-new ports do not pile files up in the temporary directory.
+    let dir = std::env::temp_dir().join("llm-cache-test-gcs");
+    std::fs::create_dir_all(&dir).expect("create the service-account directory");
+    remove_older_than(&dir, Duration::from_secs(3600));
+    let path = dir.join(format!("{name}.json"));
     let json = serde_json::json!({
         "gcs_base_url": base_url,
         "disable_oauth": true,
@@ -91,13 +94,30 @@ pub fn gcs_service_account_file(base_url: &str) -> PathBuf {
     // others (re)write it, and a plain write let a reader see it empty (a client without
     // plain HTTP then failed with `BadScheme`, once in CI).
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
+    let tmp = dir.join(format!(
+        "{name}.{}.{}.tmp",
+        std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&tmp, json.to_string()).expect("write the service-account file");
     std::fs::rename(&tmp, &path).expect("move the service-account file into place");
     path
+}
+
+/// Removes the files of `dir` last modified more than `age` ago (best effort).
+fn remove_older_than(dir: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The workspace root (for `.test-services/`).

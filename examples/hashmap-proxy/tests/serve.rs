@@ -63,6 +63,7 @@ async fn its_config_errors_are_clear() {
         .arg(&path)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
