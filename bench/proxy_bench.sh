@@ -72,6 +72,8 @@ cpu_ticks() { # utime+stime (clock ticks) of a process and its descendants
   local p t=0; for p in $1 $(pgrep -P "$1" 2>/dev/null || true); do
     t=$((t + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0))); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
+ctx_switches() { # voluntary and involuntary context switches of a process's threads, summed
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {v+=$2} /^nonvoluntary_ctxt/ {n+=$2} END {print v+0, n+0}'; }
 
 start_fake() { # port latency_ms
   port_free "$1" || { echo "port $1 busy" >&2; exit 1; }
@@ -122,6 +124,7 @@ run_wrk() { # tag case conc url body upstream_port(or -) pid(or -)
   local tag=$1 case=$2 c=$3 url=$4 body=$5 uport=$6 pid=$7 t before after out delta rss cpu0 cpu
   t=$(( c < ${WRK_THREADS:-2} ? c : ${WRK_THREADS:-2} ))
   before=$([ "$uport" = - ] && echo 0 || upstream_count "$uport"); cpu0=$(cpu_ticks "$pid")
+  local cs0; cs0=$([ "$pid" = - ] && echo "0 0" || ctx_switches "$pid")
   # PERF_CASE=<case>: also `perf record -g` the proxy during that case's run ($OUT_DIR/perf-<case>-<conc>.data)
   if [ -n "${PERF_CASE:-}" ] && [ "$PERF_CASE" = "$case" ] && [ "$pid" != - ]; then
     perf record -q -g -p "$pid" -o "$OUT_DIR/perf-$case-$c.data" -- sleep $((DURATION > 4 ? DURATION - 2 : DURATION)) >/dev/null 2>&1 &
@@ -133,6 +136,11 @@ run_wrk() { # tag case conc url body upstream_port(or -) pid(or -)
   rss=$([ "$pid" = - ] && echo - || rss_mb "$pid")
   eval "$(echo "$out" | sed 's/^RESULT //; s/ /;/g')"
   cpu=$(awk -v d=$(( $(cpu_ticks "$pid") - cpu0 )) -v n="$requests" -v hz="$HZ" 'BEGIN {printf "%.3f", n ? d*1000/hz/n : 0}')
+  # Context switches of the proxy per request (voluntary: a thread parked; involuntary:
+  # preempted): steadier than CPU time on a shared machine, and what thread wake-ups cost.
+  [ "$pid" != - ] && echo "$(ctx_switches "$pid") $cs0" | awk -v t="$tag" -v k="$case" -v c="$c" -v n="$requests" \
+    'n > 0 {printf "  %s %s c=%s: context switches per request: %.2f voluntary, %.2f involuntary\n", t, k, c, ($1-$3)/n, ($2-$4)/n}' \
+    | tee -a "$OUT_DIR/notes.txt" >&2
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tag" "$case" "$c" "$rps" "$p50_ms" "$p90_ms" \
     "$p99_ms" "$max_ms" "$non2xx" "$sock_errors" "$delta" "$rss" "$cpu" "$(load1)" | tee -a "$RESULTS"
 }
