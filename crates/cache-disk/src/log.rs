@@ -268,6 +268,10 @@ pub(crate) struct LogStore {
     lock: DirLock,
 }
 
+/// The maintenance steps whose last failure is remembered (`LogStore::maintenance_errors`).
+const MAINT_FLUSH: usize = 0;
+const MAINT_COMPACT: usize = 1;
+
 fn segment_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:016x}.{SEGMENT_EXT}"))
 }
@@ -1062,10 +1066,10 @@ impl LogStore {
         let due = lock(&self.last_sync).elapsed() >= self.config.flush_interval;
         if due {
             let res = self.flush();
-            self.log_maintenance(0, "periodic flush failed", res);
+            self.log_maintenance(MAINT_FLUSH, "periodic flush failed", res);
         }
         let res = self.compact();
-        self.log_maintenance(1, "compaction failed", res);
+        self.log_maintenance(MAINT_COMPACT, "compaction failed", res);
     }
 
     /// Logs a maintenance step's failure at `warn` unless the same failure was the last one
@@ -1552,16 +1556,16 @@ mod tests {
                 std::io::Error::from(std::io::ErrorKind::PermissionDenied),
             ))
         };
-        assert!(store.log_maintenance(1, "compaction failed", fail("a")));
+        assert!(store.log_maintenance(MAINT_COMPACT, "compaction failed", fail("a")));
         for _ in 0..5 {
-            assert!(!store.log_maintenance(1, "compaction failed", fail("a")));
+            assert!(!store.log_maintenance(MAINT_COMPACT, "compaction failed", fail("a")));
         }
         // Another step's failure, and another failure of the same step, are new.
-        assert!(store.log_maintenance(0, "periodic flush failed", fail("a")));
-        assert!(store.log_maintenance(1, "compaction failed", fail("b")));
+        assert!(store.log_maintenance(MAINT_FLUSH, "periodic flush failed", fail("a")));
+        assert!(store.log_maintenance(MAINT_COMPACT, "compaction failed", fail("b")));
         // After a success, the failure is news again.
-        assert!(!store.log_maintenance(1, "compaction failed", Ok(())));
-        assert!(store.log_maintenance(1, "compaction failed", fail("b")));
+        assert!(!store.log_maintenance(MAINT_COMPACT, "compaction failed", Ok(())));
+        assert!(store.log_maintenance(MAINT_COMPACT, "compaction failed", fail("b")));
     }
 
     impl LogStore {
