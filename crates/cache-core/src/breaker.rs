@@ -115,6 +115,21 @@ impl Breaker {
         }
     }
 
+    /// The backend answered a health check (the readiness ping, outside the request path):
+    /// an open breaker lets its next call probe now instead of waiting out the cool-down, so
+    /// hits resume as soon as the backend is back. Closed and half-open breakers are
+    /// unchanged, and the probe decides as always: a failing one re-opens the breaker.
+    pub(crate) fn backend_answered(&self) {
+        let until = self.open_until.load(Acquire);
+        let now = self.now();
+        if until != 0 && now < until {
+            // A failure that re-opened it meanwhile wins.
+            let _ = self
+                .open_until
+                .compare_exchange(until, now, AcqRel, Acquire);
+        }
+    }
+
     pub(crate) fn failure(&self) {
         if self.config.failure_threshold == 0 {
             return;
@@ -169,6 +184,31 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_health_check_answer_lets_an_open_breaker_probe_at_once() {
+        let b = Breaker::new(BreakerConfig::new(2, Duration::from_secs(60)));
+        b.backend_answered();
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "a closed breaker stays closed"
+        );
+        b.failure();
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.try_acquire().is_none());
+        b.backend_answered();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let probe = b.try_acquire().expect("the probe");
+        assert!(b.try_acquire().is_none(), "one probe at a time");
+        // The probe still decides: a failure re-opens it for the whole cool-down.
+        probe.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        b.backend_answered();
+        b.try_acquire().expect("the probe").success();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
 
     #[test]
     fn opens_probes_and_closes() {

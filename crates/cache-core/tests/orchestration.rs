@@ -488,6 +488,43 @@ async fn a_hanging_backend_costs_at_most_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_health_check_answered_ends_the_breaker_cool_down() {
+    let backend = Arc::new(Faulty::default());
+    backend.fail.store(true, SeqCst);
+    // A cool-down far longer than the test: only the health check can end it.
+    let cache = CacheBuilder::from_shared(backend.clone())
+        .configure(|s| s.breaker = BreakerConfig::new(2, Duration::from_secs(600)))
+        .build();
+    for _ in 0..2 {
+        call(&cache, &req("q"), &CacheControl::none(), "ok").await;
+    }
+    settle(&cache).await;
+    let engine = cache.engine().unwrap();
+    assert_eq!(engine.breaker_state(), BreakerState::Open);
+    // Still failing: the health check fails and the breaker stays open.
+    assert!(cache.probe().await.is_err());
+    assert_eq!(engine.breaker_state(), BreakerState::Open);
+    let (_, s) = call(&cache, &req("q"), &CacheControl::none(), "ok").await;
+    assert!(matches!(
+        s,
+        CacheStatus::Miss {
+            reason: MissReason::BreakerOpen,
+            ..
+        }
+    ));
+    // Back: the answered health check lets the next call probe, which closes the breaker.
+    backend.fail.store(false, SeqCst);
+    cache.probe().await.expect("the backend answers");
+    assert_eq!(engine.breaker_state(), BreakerState::HalfOpen);
+    call(&cache, &req("q"), &CacheControl::none(), "stored").await;
+    settle(&cache).await;
+    assert_eq!(engine.breaker_state(), BreakerState::Closed);
+    let (v, s) = call(&cache, &req("q"), &CacheControl::none(), "unused").await;
+    assert!(s.is_hit());
+    assert_eq!(content(&v), "stored");
+}
+
+#[tokio::test]
 async fn an_erroring_backend_is_a_miss_and_the_breaker_opens_then_recovers() {
     let backend = Arc::new(Faulty::default());
     backend.fail.store(true, SeqCst);

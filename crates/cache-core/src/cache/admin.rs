@@ -154,7 +154,8 @@ impl Cache {
 
     /// Pings the backend and the semantic index, writing nothing: what a readiness probe asks.
     /// Bounded by the admin timeout; a failure is counted (not logged: a prober logs state
-    /// changes).
+    /// changes). A ping answered while a circuit breaker is open lets the next call probe at
+    /// once, so a proxy's periodic readiness check brings hits back as soon as the backend is.
     ///
     /// # Errors
     /// The first failure (backend, then semantic index). A disabled cache is always ready.
@@ -169,11 +170,15 @@ impl Cache {
             stats.record_error(engine.backend.name(), "ping", e.kind_label());
             return Err(e);
         }
-        if let Some(sem) = &engine.semantic
-            && let Err(e) = with_deadline(name, "ping", timeout, sem.ping()).await
-        {
-            stats.record_error(engine.backend.name(), "ping", e.kind_label());
-            return Err(e);
+        // The backend is back: an open breaker probes with the next call instead of waiting
+        // out its cool-down.
+        engine.breaker.backend_answered();
+        if let Some(sem) = &engine.semantic {
+            if let Err(e) = with_deadline(name, "ping", timeout, sem.ping()).await {
+                stats.record_error(engine.backend.name(), "ping", e.kind_label());
+                return Err(e);
+            }
+            engine.semantic_breaker.backend_answered();
         }
         Ok(())
     }
