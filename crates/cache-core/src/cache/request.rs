@@ -318,15 +318,8 @@ fn validate(
 /// savings.
 const LEASE_READ_BELOW: f64 = 0.5;
 
-/// What [`Prepared::lead_read`] found.
-enum LeadRead {
-    /// The entry: a hit.
-    Hit(Hit),
-    /// A miss (why), and what coordination decided for it.
-    Miss(Coordinated, MissReason),
-}
-
-/// What the leader of a caller's own in-process flight read ([`Prepared::lead_lookup`]).
+/// What the leader of an in-process flight read ([`Prepared::lead_lookup`], and
+/// [`Prepared::get_or_fetch`]'s own leader).
 #[derive(Debug)]
 pub enum Led {
     /// The entry (counted as a hit).
@@ -845,7 +838,7 @@ impl Prepared {
         engine: &Arc<CacheEngine>,
         key: &CacheKey,
         coord: &Arc<dyn crate::Coordinator>,
-    ) -> LeadRead {
+    ) -> Led {
         let stats = &self.cache.shared.stats;
         let start = Instant::now();
         let now = now_ms();
@@ -859,7 +852,7 @@ impl Prepared {
             self.set_lookup_time(start);
             if let Some(Lookup::Hit(hit)) = read {
                 ratio.record(true);
-                return LeadRead::Hit(hit);
+                return Led::Hit(hit);
             }
             self.record_miss(engine, key, reason, start);
             // Found but not usable (stale, corrupt): no lease to take. An error: no outcome.
@@ -867,11 +860,11 @@ impl Prepared {
                 if found {
                     ratio.record(true);
                 }
-                return LeadRead::Miss(Coordinated::Alone, reason);
+                return Led::Miss(Coordinated::Alone, reason);
             }
             ratio.record(false);
             let next = self.coordinate_from(engine, key, coord, None).await;
-            return LeadRead::Miss(next, reason);
+            return Led::Miss(next, reason);
         }
         let res = engine
             .guarded(
@@ -897,7 +890,7 @@ impl Prepared {
                 let next = self
                     .coordinate_from(engine, key, coord, Some(LeaseAttempt::Held))
                     .await;
-                return LeadRead::Miss(next, reason);
+                return Led::Miss(next, reason);
             }
             Err(Some(e)) if !e.is_transient() => {
                 engine.disable_coordination(&e);
@@ -911,10 +904,10 @@ impl Prepared {
         let read = self.read_result(engine, key, res, generation, now, start, &mut reason);
         self.set_lookup_time(start);
         match read {
-            Some(Lookup::Hit(hit)) => LeadRead::Hit(hit),
+            Some(Lookup::Hit(hit)) => Led::Hit(hit),
             _ => {
                 self.record_miss(engine, key, reason, start);
-                LeadRead::Miss(next, reason)
+                Led::Miss(next, reason)
             }
         }
     }
@@ -961,10 +954,7 @@ impl Prepared {
                 Lookup::Bypass(_) => Led::Miss(Coordinated::Alone, MissReason::NotFound),
             };
         };
-        match self.lead_read(engine, key, coord).await {
-            LeadRead::Hit(hit) => Led::Hit(hit),
-            LeadRead::Miss(next, r) => Led::Miss(next, r),
-        }
+        self.lead_read(engine, key, coord).await
     }
 
     /// Counts the lookup of a request that [deferred its read](Prepared::defers_read) and
@@ -1307,14 +1297,14 @@ impl Prepared {
                                 let (next, r) = match read {
                                     // Handed to the in-process followers as a hit: each
                                     // checks its own `max-age`.
-                                    LeadRead::Hit(hit) => match answer(hit.clone()) {
+                                    Led::Hit(hit) => match answer(hit.clone()) {
                                         Ok(cached) => {
                                             leader.publish_hit(hit);
                                             return Ok(cached);
                                         }
                                         Err(r) => (Coordinated::Alone, r),
                                     },
-                                    LeadRead::Miss(next, r) => (next, r),
+                                    Led::Miss(next, r) => (next, r),
                                 };
                                 reason = Some(r);
                                 if matches!(r, MissReason::Stale | MissReason::Unusable) {
