@@ -210,6 +210,15 @@ pub fn config(upstream: &FakeUpstream, cache_params: &str, master_key: Option<&s
     c
 }
 
+/// A response's `Cache-Status` header, empty when absent.
+pub fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// POSTs `body` as JSON to `url`, expects 200; returns the `Cache-Status` header (empty when
 /// absent) and the whole body.
 pub async fn post_json(
@@ -219,12 +228,7 @@ pub async fn post_json(
 ) -> (String, bytes::Bytes) {
     let r = http.post(url).json(body).send().await.expect("request");
     assert_eq!(r.status(), 200, "POST {url}");
-    let status = r
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let status = cache_status(&r);
     (status, r.bytes().await.expect("body"))
 }
 

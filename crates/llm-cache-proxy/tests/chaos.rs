@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use llm_cache_tests::{FakeUpstream, Proxy};
+use llm_cache_tests::{FakeUpstream, Proxy, cache_status};
 use serde_json::{Value, json};
 
 /// The chaos instances' ports: apart from the shared services' (`xtask/services.sh`).
@@ -357,12 +357,7 @@ async fn client(
             Err(_) => Outcome::Failed,
             Ok(r) if r.status() != 200 => Outcome::Failed,
             Ok(r) => {
-                let status = r
-                    .headers()
-                    .get("cache-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
+                let status = cache_status(&r);
                 let semantic = r.headers().contains_key("x-litellm-semantic-similarity");
                 match r.json::<Value>().await {
                     Err(_) => Outcome::Failed,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cache_core::testing::{service_unavailable, unique_namespace};
-use llm_cache_tests::{FakeUpstream, Proxy, config};
+use llm_cache_tests::{FakeUpstream, Proxy, cache_status, config};
 use objstore_test_support as ts;
 use serde_json::{Value, json};
 
@@ -24,12 +24,7 @@ async fn chat(proxy: &Proxy, body: &Value) -> (u16, String, bytes::Bytes) {
         .await
         .expect("request");
     let status = r.status().as_u16();
-    let cache_status = r
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let cache_status = cache_status(&r);
     (status, cache_status, r.bytes().await.expect("body"))
 }
 

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_cache_tests::{FakeUpstream, Proxy};
+use llm_cache_tests::{FakeUpstream, Proxy, cache_status};
 use serde_json::{Map, Value, json};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -381,12 +381,7 @@ async fn send(
     }
     let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
-    let cache_status = r
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let cache_status = cache_status(&r);
     let is_sse = r
         .headers()
         .get("content-type")
@@ -637,12 +632,7 @@ async fn tenant_traffic(
                 }
                 let r = rb.send().await.expect("request");
                 let status = r.status().as_u16();
-                let cache_status = r
-                    .headers()
-                    .get("cache-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
+                let cache_status = cache_status(&r);
                 let bytes = r.bytes().await.expect("body");
                 let call = if kind == "stream" {
                     String::from_utf8_lossy(&bytes)
@@ -798,12 +788,7 @@ async fn post(proxy: &Proxy, body: &Value, key: Option<&str>) -> (u16, String, V
     }
     let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
-    let cs = r
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let cs = cache_status(&r);
     let v = r.json().await.unwrap_or(Value::Null);
     (status, cs, v)
 }
