@@ -6,7 +6,12 @@
 //!   in the listen backlog. Running out of descriptors (`EMFILE`) is handled the same way.
 //! * **Idle connections** (no request in flight, HTTP/1 or HTTP/2) are closed after
 //!   `keep_alive_timeout`; a connection that has not yet sent a whole request counts as idle, so
-//!   a half-sent request head is bounded too (and HTTP/1 heads by `header_read_timeout`).
+//!   a half-sent request head is bounded too.
+//! * **HTTP/1 request heads** must arrive within `header_read_timeout`, counted from the
+//!   connection's opening or from the first byte of the head. The connection's own idle timer
+//!   checks it (from what the socket reader records), so a request costs no timer of its own,
+//!   and a keep-alive connection waiting for its next request is bounded by
+//!   `keep_alive_timeout` alone.
 //! * **HTTP/2** connections are pinged (`http2_keep_alive_interval`, closed when a ping is not
 //!   answered within `http2_keep_alive_timeout`) and limited to `http2_max_concurrent_streams`.
 //! * **Shutdown**: the listener closes, idle connections close at once, busy ones are asked to
@@ -18,7 +23,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -59,11 +64,132 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// Told to close (eviction at the connection cap).
     evict: Notify,
+    /// When the request head being received began (connection opened, or first byte read
+    /// while idle), in ms since the server started, plus one; 0: no head being received.
+    head_since_ms: AtomicU64,
+    /// The connection speaks HTTP/2 (its first bytes were the preface): no head timeout.
+    h2: AtomicBool,
 }
 
 impl ConnState {
+    fn new(now_ms: u64) -> Self {
+        ConnState {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(now_ms),
+            evict: Notify::new(),
+            // Connecting counts as beginning a head: a silent socket is bounded by
+            // `header_read_timeout` too.
+            head_since_ms: AtomicU64::new(now_ms + 1),
+            h2: AtomicBool::new(false),
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Since when an HTTP/1 request head has been awaited (ms since the server started), if
+    /// one is.
+    fn head_since(&self) -> Option<u64> {
+        if self.h2.load(Ordering::Relaxed) || !self.is_idle() {
+            return None;
+        }
+        self.head_since_ms.load(Ordering::Acquire).checked_sub(1)
+    }
+}
+
+/// The client socket, watched as it is read: the first byte of a request head starts the
+/// head's clock (`header_read_timeout`), and an HTTP/2 preface turns the clock off.
+struct Watched {
+    stream: TcpStream,
+    conn: Arc<ConnState>,
+    clock: Arc<Clock>,
+    /// How many bytes of the HTTP/2 preface the connection began with, while undecided.
+    preface_matched: Option<usize>,
+}
+
+/// What an HTTP/2 connection begins with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol, decided on a connection's first bytes however reads split them: after
+/// `matched` bytes of the HTTP/2 preface, `got` is read. `Ok(n)`: still undecided, `n` bytes
+/// matched; `Err(true)`: HTTP/2; `Err(false)`: not.
+fn preface_step(matched: usize, got: &[u8]) -> Result<usize, bool> {
+    let n = got.len().min(H2_PREFACE.len() - matched);
+    if got[..n] != H2_PREFACE[matched..matched + n] {
+        Err(false)
+    } else if matched + n == H2_PREFACE.len() {
+        Err(true)
+    } else {
+        Ok(matched + n)
+    }
+}
+
+impl Watched {
+    fn on_read(&mut self, got: &[u8]) {
+        if got.is_empty() {
+            return;
+        }
+        if let Some(matched) = self.preface_matched {
+            match preface_step(matched, got) {
+                Ok(n) => self.preface_matched = Some(n),
+                Err(h2) => {
+                    self.preface_matched = None;
+                    self.conn.h2.store(h2, Ordering::Relaxed);
+                }
+            }
+        }
+        if self.conn.is_idle() && self.conn.head_since_ms.load(Ordering::Relaxed) == 0 {
+            self.conn
+                .head_since_ms
+                .store(self.clock.now_ms() + 1, Ordering::Release);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.on_read(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -86,6 +212,8 @@ struct InFlight {
 impl InFlight {
     fn enter(conn: &Arc<ConnState>, clock: &Arc<Clock>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The head is in: the next one's clock starts at its first byte.
+        conn.head_since_ms.store(0, Ordering::Release);
         InFlight {
             conn: conn.clone(),
             clock: clock.clone(),
@@ -211,10 +339,10 @@ pub(crate) async fn serve(
     metrics: &Arc<crate::metrics::ProxyMetrics>,
 ) -> usize {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    // No hyper timer for HTTP/1: hyper would arm one per request for its header timeout, and
+    // that timeout also closes keep-alive connections waiting for their next request. `drive`
+    // bounds heads instead (`header_read_timeout`), with the idle check's timer.
+    builder.http1().header_read_timeout(None::<Duration>);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -272,11 +400,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break 'accept,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnState {
-            in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(clock.now_ms()),
-            evict: Notify::new(),
-        });
+        let conn = Arc::new(ConnState::new(clock.now_ms()));
         let id = registry.insert(conn.clone());
         let service = ConnService {
             router: router.clone(),
@@ -288,11 +412,20 @@ pub(crate) async fn serve(
         let registry = registry.clone();
         let clock = clock.clone();
         let stop = stop_rx.clone();
-        let idle_timeout = limits.keep_alive_timeout;
+        let timeouts = Timeouts {
+            idle: limits.keep_alive_timeout,
+            head: limits.header_read_timeout,
+        };
         metrics.connections_opened.fetch_add(1, Ordering::Relaxed);
         let metrics = metrics.clone();
         tasks.spawn(async move {
-            let end = drive(stream, service, &builder, &conn, &clock, idle_timeout, stop).await;
+            let stream = Watched {
+                stream,
+                conn: conn.clone(),
+                clock: clock.clone(),
+                preface_matched: Some(0),
+            };
+            let end = drive(stream, service, &builder, &conn, &clock, timeouts, stop).await;
             if end == End::Evicted {
                 metrics.connections_evicted.fetch_add(1, Ordering::Relaxed);
             }
@@ -338,39 +471,75 @@ enum End {
     Done,
     /// Idle for `keep_alive_timeout`.
     Idle,
+    /// An HTTP/1 request head not received within `header_read_timeout`.
+    HeadTimeout,
     /// Closed to make room at the connection cap.
     Evicted,
     /// Idle when the server began shutting down.
     Shutdown,
 }
 
-/// Drives one connection to its end: closed by the client, idle too long, evicted, or asked to
-/// finish at shutdown.
+/// A connection's time bounds.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// Without a request in flight (`keep_alive_timeout`).
+    idle: Duration,
+    /// To receive an HTTP/1 request head (`header_read_timeout`).
+    head: Duration,
+}
+
+impl Timeouts {
+    /// What is overdue on `conn` at `now_ms`, else how long until something may be.
+    fn check(&self, conn: &ConnState, now_ms: u64) -> Result<Duration, End> {
+        let idle = conn.is_idle();
+        let idle_ms = now_ms.saturating_sub(conn.idle_since_ms.load(Ordering::Acquire));
+        if idle && idle_ms >= self.idle.as_millis() as u64 {
+            tracing::debug!(idle_ms, "idle connection closed (keep_alive_timeout)");
+            return Err(End::Idle);
+        }
+        // Busy: the idle timeout counts from the end of the request, a whole timeout away.
+        let mut wait = if idle {
+            self.idle.saturating_sub(Duration::from_millis(idle_ms))
+        } else {
+            self.idle
+        };
+        // A head may begin at any moment (a busy connection's next request): look at least
+        // once per head timeout, so a head overdue is seen on time.
+        wait = wait.min(self.head);
+        if let Some(since) = conn.head_since() {
+            let head_ms = now_ms.saturating_sub(since);
+            if head_ms >= self.head.as_millis() as u64 {
+                tracing::debug!(
+                    head_ms,
+                    "request head not received in time (header_read_timeout): connection closed"
+                );
+                return Err(End::HeadTimeout);
+            }
+            wait = wait.min(self.head - Duration::from_millis(head_ms));
+        }
+        Ok(wait.max(Duration::from_millis(5)))
+    }
+}
+
+/// Drives one connection to its end: closed by the client, idle too long, a request head too
+/// slow, evicted, or asked to finish at shutdown.
 async fn drive(
-    stream: TcpStream,
+    stream: Watched,
     service: ConnService,
     builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
     conn: &Arc<ConnState>,
     clock: &Clock,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
 ) -> End {
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let mut finishing = false;
+    let mut next_check = match timeouts.check(conn, clock.now_ms()) {
+        Ok(wait) => tokio::time::Instant::now() + wait,
+        Err(end) => return end,
+    };
     loop {
-        // Idle: wake when the idle timeout would be reached. Busy: look again a whole timeout
-        // later (the timeout counts from the end of the last request).
-        let idle_ms = clock
-            .now_ms()
-            .saturating_sub(conn.idle_since_ms.load(Ordering::Acquire));
-        let next_check = if conn.is_idle() {
-            idle_timeout
-                .saturating_sub(Duration::from_millis(idle_ms))
-                .max(Duration::from_millis(5))
-        } else {
-            idle_timeout.max(Duration::from_millis(5))
-        };
         tokio::select! {
             r = connection.as_mut() => {
                 if let Err(e) = r {
@@ -391,14 +560,11 @@ async fn drive(
                     return End::Evicted;
                 }
             }
-            () = tokio::time::sleep(next_check) => {
-                let idle_ms = clock
-                    .now_ms()
-                    .saturating_sub(conn.idle_since_ms.load(Ordering::Acquire));
-                if conn.is_idle() && idle_ms >= idle_timeout.as_millis() as u64 {
-                    tracing::debug!(idle_ms, "idle connection closed (keep_alive_timeout)");
-                    return End::Idle;
-                }
+            () = tokio::time::sleep_until(next_check) => {
+                next_check = match timeouts.check(conn, clock.now_ms()) {
+                    Ok(wait) => tokio::time::Instant::now() + wait,
+                    Err(end) => return end,
+                };
             }
         }
     }
@@ -429,4 +595,27 @@ fn open_file_limit() -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http2_preface_is_recognised_however_reads_split_it() {
+        assert_eq!(preface_step(0, H2_PREFACE), Err(true));
+        // Split, and followed by frames in the same read.
+        assert_eq!(preface_step(0, b"PRI * HT"), Ok(8));
+        assert_eq!(
+            preface_step(8, b"TP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04"),
+            Err(true)
+        );
+        // HTTP/1 methods sharing its first byte, one byte at a time.
+        assert_eq!(preface_step(0, b"P"), Ok(1));
+        assert_eq!(preface_step(1, b"OST /v1/chat/completions"), Err(false));
+        assert_eq!(preface_step(1, b"UT /"), Err(false));
+        assert_eq!(preface_step(0, b"GET / HTTP/1.1"), Err(false));
+        // Almost the preface.
+        assert_eq!(preface_step(0, b"PRI * HTTP/1.1\r\n"), Err(false));
+    }
 }

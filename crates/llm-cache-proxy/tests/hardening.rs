@@ -89,6 +89,125 @@ async fn idle_and_half_sent_connections_are_closed() {
     assert_eq!(r.status(), 200);
 }
 
+/// How long until the server closes `stream` (reading and dropping what it sends), if it does
+/// within `within`.
+async fn closes_after(mut stream: TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    read_until_closed(&mut stream, within)
+        .await
+        .map(|_| started.elapsed())
+}
+
+/// Sends one whole request and reads its whole response: the connection is then an idle
+/// keep-alive one.
+async fn one_request(proxy: &Proxy) -> TcpStream {
+    let mut s = connect(proxy).await;
+    s.write_all(b"GET /health/liveliness HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .expect("a content-length");
+        body.len() >= length
+    };
+    while !complete(&got) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    s
+}
+
+/// `header_read_timeout` bounds a request head, from the connection's opening or the head's
+/// first byte; a keep-alive connection waiting for its next request is bounded by
+/// `keep_alive_timeout` alone (hyper's own header timer closed it after `header_read_timeout`),
+/// and an HTTP/2 connection has no head timeout.
+#[tokio::test]
+async fn a_slow_head_gets_header_read_timeout_and_an_idle_connection_keep_alive_timeout() {
+    let up = FakeUpstream::start().await;
+    let proxy = Proxy::start(&with_general(
+        config(&up, LOCAL, None),
+        "  keep_alive_timeout: 5\n  header_read_timeout: 1\n",
+    ))
+    .await;
+    let head = Duration::from_secs(1);
+    let keep_alive = Duration::from_secs(5);
+    let window = Duration::from_secs(15);
+    // Connected, nothing sent; half a head on a new connection.
+    let silent = tokio::spawn(closes_after(connect(&proxy).await, window));
+    let mut half = connect(&proxy).await;
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .await
+        .unwrap();
+    let half = tokio::spawn(closes_after(half, window));
+    // An idle keep-alive connection.
+    let idle = tokio::spawn(closes_after(one_request(&proxy).await, window));
+    // A keep-alive connection idle 2 s, then half of its next head.
+    let mut late = one_request(&proxy).await;
+    // An HTTP/2 connection (prior knowledge): the preface and an empty SETTINGS frame.
+    let mut h2 = connect(&proxy).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let h2 = tokio::spawn(closes_after(h2, window));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    late.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("the keep-alive connection is still open after 2 s idle");
+    let late = closes_after(late, window).await;
+
+    let slack = Duration::from_millis(100);
+    for (name, closed) in [
+        ("silent", silent.await.unwrap()),
+        ("half-sent head", half.await.unwrap()),
+    ] {
+        let after = closed.unwrap_or_else(|| panic!("{name}: still open after {window:?}"));
+        assert!(
+            after + slack >= head && after < keep_alive - slack,
+            "{name}: closed after {after:?}, not after header_read_timeout (1 s)"
+        );
+    }
+    let after = late.expect("late head: still open");
+    assert!(
+        after + slack >= head && after < keep_alive - slack,
+        "late head: closed {after:?} after its first byte, not after header_read_timeout (1 s)"
+    );
+    for (name, closed) in [
+        ("idle keep-alive", idle.await.unwrap()),
+        ("HTTP/2", h2.await.unwrap()),
+    ] {
+        let after = closed.unwrap_or_else(|| panic!("{name}: still open after {window:?}"));
+        assert!(
+            after + slack >= keep_alive,
+            "{name}: closed after {after:?}, before keep_alive_timeout (5 s)"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_stalled_body_gets_408_and_an_oversized_one_413() {
     let up = FakeUpstream::start().await;
