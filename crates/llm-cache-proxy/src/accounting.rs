@@ -140,39 +140,45 @@ impl Accounting {
             t.requests += 1;
             t.bytes += bytes;
         }
-        {
-            let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-            let known = totals.keys().any(|(m, _)| *m == r.model);
-            let models = totals
-                .keys()
-                .map(|(m, _)| m)
-                .collect::<std::collections::BTreeSet<_>>();
-            let model = if known || models.len() < MAX_MODELS {
-                r.model.clone()
-            } else {
-                "other".to_owned()
-            };
-            let t = totals.entry((model, r.tenant.clone())).or_default();
-            t.requests += 1;
-            if r.cache == "hit" {
-                t.hits += 1;
-            }
-            t.cost += r.cost.unwrap_or(0.0);
-            t.saved_cost += r.saved_cost.unwrap_or(0.0);
-            t.saved_prompt_tokens = t
-                .saved_prompt_tokens
-                .saturating_add(r.saved_prompt_tokens.unwrap_or(0));
-            t.saved_completion_tokens = t
-                .saved_completion_tokens
-                .saturating_add(r.saved_completion_tokens.unwrap_or(0));
-            t.saved_upstream_seconds += r.saved_upstream_s.unwrap_or(0.0);
-        }
         if let Some(tx) = &self.log {
             let sent = serde_json::to_string(&r).is_ok_and(|line| tx.try_send(line).is_ok());
             if !sent {
                 self.log_dropped.fetch_add(1, Relaxed);
             }
         }
+        // The record's own strings become the key (no copy for a (model, tenant) seen before).
+        let key = (r.model, r.tenant);
+        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let t = match totals.get_mut(&key) {
+            Some(t) => t,
+            None => {
+                let known = totals.keys().any(|(m, _)| *m == key.0);
+                let models = totals
+                    .keys()
+                    .map(|(m, _)| m)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                let key = if known || models < MAX_MODELS {
+                    key
+                } else {
+                    ("other".to_owned(), key.1)
+                };
+                totals.entry(key).or_default()
+            }
+        };
+        t.requests += 1;
+        if r.cache == "hit" {
+            t.hits += 1;
+        }
+        t.cost += r.cost.unwrap_or(0.0);
+        t.saved_cost += r.saved_cost.unwrap_or(0.0);
+        t.saved_prompt_tokens = t
+            .saved_prompt_tokens
+            .saturating_add(r.saved_prompt_tokens.unwrap_or(0));
+        t.saved_completion_tokens = t
+            .saved_completion_tokens
+            .saturating_add(r.saved_completion_tokens.unwrap_or(0));
+        t.saved_upstream_seconds += r.saved_upstream_s.unwrap_or(0.0);
     }
 
     /// Totals by (model, tenant).

@@ -206,7 +206,7 @@ pub struct ModelGroup {
     /// The `model_name` clients use (`*` matches any).
     pub name: String,
     /// Its deployments (round-robin).
-    pub deployments: Vec<Deployment>,
+    pub deployments: Vec<std::sync::Arc<Deployment>>,
 }
 
 /// llm-cache's own proxy settings.
@@ -804,6 +804,7 @@ fn parse_models(list: Option<&mut Value>, warnings: &mut Vec<String>) -> Result<
             timeout: p.seconds("timeout")?,
             stream_timeout: p.seconds("stream_timeout")?,
         };
+        let deployment = std::sync::Arc::new(deployment);
         match groups.iter_mut().find(|g| g.name == name) {
             Some(g) => g.deployments.push(deployment),
             None => groups.push(ModelGroup {

@@ -471,7 +471,12 @@ async fn json_endpoint(
     match result {
         Ok(cached) => {
             st.metrics.request(ep.label, status_label(&cached.status));
-            let parsed: Option<Value> = serde_json::from_slice(&cached.value).ok();
+            // The body as JSON is read for a price or for usage the entry does not carry: an
+            // unpriced hit is served without parsing its answer.
+            let parsed: Option<Value> = (meta.prices.is_priced()
+                || cached.entry.as_ref().and_then(|e| e.usage).is_none())
+            .then(|| serde_json::from_slice(&cached.value).ok())
+            .flatten();
             let bytes = cached.value.len() as u64;
             let mut resp =
                 ([(header::CONTENT_TYPE, "application/json")], cached.value).into_response();

@@ -31,7 +31,7 @@ pub(crate) struct StreamCall {
     pub(crate) endpoint: &'static Endpoint,
     pub(crate) format: StreamFormat,
     pub(crate) meta: Meta,
-    pub(crate) deployment: Deployment,
+    pub(crate) deployment: std::sync::Arc<Deployment>,
     pub(crate) request: Value,
     /// The request's raw members (a large body's bulk).
     pub(crate) raw: Vec<crate::upstream::RawMember>,

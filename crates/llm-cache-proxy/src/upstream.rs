@@ -44,7 +44,7 @@ pub struct Route<'a> {
     /// The group.
     pub group: &'a ModelGroup,
     /// The chosen deployment.
-    pub deployment: &'a Deployment,
+    pub deployment: &'a std::sync::Arc<Deployment>,
 }
 
 impl Route<'_> {
@@ -95,7 +95,7 @@ impl Router {
         self.groups
             .iter()
             .find(|(g, _)| g.name == "*")
-            .and_then(|(g, _)| g.deployments.first())
+            .and_then(|(g, _)| g.deployments.first().map(|d| &**d))
     }
 }
 
