@@ -122,6 +122,12 @@ impl Accounting {
         }
     }
 
+    /// Whether records are logged (else only counted: their `cache_status` and `key` are not
+    /// read, and callers may leave them empty).
+    pub fn logs(&self) -> bool {
+        self.log.is_some()
+    }
+
     /// Counts bytes of a response sent after its record (a stream's replayed body).
     pub fn add_bytes(&self, call_type: &'static str, cache: &'static str, bytes: u64) {
         self.traffic

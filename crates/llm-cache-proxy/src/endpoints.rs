@@ -316,6 +316,7 @@ pub fn account(
     } else {
         "upstream_error"
     };
+    let logs = st.accounting.logs();
     st.accounting.record(
         Record {
             time_ms: llm_cache::core::envelope::now_ms(),
@@ -323,8 +324,13 @@ pub fn account(
             model: meta.model.clone(),
             call_type: meta.kind.as_str(),
             cache,
-            cache_status: status.header_value(crate::server::CACHE_NAME),
-            key: key.map(|k| k.to_string()),
+            // Only the log reads these two: a request that is only counted skips formatting them.
+            cache_status: if logs {
+                status.header_value(crate::server::CACHE_NAME)
+            } else {
+                String::new()
+            },
+            key: key.filter(|_| logs).map(|k| k.to_string()),
             age_s: match status {
                 CacheStatus::Hit { age, .. } => Some(age.as_secs()),
                 _ => None,
