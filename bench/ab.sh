@@ -11,6 +11,8 @@
 # gets 1 s of warm-up, then wrk -cC [16] for D [6] s. Printed per run: requests/s, CPU per
 # request from the proxy's sum_exec_runtime over all threads (/proc/PID/task/*/schedstat,
 # nanoseconds: no tick rounding) and voluntary context switches per request.
+# BEFORE_EACH: a shell command run before each binary starts (e.g. "redis-cli -p 18379 flushall",
+# so each binary's hits read entries it wrote itself).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CFG=$1; BODY=$2; BINS=$3; ROUNDS=${4:-3}
@@ -27,6 +29,7 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n"
 vcs() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/ {v += $2} END {printf "%.0f\n", v}'; }
 for _ in $(seq "$ROUNDS"); do
   for bin in $BINS; do
+    [ -n "${BEFORE_EACH:-}" ] && bash -c "$BEFORE_EACH" >/dev/null
     "$bin" serve --config "$CFG" --host 127.0.0.1 --port "$PROXY_PORT" >/dev/null 2>&1 &
     P=$!
     until curl -sf -o /dev/null "http://127.0.0.1:$PROXY_PORT/health/liveliness"; do

@@ -9,8 +9,11 @@
 //! ```
 //!
 //! * `codec`: 0 the payload as is, 1 zstd, 2 zstd with the built-in dictionary v1
-//!   (`dict-v1.txt`: the JSON skeletons of OpenAI, Anthropic and Responses answers; its bytes
-//!   never change: a new dictionary is a new codec).
+//!   (`dict-v1.txt`: the JSON skeletons of OpenAI, Anthropic and Responses answers), 3 zstd with
+//!   dictionary v2 (`dict-v2.bin`: v1's content with Huffman and FSE tables, so a short answer's
+//!   frame need not carry and build its own: made by `bench/dict_experiment.py`). A
+//!   dictionary's bytes never change: a new dictionary is a new codec. New entries use 3;
+//!   entries of 2 stay readable.
 //! * `format`: 0 the body's own text, 1 packed floats ([`super::floats`]).
 //! * `body_crc` is the CRC-32 of the body as served, checked after decoding; `header_crc`
 //!   covers every header field, so a damaged length cannot make a decoder allocate wildly.
@@ -36,6 +39,7 @@ const MAX_BODY: usize = 512 << 20;
 const CODEC_NONE: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 const CODEC_ZSTD_DICT1: u8 = 2;
+const CODEC_ZSTD_DICT2: u8 = 3;
 const FORMAT_TEXT: u8 = 0;
 const FORMAT_PACKED_FLOATS: u8 = 1;
 
@@ -48,15 +52,27 @@ const FLAG_UPSTREAM: u8 = 4;
 const LEVEL: i32 = 6;
 
 const DICT_V1: &[u8] = include_bytes!("dict-v1.txt");
+const DICT_V2: &[u8] = include_bytes!("dict-v2.bin");
 
-fn encoder_dict() -> &'static zstd::dict::EncoderDictionary<'static> {
-    static D: OnceLock<zstd::dict::EncoderDictionary<'static>> = OnceLock::new();
-    D.get_or_init(|| zstd::dict::EncoderDictionary::copy(DICT_V1, LEVEL))
+/// The codec new entries are compressed with.
+const CODEC_DICT: u8 = CODEC_ZSTD_DICT2;
+
+fn encoder_dict(codec: u8) -> &'static zstd::dict::EncoderDictionary<'static> {
+    static V1: OnceLock<zstd::dict::EncoderDictionary<'static>> = OnceLock::new();
+    static V2: OnceLock<zstd::dict::EncoderDictionary<'static>> = OnceLock::new();
+    match codec {
+        CODEC_ZSTD_DICT1 => V1.get_or_init(|| zstd::dict::EncoderDictionary::copy(DICT_V1, LEVEL)),
+        _ => V2.get_or_init(|| zstd::dict::EncoderDictionary::copy(DICT_V2, LEVEL)),
+    }
 }
 
-fn decoder_dict() -> &'static zstd::dict::DecoderDictionary<'static> {
-    static D: OnceLock<zstd::dict::DecoderDictionary<'static>> = OnceLock::new();
-    D.get_or_init(|| zstd::dict::DecoderDictionary::copy(DICT_V1))
+fn decoder_dict(codec: u8) -> &'static zstd::dict::DecoderDictionary<'static> {
+    static V1: OnceLock<zstd::dict::DecoderDictionary<'static>> = OnceLock::new();
+    static V2: OnceLock<zstd::dict::DecoderDictionary<'static>> = OnceLock::new();
+    match codec {
+        CODEC_ZSTD_DICT1 => V1.get_or_init(|| zstd::dict::DecoderDictionary::copy(DICT_V1)),
+        _ => V2.get_or_init(|| zstd::dict::DecoderDictionary::copy(DICT_V2)),
+    }
 }
 
 thread_local! {
@@ -64,6 +80,7 @@ thread_local! {
     // than compressing a typical answer).
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR_V1: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     static PLAIN_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -71,17 +88,22 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
     COMPRESSOR.with(|c| {
         let mut c = c.try_borrow_mut().ok()?;
         if c.is_none() {
-            use zstd::zstd_safe::CParameter;
-            let mut new = zstd::bulk::Compressor::with_prepared_dictionary(encoder_dict()).ok()?;
-            // The envelope records lengths and a checksum of its own: no need to repeat them
-            // in every frame (up to 12 bytes on a short answer).
-            new.set_parameter(CParameter::ContentSizeFlag(false)).ok()?;
-            new.set_parameter(CParameter::ChecksumFlag(false)).ok()?;
-            new.set_parameter(CParameter::DictIdFlag(false)).ok()?;
-            *c = Some(new);
+            *c = Some(dict_compressor(CODEC_DICT)?);
         }
         c.as_mut()?.compress(data).ok()
     })
+}
+
+/// A compressor with the dictionary of `codec` (2 or 3).
+fn dict_compressor(codec: u8) -> Option<zstd::bulk::Compressor<'static>> {
+    use zstd::zstd_safe::CParameter;
+    let mut new = zstd::bulk::Compressor::with_prepared_dictionary(encoder_dict(codec)).ok()?;
+    // The envelope records lengths and a checksum of its own: no need to repeat them in every
+    // frame (up to 12 bytes on a short answer).
+    new.set_parameter(CParameter::ContentSizeFlag(false)).ok()?;
+    new.set_parameter(CParameter::ChecksumFlag(false)).ok()?;
+    new.set_parameter(CParameter::DictIdFlag(false)).ok()?;
+    Some(new)
 }
 
 /// zstd without the dictionary (the float planes).
@@ -109,7 +131,8 @@ pub(super) fn decompress_plain(data: &[u8], len: usize) -> Option<Vec<u8>> {
 
 fn decompress(codec: u8, data: &[u8], capacity: usize) -> Option<Vec<u8>> {
     let cell = match codec {
-        CODEC_ZSTD_DICT1 => &DECOMPRESSOR,
+        CODEC_ZSTD_DICT2 => &DECOMPRESSOR,
+        CODEC_ZSTD_DICT1 => &DECOMPRESSOR_V1,
         CODEC_ZSTD => &PLAIN_DECOMPRESSOR,
         _ => return None,
     };
@@ -117,10 +140,10 @@ fn decompress(codec: u8, data: &[u8], capacity: usize) -> Option<Vec<u8>> {
         let mut d = d.try_borrow_mut().ok()?;
         if d.is_none() {
             *d = Some(match codec {
-                CODEC_ZSTD_DICT1 => {
-                    zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dict()).ok()?
+                CODEC_ZSTD => zstd::bulk::Decompressor::new().ok()?,
+                dict => {
+                    zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dict(dict)).ok()?
                 }
-                _ => zstd::bulk::Decompressor::new().ok()?,
             });
         }
         let out = d.as_mut()?.decompress(data, capacity).ok()?;
@@ -130,18 +153,29 @@ fn decompress(codec: u8, data: &[u8], capacity: usize) -> Option<Vec<u8>> {
 
 /// Encodes `entry` compactly (see the module docs).
 pub(super) fn encode(entry: &Entry, enc: &Encoding) -> Bytes {
+    encode_as(entry, enc, CODEC_DICT)
+}
+
+/// [`encode`], compressing with the dictionary of `dict_codec` (2 or 3).
+fn encode_as(entry: &Entry, enc: &Encoding, dict_codec: u8) -> Bytes {
     let body = &entry.body[..];
     let (format, inner) = match enc.pack_floats.then(|| floats::pack(body)).flatten() {
         Some(packed) => (FORMAT_PACKED_FLOATS, std::borrow::Cow::Owned(packed)),
         None => (FORMAT_TEXT, std::borrow::Cow::Borrowed(body)),
     };
     let compressed = (enc.compress && inner.len() >= enc.compress_min_bytes)
-        .then(|| compress(&inner))
+        .then(|| {
+            if dict_codec == CODEC_DICT {
+                compress(&inner)
+            } else {
+                dict_compressor(dict_codec)?.compress(&inner).ok()
+            }
+        })
         .flatten()
         // Worth it only when it saves something.
         .filter(|c| c.len() + 8 < inner.len());
     let (codec, payload): (u8, &[u8]) = match &compressed {
-        Some(c) => (CODEC_ZSTD_DICT1, c),
+        Some(c) => (dict_codec, c),
         None => (CODEC_NONE, &inner),
     };
     let kind = entry.kind.as_str().as_bytes();
@@ -246,7 +280,7 @@ pub(super) fn decode(raw: &Bytes) -> Result<Entry, DecodeError> {
     let payload = raw.slice(payload_start..);
     let inner = match codec {
         CODEC_NONE if stored_len == inner_len => payload,
-        CODEC_ZSTD | CODEC_ZSTD_DICT1 => {
+        CODEC_ZSTD | CODEC_ZSTD_DICT1 | CODEC_ZSTD_DICT2 => {
             Bytes::from(decompress(codec, &payload, inner_len).ok_or(DecodeError::Corrupt)?)
         }
         _ => return Err(bad("unknown codec")),
@@ -269,4 +303,77 @@ pub(super) fn decode(raw: &Bytes) -> Result<Entry, DecodeError> {
         upstream_ms,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body: &'static [u8]) -> Entry {
+        Entry {
+            kind: CallKind::Chat,
+            stored_at_ms: 1_795_000_000_000,
+            expires_at_ms: Some(1_795_000_600_000),
+            usage: Some(Usage {
+                prompt_tokens: 42,
+                completion_tokens: 9,
+                total_tokens: 51,
+            }),
+            upstream_ms: Some(812),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    const ANSWER: &[u8] = br#"{"id":"chatcmpl-AbC123","object":"chat.completion","created":1795000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The cache answers a repeated request from memory instead of calling the model again, which saves time and money.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":9,"total_tokens":51}}"#;
+
+    fn unhex(s: &str) -> Bytes {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[test]
+    fn new_entries_use_dictionary_v2_and_v1_entries_stay_readable() {
+        let e = entry(ANSWER);
+        let v2 = encode(&e, &Encoding::COMPACT);
+        let v1 = encode_as(&e, &Encoding::COMPACT, CODEC_ZSTD_DICT1);
+        let codec = |raw: &[u8]| raw[MAGIC.len() + 1 + e.kind.as_str().len() + 1];
+        assert_eq!(codec(&v2), CODEC_ZSTD_DICT2);
+        assert_eq!(codec(&v1), CODEC_ZSTD_DICT1);
+        assert_eq!(decode(&v2).unwrap(), e);
+        assert_eq!(decode(&v1).unwrap(), e);
+        // The tables spare a short answer's frame its own.
+        assert!(
+            v2.len() < v1.len(),
+            "v2 {} bytes, v1 {}",
+            v2.len(),
+            v1.len()
+        );
+    }
+
+    /// Entries written today must read back tomorrow: these bytes were written by this code on
+    /// 2026-12-01, one with each dictionary. A change to either dictionary's bytes fails here.
+    #[test]
+    fn stored_entries_of_both_dictionaries_decode() {
+        for golden in [GOLDEN_V1, GOLDEN_V2] {
+            let raw = unhex(golden);
+            assert_eq!(decode(&raw).unwrap(), entry(ANSWER), "{golden}");
+        }
+    }
+
+    const GOLDEN_V1: &str = concat!(
+        "004c4332046368617407020080bcd9f29e34c08bfef29e342a0933ac06a903a9038d01f7d4bea10b",
+        "060a75f928b52ffd0000250400d204121a70376ed03184c8b45b574d93a6d069749dbf01f3eba3aa",
+        "fffb02ef95830c52b85ca64fbada3b0dd8bb50e1d5ae8479c74c53af8c076fcd2f24731e7af14f42",
+        "80300e3a4c01089212000011f6e40f8b7a32f987d7f186fb5299051ae4e034001a608763c3aba155",
+        "ce8335c66b871eb736d508dac6821370ed2047868a0d240301",
+    );
+    const GOLDEN_V2: &str = concat!(
+        "004c4332046368617407030080bcd9f29e34c08bfef29e342a0933ac06a903a90372f7d4bea10bea",
+        "c4968f28b52ffd00004d0300d3040da351f5c1c168a68e69d51e3579df1c7a4de5fbbc7fa88c8fdf",
+        "d9aab176ad5aecb7ed37b696454ddfcf998a85fae0643015c9351212fc8c883d8700a21e393e37f2",
+        "864d254a83500df0b303dc7e3502e75d31caa1476bd4ff6d63a17ce057c831146c8c989218",
+    );
 }
