@@ -41,14 +41,20 @@ async fn connect(proxy: &Proxy) -> TcpStream {
         .expect("connect")
 }
 
-#[tokio::test]
-async fn idle_and_half_sent_connections_are_closed() {
+/// A proxy (and its upstream) with these `keep_alive_timeout` and `header_read_timeout`.
+async fn with_timeouts(keep_alive_s: u32, header_s: u32) -> (FakeUpstream, Proxy) {
     let up = FakeUpstream::start().await;
     let proxy = Proxy::start(&with_general(
         config(&up, LOCAL, None),
-        "  keep_alive_timeout: 1\n  header_read_timeout: 1\n",
+        &format!("  keep_alive_timeout: {keep_alive_s}\n  header_read_timeout: {header_s}\n"),
     ))
     .await;
+    (up, proxy)
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_closed() {
+    let (_up, proxy) = with_timeouts(1, 1).await;
     let started = Instant::now();
     // Connected, nothing sent.
     let mut silent = connect(&proxy).await;
@@ -148,12 +154,7 @@ async fn one_request(proxy: &Proxy) -> TcpStream {
 /// and an HTTP/2 connection has no head timeout.
 #[tokio::test]
 async fn a_slow_head_gets_header_read_timeout_and_an_idle_connection_keep_alive_timeout() {
-    let up = FakeUpstream::start().await;
-    let proxy = Proxy::start(&with_general(
-        config(&up, LOCAL, None),
-        "  keep_alive_timeout: 5\n  header_read_timeout: 1\n",
-    ))
-    .await;
+    let (_up, proxy) = with_timeouts(5, 1).await;
     let head = Duration::from_secs(1);
     let keep_alive = Duration::from_secs(5);
     let window = Duration::from_secs(15);
