@@ -487,14 +487,21 @@ async fn a_hanging_backend_costs_at_most_the_deadline() {
     );
 }
 
-#[tokio::test]
-async fn a_health_check_answered_ends_the_breaker_cool_down() {
+/// A backend failing every call, behind a breaker opening after `threshold` failures for
+/// `cool_down`.
+fn failing_behind_breaker(threshold: u32, cool_down: Duration) -> (Arc<Faulty>, Cache) {
     let backend = Arc::new(Faulty::default());
     backend.fail.store(true, SeqCst);
-    // A cool-down far longer than the test: only the health check can end it.
     let cache = CacheBuilder::from_shared(backend.clone())
-        .configure(|s| s.breaker = BreakerConfig::new(2, Duration::from_secs(600)))
+        .configure(|s| s.breaker = BreakerConfig::new(threshold, cool_down))
         .build();
+    (backend, cache)
+}
+
+#[tokio::test]
+async fn a_health_check_answered_ends_the_breaker_cool_down() {
+    // A cool-down far longer than the test: only the health check can end it.
+    let (backend, cache) = failing_behind_breaker(2, Duration::from_secs(600));
     for _ in 0..2 {
         call(&cache, &req("q"), &CacheControl::none(), "ok").await;
     }
@@ -526,11 +533,7 @@ async fn a_health_check_answered_ends_the_breaker_cool_down() {
 
 #[tokio::test]
 async fn an_erroring_backend_is_a_miss_and_the_breaker_opens_then_recovers() {
-    let backend = Arc::new(Faulty::default());
-    backend.fail.store(true, SeqCst);
-    let cache = CacheBuilder::from_shared(backend.clone())
-        .configure(|s| s.breaker = BreakerConfig::new(3, Duration::from_millis(300)))
-        .build();
+    let (backend, cache) = failing_behind_breaker(3, Duration::from_millis(300));
     for _ in 0..3 {
         let (v, _) = call(
             &cache,
