@@ -30,6 +30,8 @@
 #              $PROXY_PORT [18400]. Default: "$LITELLM_BIN --config $CFG --host 127.0.0.1 --port $PROXY_PORT"
 #   PROXY_EXTRA_ARGS  appended to the default PROXY_CMD (e.g. "--num_workers 2")
 #   FAKE_PORT [18100]  DIRECT_PORT [18101]  REDIS_PORT [18379]
+#   REDIS_UNIX [none]  1: the redis modes reach Redis through its Unix socket (`unix_socket_path`;
+#              the Redis started here listens on $OUT_DIR/redis.sock too)
 #   DURATION [15]  CONCS ["1 16 64"]  STREAM_CONC [16] (empty: skip)  UPSTREAM_LATENCY_MS [200]
 #   LARGE_KB [none]  e.g. "51 200": also hits of ~51 KB and ~200 KB requests at LARGE_CONCS ["1 16"]
 #   OUT_DIR [./out-proxy]  TAG [mode name] label in results
@@ -201,8 +203,14 @@ NGINX
     redis|redis-store|redis-nostore) [ "$mode" = redis ] || latency=0
            cache_params=$(printf '    type: redis\n    host: 127.0.0.1\n    port: %s' "$REDIS_PORT")
            if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
-             redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT_DIR/redis.log" 2>&1 &
-             PIDS+=("$!"); sleep 0.5; fi ;;
+             redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+               --unixsocket "$OUT_DIR/redis.sock" --unixsocketperm 700 >"$OUT_DIR/redis.log" 2>&1 &
+             PIDS+=("$!"); sleep 0.5; fi
+           if [ -n "${REDIS_UNIX:-}" ]; then
+             sock=$(redis-cli -p "$REDIS_PORT" config get unixsocket | sed -n 2p)
+             [ -n "$sock" ] || { echo "REDIS_UNIX: the Redis on $REDIS_PORT has no Unix socket" >&2; exit 2; }
+             cache_params=$(printf '    type: redis\n    unix_socket_path: %s' "$sock")
+           fi ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
   # LiteLLM skips requests with more than 4 messages unless told otherwise (its max_messages

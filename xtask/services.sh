@@ -67,9 +67,11 @@ redis_server() { # redis_server <port> <dir> [extra args...]
 redis_install() { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; }
 redis_start() {
   local t0; t0=$(now)
-  rm -rf "$SVC_DIR/redis"; redis_server $REDIS_PORT "$SVC_DIR/redis"
+  # Also on a Unix socket (the tests find its path with CONFIG GET unixsocket).
+  rm -rf "$SVC_DIR/redis"; redis_server $REDIS_PORT "$SVC_DIR/redis" \
+    --unixsocket "$SVC_DIR/redis/redis.sock" --unixsocketperm 700
   wait_for 10 pong $REDIS_PORT
-  echo "redis ready on :$REDIS_PORT in $(since "$t0")s"
+  echo "redis ready on :$REDIS_PORT and $SVC_DIR/redis/redis.sock in $(since "$t0")s"
 }
 redis_stop() { kill_pidfile "$SVC_DIR/redis/redis.pid" redis-server; }
 redis_status() { pong $REDIS_PORT; }

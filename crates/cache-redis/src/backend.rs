@@ -22,7 +22,7 @@ use fred::util::redis_keyslot;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::config::{RedisConfig, Topology};
+use crate::config::{RedisConfig, Topology, UnixUrl, is_unix_scheme};
 use crate::coordination::RedisCoordinator;
 use crate::keys::{escape_glob, is_entry_key};
 use crate::reads::Reads;
@@ -447,6 +447,29 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
     }
     let server = |n: &crate::config::Node| Server::new(n.host.as_str(), n.port);
     let mut config = match &c.topology {
+        Topology::Url(url) if is_unix_url(url) => {
+            let u = crate::config::parse_url(url)
+                .map_err(|e| e.to_string())
+                .and_then(|u| UnixUrl::from_url(&u))
+                .map_err(|why| {
+                    CacheError::Config(format!(
+                        "cache_params.url: cannot use {}: {why}",
+                        crate::config::redact_url(url)
+                    ))
+                })?;
+            let mut config = unix_config(u.path)?;
+            config.username = u.username;
+            config.password = u.password;
+            config.database = u.db;
+            config
+        }
+        Topology::Unix(path) => {
+            let mut config = unix_config(path.clone())?;
+            config.username = c.username.clone();
+            config.password = c.password.clone();
+            config.database = c.db;
+            config
+        }
         Topology::Url(url) => {
             // Errors from the URL parser could echo parts of the URL: report only the kind.
             let config = Config::from_url(url).map_err(|e| {
@@ -482,7 +505,7 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
                     username: None,
                     password: c.sentinel_password.clone(),
                 },
-                Topology::Url(_) => unreachable!("handled above"),
+                Topology::Url(_) | Topology::Unix(_) => unreachable!("handled above"),
             };
             let mut config = Config {
                 server,
@@ -513,6 +536,27 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
         _ => Kind::Standalone,
     };
     Ok((config, kind))
+}
+
+fn is_unix_url(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| is_unix_scheme(&scheme.to_ascii_lowercase()))
+}
+
+/// fred's configuration of one server behind the Unix socket at `path`.
+fn unix_config(path: std::path::PathBuf) -> Result<Config> {
+    #[cfg(unix)]
+    return Ok(Config {
+        server: ServerConfig::Unix { path },
+        ..Default::default()
+    });
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Err(CacheError::Config(
+            "cache_params: Unix sockets need a Unix system".to_owned(),
+        ))
+    }
 }
 
 /// rustls with the ring provider chosen explicitly (the one provider of llm-cache's builds:

@@ -7,6 +7,7 @@
 //! service name ⇒ Sentinel, else host/port.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cache_core::params::Params;
@@ -79,10 +80,15 @@ pub enum Topology {
     Standalone(Node),
     /// A URL: `redis://[[user:]password@]host[:port][/db]`, `rediss://` for TLS, and fred's
     /// `redis-cluster://host:port?node=host:port` and
-    /// `redis-sentinel://host:port?sentinelServiceName=name&node=host:port` schemes. Credentials,
-    /// database and TLS come from the URL only (as in LiteLLM, `password`, `db` and `ssl` are
-    /// dropped when a URL is used).
+    /// `redis-sentinel://host:port?sentinelServiceName=name&node=host:port` schemes; a Unix
+    /// socket as redis-py writes it, `unix://[[user:]password@]/path/redis.sock[?db=N]`, or as
+    /// fred does, `redis+unix://[user:password@host]/path/redis.sock`. Credentials, database and
+    /// TLS come from the URL only (as in LiteLLM, `password`, `db` and `ssl` are dropped when a
+    /// URL is used).
     Url(String),
+    /// One server on the same host, through its Unix socket (redis-py's `unix_socket_path`,
+    /// which LiteLLM passes on from `cache_params` and `REDIS_UNIX_SOCKET_PATH`).
+    Unix(PathBuf),
     /// A Redis Cluster, found through any of these seed nodes (LiteLLM `redis_startup_nodes`).
     Cluster(Vec<Node>),
     /// A master found through Sentinel (LiteLLM `sentinel_nodes` + `service_name`).
@@ -100,6 +106,7 @@ impl Topology {
         match self {
             Topology::Standalone(n) => format!("standalone {n}"),
             Topology::Url(u) => format!("url {}", redact_url(u)),
+            Topology::Unix(path) => format!("unix {}", path.display()),
             Topology::Cluster(nodes) => format!("cluster {}", join(nodes)),
             Topology::Sentinel {
                 nodes,
@@ -123,9 +130,10 @@ fn join(nodes: &[Node]) -> String {
         .join(",")
 }
 
-/// A URL with its password (and any `sentinelPassword` query value) replaced by `***`.
+/// A URL with its password (and any `password` or `sentinelPassword` query value) replaced by
+/// `***`.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
+    match parse_url(raw) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
@@ -133,7 +141,9 @@ pub fn redact_url(raw: &str) -> String {
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if k.eq_ignore_ascii_case("sentinelPassword") {
+                    let v = if k.eq_ignore_ascii_case("sentinelPassword")
+                        || k.eq_ignore_ascii_case("password")
+                    {
                         "***".to_owned()
                     } else {
                         v.into_owned()
@@ -234,6 +244,11 @@ impl RedisConfig {
     /// A URL (see [`Topology::Url`]).
     pub fn url(url: impl Into<String>) -> Self {
         Self::new(Topology::Url(url.into()))
+    }
+
+    /// One server through its Unix socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        Self::new(Topology::Unix(path.into()))
     }
 
     /// A Redis Cluster found through `nodes`.
@@ -449,11 +464,12 @@ impl Reader<'_> {
         let explicit = cluster_key.is_some()
             || url_key.is_some()
             || self.p.has("sentinel_nodes")
+            || self.p.has("unix_socket_path")
             || self.p.has("host");
         // An explicit topology key makes every topology variable irrelevant (LiteLLM ignores
         // REDIS_URL when host/startup_nodes/sentinel_nodes are given; we extend that to
         // REDIS_CLUSTER_NODES and REDIS_SENTINEL_NODES, so explicit configuration always wins).
-        let (cluster, url, sentinel, host) = if explicit {
+        let (cluster, url, sentinel, socket, host) = if explicit {
             (
                 match cluster_key {
                     Some(k) => self.nodes(k, None)?,
@@ -464,6 +480,7 @@ impl Reader<'_> {
                     None => None,
                 },
                 self.nodes("sentinel_nodes", None)?,
+                self.p.string("unix_socket_path")?,
                 self.p.string("host")?,
             )
         } else {
@@ -471,6 +488,7 @@ impl Reader<'_> {
                 self.nodes("redis_startup_nodes", Some("REDIS_CLUSTER_NODES"))?,
                 self.var("REDIS_URL"),
                 self.nodes("sentinel_nodes", Some("REDIS_SENTINEL_NODES"))?,
+                self.var("REDIS_UNIX_SOCKET_PATH"),
                 self.var("REDIS_HOST"),
             )
         };
@@ -507,13 +525,30 @@ impl Reader<'_> {
                 nodes,
                 service_name,
             }
+        } else if let Some(path) = socket {
+            // As redis-py: a socket path wins over `host`/`port`.
+            if path.trim().is_empty() {
+                return Err(self.named(
+                    "unix_socket_path",
+                    "REDIS_UNIX_SOCKET_PATH",
+                    "expected the path of the server's Unix socket, got an empty string".to_owned(),
+                ));
+            }
+            if !cfg!(unix) {
+                return Err(self.named(
+                    "unix_socket_path",
+                    "REDIS_UNIX_SOCKET_PATH",
+                    "Unix sockets need a Unix system".to_owned(),
+                ));
+            }
+            Topology::Unix(PathBuf::from(path))
         } else if let Some(host) = host.filter(|h| !h.is_empty()) {
             let port = self.port("port", "REDIS_PORT")?.unwrap_or(DEFAULT_PORT);
             Topology::Standalone(Node::new(host, port))
         } else {
             return Err(CacheError::Config(
                 "cache_params: Redis needs `host` (or REDIS_HOST), `url` (or REDIS_URL), \
-                 `redis_startup_nodes` (or REDIS_CLUSTER_NODES) or `sentinel_nodes` + \
+                 `unix_socket_path` (or REDIS_UNIX_SOCKET_PATH), `redis_startup_nodes` (or REDIS_CLUSTER_NODES) or `sentinel_nodes` + \
                  `service_name` (or REDIS_SENTINEL_NODES + REDIS_SERVICE_NAME)"
                     .to_owned(),
             ));
@@ -527,6 +562,13 @@ impl Reader<'_> {
             c.username = self.string("username", "REDIS_USERNAME")?;
             c.password = self.string("password", "REDIS_PASSWORD")?;
             c.tls = self.bool("ssl", "REDIS_SSL")?.unwrap_or(false);
+            if c.tls && matches!(c.topology, Topology::Unix(_)) {
+                return Err(self.named(
+                    "ssl",
+                    "REDIS_SSL",
+                    "TLS does not apply to a Unix socket (`unix_socket_path`)".to_owned(),
+                ));
+            }
             let db = if is_cluster && !self.p.has("db") {
                 None // a global REDIS_DB does not apply to a Cluster
             } else {
@@ -590,7 +632,10 @@ impl Reader<'_> {
 
 /// Checks a URL's syntax and scheme without echoing it (it may hold a password).
 fn check_url(raw: &str) -> std::result::Result<(), String> {
-    let u = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+    let u = parse_url(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+    if is_unix_scheme(u.scheme()) {
+        return UnixUrl::from_url(&u).map(drop);
+    }
     const SCHEMES: &[&str] = &[
         "redis",
         "rediss",
@@ -607,7 +652,7 @@ fn check_url(raw: &str) -> std::result::Result<(), String> {
     ];
     if !SCHEMES.contains(&u.scheme()) {
         return Err(format!(
-            "unsupported URL scheme `{}` (expected redis://, rediss://, redis-cluster:// or redis-sentinel://)",
+            "unsupported URL scheme `{}` (expected redis://, rediss://, redis-cluster://, redis-sentinel:// or unix://)",
             u.scheme()
         ));
     }
@@ -626,6 +671,85 @@ fn check_url(raw: &str) -> std::result::Result<(), String> {
         return Err("a redis-sentinel:// URL needs ?sentinelServiceName=<name>".to_owned());
     }
     Ok(())
+}
+
+/// Parses a Redis URL. redis-py's `unix://user:password@/path` has credentials but no host, which
+/// a URL parser rejects: a placeholder host (ignored, as in fred's `redis+unix://` form) goes in.
+pub(crate) fn parse_url(raw: &str) -> std::result::Result<url::Url, url::ParseError> {
+    if let Some((scheme, rest)) = raw.split_once("://")
+        && is_unix_scheme(&scheme.to_ascii_lowercase())
+        && let Some((userinfo, path)) = rest.split_once("@/")
+        && !userinfo.contains('/')
+    {
+        return url::Url::parse(&format!("{scheme}://{userinfo}@localhost/{path}"));
+    }
+    url::Url::parse(raw)
+}
+
+/// Whether a URL scheme names a Unix socket: redis-py's `unix`, fred's `redis+unix` (and
+/// `valkey+unix`).
+pub(crate) fn is_unix_scheme(scheme: &str) -> bool {
+    matches!(scheme, "unix" | "redis+unix" | "valkey+unix")
+}
+
+/// A Unix-socket URL's parts.
+#[derive(Debug, PartialEq)]
+pub(crate) struct UnixUrl {
+    pub(crate) path: PathBuf,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) db: Option<u8>,
+}
+
+impl UnixUrl {
+    /// Parses `unix://[[user:]password@]/path/redis.sock[?db=N&username=U&password=P]`
+    /// (redis-py's form: credentials in the URL win over the query's) or fred's
+    /// `redis+unix://[user:password@host]/path` (the host, needed only to carry credentials,
+    /// is ignored). Errors never echo the URL (it may hold a password).
+    pub(crate) fn from_url(u: &url::Url) -> std::result::Result<Self, String> {
+        if !cfg!(unix) {
+            return Err("Unix sockets need a Unix system".to_owned());
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let path = decode(u.path());
+        if path.is_empty() || path == "/" {
+            return Err(
+                "a unix:// URL needs the socket's path (unix:///path/to/redis.sock)".to_owned(),
+            );
+        }
+        let mut out = UnixUrl {
+            path: PathBuf::from(path),
+            username: None,
+            password: None,
+            db: None,
+        };
+        for (k, v) in u.query_pairs() {
+            match k.as_ref() {
+                "db" => {
+                    out.db = Some(v.trim().parse::<u8>().map_err(|_| {
+                        format!(
+                            "db in a unix:// URL: expected a database number (0-255), got {v:?}"
+                        )
+                    })?);
+                }
+                "password" => out.password = Some(v.into_owned()),
+                "username" => out.username = Some(v.into_owned()),
+                // redis-py's connection options (socket_timeout, ...) have their own keys here.
+                _ => {}
+            }
+        }
+        if !u.username().is_empty() {
+            out.username = Some(decode(u.username()));
+        }
+        if let Some(p) = u.password() {
+            out.password = Some(decode(p));
+        }
+        Ok(out)
+    }
 }
 
 /// Parses a node list: `[{host, port}, ...]` (LiteLLM `redis_startup_nodes`),
@@ -774,6 +898,91 @@ mod tests {
         assert!(check_url("h:1").is_err());
         let err = check_url("redis://user:topsecret@:1").unwrap_err();
         assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn unix_socket_urls() {
+        let parse = |raw: &str| UnixUrl::from_url(&parse_url(raw).unwrap());
+        let unix = |path: &str, user: Option<&str>, pw: Option<&str>, db: Option<u8>| UnixUrl {
+            path: path.into(),
+            username: user.map(Into::into),
+            password: pw.map(Into::into),
+            db,
+        };
+        assert_eq!(
+            parse("unix:///tmp/r.sock").unwrap(),
+            unix("/tmp/r.sock", None, None, None)
+        );
+        // redis-py's query options; `+` in a password is a plus, not a space.
+        assert_eq!(
+            parse("unix:///tmp/r.sock?db=3&password=p%2Bq+r&socket_timeout=5").unwrap(),
+            unix("/tmp/r.sock", None, Some("p+q r"), Some(3))
+        );
+        // Credentials in the URL win over the query's (as in redis-py).
+        assert_eq!(
+            parse("unix://u:s%40cret@/tmp/r.sock?password=other&username=x").unwrap(),
+            unix("/tmp/r.sock", Some("u"), Some("s@cret"), None)
+        );
+        // fred's form: the host only carries the credentials.
+        assert_eq!(
+            parse("redis+unix://u:pw@ignored/var/run/redis/redis.sock").unwrap(),
+            unix("/var/run/redis/redis.sock", Some("u"), Some("pw"), None)
+        );
+        assert_eq!(
+            parse("unix:///tmp/my%20dir/r.sock").unwrap(),
+            unix("/tmp/my dir/r.sock", None, None, None)
+        );
+        for bad in ["unix:///", "unix://", "redis+unix://h"] {
+            assert!(parse(bad).unwrap_err().contains("socket's path"), "{bad}");
+        }
+        let err = check_url("unix://:topsecret@/tmp/r.sock?db=300").unwrap_err();
+        assert!(err.contains("0-255") && !err.contains("topsecret"), "{err}");
+        assert!(check_url("unix:///tmp/r.sock?db=2").is_ok());
+        assert!(check_url("redis+unix:///tmp/r.sock").is_ok());
+        let r = redact_url("unix:///tmp/r.sock?db=1&password=hunter2");
+        assert!(!r.contains("hunter2") && r.contains("db=1"), "{r}");
+        let r = redact_url("unix://:hunter2@/tmp/r.sock");
+        assert!(!r.contains("hunter2") && r.contains("/tmp/r.sock"), "{r}");
+    }
+
+    #[test]
+    fn unix_socket_path_param() {
+        let cfg = |v: Value, env: &dyn Fn(&str) -> Option<String>| {
+            RedisConfig::from_params_with_env(&params(v), env)
+        };
+        let c = cfg(
+            json!({"unix_socket_path": "/tmp/r.sock", "password": "pw", "db": 2}),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.topology, Topology::Unix("/tmp/r.sock".into()));
+        assert_eq!((c.password.as_deref(), c.db), (Some("pw"), Some(2)));
+        assert_eq!(c.topology.describe(), "unix /tmp/r.sock");
+        // As redis-py: the socket wins over host/port.
+        let c = cfg(
+            json!({"host": "h", "port": 1, "unix_socket_path": "/tmp/r.sock"}),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.topology, Topology::Unix("/tmp/r.sock".into()));
+        // From the environment when nothing explicit is given; an explicit host ignores it.
+        let env = |k: &str| (k == "REDIS_UNIX_SOCKET_PATH").then(|| "/run/r.sock".to_owned());
+        let c = cfg(json!({}), &env).unwrap();
+        assert_eq!(c.topology, Topology::Unix("/run/r.sock".into()));
+        let c = cfg(json!({"host": "h"}), &env).unwrap();
+        assert_eq!(c.topology, Topology::Standalone(Node::new("h", 6379)));
+        // TLS does not apply; an empty path is a clear error.
+        let err = cfg(
+            json!({"unix_socket_path": "/tmp/r.sock", "ssl": true}),
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("TLS does not apply"), "{err}");
+        let err = cfg(json!({"unix_socket_path": " "}), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unix_socket_path"), "{err}");
     }
 
     #[test]

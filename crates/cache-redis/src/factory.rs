@@ -27,6 +27,7 @@ pub const KEYS: &[&str] = &[
     "socket_connect_timeout",
     "max_connections",
     "ssl_ca_certs",
+    "unix_socket_path",
     "default_in_redis_ttl",
     "default_redis_ttl",
 ];

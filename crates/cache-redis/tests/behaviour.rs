@@ -105,6 +105,52 @@ fn clear_is_glob_safe_cluster() {
     });
 }
 
+/// A Redis on the same host through its Unix socket, configured as LiteLLM would pass it on
+/// (`unix_socket_path` with `db`, and a redis-py `unix://` URL with `?db=`): the writes land in
+/// that database of that server (read back over TCP), and the server sees socket clients.
+#[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
+fn unix_socket_reaches_the_server_and_its_database() {
+    rt().block_on(async {
+        let Some(path) = common::standalone_socket() else {
+            return;
+        };
+        let params = cache_core::params::Params::new(
+            json!({"unix_socket_path": path, "db": 6})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            "cache_params",
+        );
+        let by_param = cache_redis::RedisConfig::from_params_with_env(&params, |_| None).unwrap();
+        let by_url = cache_redis::RedisConfig::url(format!("unix://{path}?db=7"));
+        for (config, db) in [(by_param, "6"), (by_url, "7")] {
+            let described = config.topology.describe();
+            let Some(b) = common::connected(config, "redis (Unix socket)").await else {
+                return;
+            };
+            let key = entry_key(Some(&unique("unix")), 1);
+            b.set(&key, Bytes::from_static(b"over the socket"), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                cli(STANDALONE_PORT, &["-n", db, "get", &key]),
+                "over the socket",
+                "{described}: the entry is not in database {db}"
+            );
+            assert_eq!(cli(STANDALONE_PORT, &["-n", "0", "exists", &key]), "0");
+            let clients = cli(STANDALONE_PORT, &["client", "list"]);
+            assert!(
+                clients
+                    .lines()
+                    .any(|l| l.contains(&format!("addr={path}")) && l.contains(&format!("db={db}"))),
+                "{described}: no client on the socket in database {db}:\n{clients}"
+            );
+            b.delete(&key).await.unwrap();
+        }
+    });
+}
+
 /// `clear(None)` removes the cache's entries (key `hash` or `ns:hash`, value an envelope of
 /// either form) and nothing else: not other keys, and not another application's values under
 /// 64-hex keys (a LiteLLM entry, a hash). Runs in database 9 of the shared server, which nothing

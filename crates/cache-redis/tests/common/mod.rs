@@ -57,6 +57,33 @@ pub async fn standalone_db(db: u8) -> Option<RedisBackend> {
     .await
 }
 
+/// The Unix socket of the shared standalone server (it answers `CONFIG GET unixsocket`).
+pub fn standalone_socket() -> Option<String> {
+    if !reachable(STANDALONE_PORT) {
+        return service_unavailable("redis (127.0.0.1:17001)", "connection refused");
+    }
+    let out = cli(STANDALONE_PORT, &["config", "get", "unixsocket"]);
+    match out.lines().nth(1).map(str::trim) {
+        Some(path) if !path.is_empty() => Some(path.to_owned()),
+        _ => service_unavailable(
+            "redis on a Unix socket",
+            "the redis service listens on no Unix socket (it was started before it did): \
+             `cargo xtask services down redis && cargo xtask services up redis`",
+        ),
+    }
+}
+
+/// The shared standalone server through its Unix socket, named by a redis-py-style URL
+/// (`unix:///path?db=N`), in database `db`.
+pub async fn standalone_unix(db: u8) -> Option<RedisBackend> {
+    let path = standalone_socket()?;
+    connected(
+        RedisConfig::url(format!("unix://{path}?db={db}")),
+        "redis (Unix socket)",
+    )
+    .await
+}
+
 pub async fn standalone() -> Option<RedisBackend> {
     standalone_db(0).await
 }
