@@ -146,6 +146,11 @@ fn unix_socket_reaches_the_server_and_its_database() {
                     .any(|l| l.contains(&format!("addr={path}")) && l.contains(&format!("db={db}"))),
                 "{described}: no client on the socket in database {db}:\n{clients}"
             );
+            let health = b.ping().await.unwrap();
+            assert!(
+                health.details["address"].contains(&path),
+                "{described}: {health:?}"
+            );
             b.delete(&key).await.unwrap();
         }
     });
