@@ -35,7 +35,7 @@ for _ in $(seq "$ROUNDS"); do
     until curl -sf -o /dev/null "http://127.0.0.1:$PROXY_PORT/health/liveliness"; do
       kill -0 "$P" 2>/dev/null || { echo "$bin did not start" >&2; exit 1; }; sleep 0.1; done
     curl -s -o /dev/null -H "Authorization: Bearer $AUTH" -H 'Content-Type: application/json' --data-binary @"$BODY" "$URL"
-    BODY_FILE=$BODY wrk -t2 -c"$C" -d1s -s "$HERE/${SCRIPT:-post.lua}" "$URL" >/dev/null
+    BODY_FILE=$BODY wrk -t$((C < 2 ? C : 2)) -c"$C" -d1s -s "$HERE/${SCRIPT:-post.lua}" "$URL" >/dev/null
     c0=$(cpu_ns "$P"); v0=$(vcs "$P")
     out=$(BODY_FILE=$BODY wrk -t$((C < 2 ? C : 2)) -c"$C" -d"${D}s" -s "$HERE/${SCRIPT:-post.lua}" "$URL" | grep '^RESULT')
     c1=$(cpu_ns "$P"); v1=$(vcs "$P")

@@ -859,7 +859,14 @@ impl CacheBackend for RedisBackend {
                     .to_owned()
             }
         };
-        let mut addrs: Vec<String> = servers.iter().map(Server::to_string).collect();
+        // A Unix socket is a path (fred gives it port 0).
+        let mut addrs: Vec<String> = servers
+            .iter()
+            .map(|s| match s.port {
+                0 => s.host.to_string(),
+                _ => s.to_string(),
+            })
+            .collect();
         addrs.sort();
         let health = Health::new(NAME, latency)
             .with_detail("topology", self.kind.as_str())

@@ -147,10 +147,7 @@ fn unix_socket_reaches_the_server_and_its_database() {
                 "{described}: no client on the socket in database {db}:\n{clients}"
             );
             let health = b.ping().await.unwrap();
-            assert!(
-                health.details["address"].contains(&path),
-                "{described}: {health:?}"
-            );
+            assert_eq!(health.details["address"], path, "{described}: {health:?}");
             b.delete(&key).await.unwrap();
         }
     });
