@@ -67,11 +67,14 @@ redis_server() { # redis_server <port> <dir> [extra args...]
 redis_install() { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; }
 redis_start() {
   local t0; t0=$(now)
-  # Also on a Unix socket (the tests find its path with CONFIG GET unixsocket).
+  # Also on a Unix socket (the tests find its path with CONFIG GET unixsocket). A socket path
+  # has at most 107 bytes: a deep checkout puts it in /tmp instead.
+  local sock="$SVC_DIR/redis/redis.sock"
+  [ ${#sock} -le 100 ] || sock="/tmp/llm-cache-redis-$REDIS_PORT.sock"
   rm -rf "$SVC_DIR/redis"; redis_server $REDIS_PORT "$SVC_DIR/redis" \
-    --unixsocket "$SVC_DIR/redis/redis.sock" --unixsocketperm 700
+    --unixsocket "$sock" --unixsocketperm 700
   wait_for 10 pong $REDIS_PORT
-  echo "redis ready on :$REDIS_PORT and $SVC_DIR/redis/redis.sock in $(since "$t0")s"
+  echo "redis ready on :$REDIS_PORT and $sock in $(since "$t0")s"
 }
 redis_stop() { kill_pidfile "$SVC_DIR/redis/redis.pid" redis-server; }
 redis_status() { pong $REDIS_PORT; }
