@@ -226,3 +226,67 @@ fn starts_degraded_and_recovers_when_redis_appears() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Redis reached through its Unix socket is killed, then started again: while it is down,
+/// reads fail fast with a transient error (a miss for the cache: the socket file is stale or
+/// gone); when it is back on the same socket, the backend reconnects by itself.
+#[test]
+#[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
+fn a_restarted_server_is_reached_again_through_its_socket() {
+    if !common::have_redis_server() {
+        service_unavailable::<()>("redis-server", "the binary is not installed");
+        return;
+    }
+    let dir = temp_dir("sock");
+    let sock = dir.join("r.sock");
+    let sock_s = sock.to_str().unwrap().to_owned();
+    let mut server = Server::start(&dir, &["--unixsocket", &sock_s, "--unixsocketperm", "700"]);
+    let rt = cache_core::testing::runtime();
+    let backend = rt.block_on(async {
+        let b = RedisBackend::connect(RedisConfig::unix(&sock))
+            .await
+            .unwrap();
+        b.wait_connected(Duration::from_secs(5)).await.unwrap();
+        b.set("sock:k", "before".into(), None).await.unwrap();
+        b
+    });
+    server.kill();
+    rt.block_on(async {
+        // The client notices the closed socket; from then on reads fail fast.
+        let t = Instant::now();
+        loop {
+            match backend.get("sock:k").await {
+                Err(e) => {
+                    assert!(e.is_transient(), "{e}");
+                    break;
+                }
+                Ok(_) => assert!(t.elapsed() < Duration::from_secs(5), "still answering"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t = Instant::now();
+        assert!(backend.get("sock:k").await.is_err());
+        assert!(
+            t.elapsed() < READ_DEADLINE,
+            "failed fast: {:?}",
+            t.elapsed()
+        );
+    });
+    server.restart();
+    let up = Instant::now();
+    rt.block_on(async {
+        loop {
+            if backend.set("sock:k", "after".into(), None).await.is_ok() {
+                break;
+            }
+            assert!(up.elapsed() < Duration::from_secs(5), "no reconnection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            backend.get("sock:k").await.unwrap().as_deref(),
+            Some(&b"after"[..])
+        );
+    });
+    eprintln!("reconnected {:?} after the restart", up.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
