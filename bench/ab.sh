@@ -26,6 +26,9 @@ P=
 trap 'kill $FAKE ${P:-} 2>/dev/null || true' EXIT
 sleep 1.5
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
+# utime + stime of the process in ns (clock ticks: coarse, but the kernel leaves stolen time out)
+tick_ns() { sed 's/.*) //' /proc/"$1"/stat | awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($12 + $13) * 1e9 / hz}'; }
+steal() { awk '/^cpu / {print $9}' /proc/stat; }
 vcs() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/ {v += $2} END {printf "%.0f\n", v}'; }
 for _ in $(seq "$ROUNDS"); do
   for bin in $BINS; do
@@ -36,12 +39,13 @@ for _ in $(seq "$ROUNDS"); do
       kill -0 "$P" 2>/dev/null || { echo "$bin did not start" >&2; exit 1; }; sleep 0.1; done
     curl -s -o /dev/null -H "Authorization: Bearer $AUTH" -H 'Content-Type: application/json' --data-binary @"$BODY" "$URL"
     BODY_FILE=$BODY wrk -t$((C < 2 ? C : 2)) -c"$C" -d1s -s "$HERE/${SCRIPT:-post.lua}" "$URL" >/dev/null
-    c0=$(cpu_ns "$P"); v0=$(vcs "$P")
+    c0=$(cpu_ns "$P"); v0=$(vcs "$P"); t0=$(tick_ns "$P"); s0=$(steal)
     out=$(BODY_FILE=$BODY wrk -t$((C < 2 ? C : 2)) -c"$C" -d"${D}s" -s "$HERE/${SCRIPT:-post.lua}" "$URL" | grep '^RESULT')
-    c1=$(cpu_ns "$P"); v1=$(vcs "$P")
+    c1=$(cpu_ns "$P"); v1=$(vcs "$P"); t1=$(tick_ns "$P"); s1=$(steal)
     n=$(echo "$out" | sed 's/.*requests=\([0-9]*\).*/\1/'); rps=$(echo "$out" | sed 's/.*rps=\([0-9.]*\).*/\1/')
-    awk -v b="$bin" -v n="$n" -v c="$((c1 - c0))" -v v="$((v1 - v0))" -v rps="$rps" -v l="$(cut -d' ' -f1 /proc/loadavg)" \
-      'BEGIN {printf "%-40s %8.0f req/s  %6.1f us CPU/req  %.2f vol. switches/req  load %s\n", b, rps, c / n / 1000, v / n, l}'
+    awk -v b="$bin" -v n="$n" -v c="$((c1 - c0))" -v t="$((t1 - t0))" -v v="$((v1 - v0))" -v rps="$rps" \
+      -v st="$(( (s1 - s0) * 100 / $(getconf CLK_TCK) / D ))" -v l="$(cut -d' ' -f1 /proc/loadavg)" \
+      'BEGIN {printf "%-40s %8.0f req/s  %6.1f us CPU/req (ticks: %6.1f)  %.2f vol. switches/req  steal %s%% of a CPU  load %s\n", b, rps, c / n / 1000, t / n / 1000, v / n, st / 1, l}'
     kill "$P"; while kill -0 "$P" 2>/dev/null; do sleep 0.1; done; P=
   done
 done
