@@ -134,6 +134,9 @@ fn is_transient(e: &FredError) -> bool {
         ErrorKind::Unknown => {
             let d = e.details();
             [
+                // fred's router with no connection to send on (the server went away and the
+                // reconnection has not finished): a connection failure like `IO`.
+                "Failed to route command",
                 "READONLY",
                 "LOADING",
                 "MASTERDOWN",
@@ -878,5 +881,50 @@ impl CacheBackend for RedisBackend {
             Kind::Cluster => health.with_detail("masters", addrs.join(",")),
             Kind::Sentinel => health.with_detail("master", addrs.join(",")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connection-level failures are transient (they count toward the breaker and may be
+    /// retried); a command the server rejects for what it is, is not.
+    #[test]
+    fn transient_errors() {
+        for (kind, details) in [
+            (ErrorKind::IO, "connection reset"),
+            (ErrorKind::Timeout, "timed out"),
+            (ErrorKind::Routing, "Failed to route command."),
+            // What fred answers while a dead server's connection is being replaced.
+            (ErrorKind::Unknown, "Failed to route command."),
+            (
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+            (
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+            ),
+        ] {
+            assert!(
+                is_transient(&FredError::new(kind.clone(), details)),
+                "{kind:?} {details}"
+            );
+        }
+        for (kind, details) in [
+            (
+                ErrorKind::Unknown,
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+            ),
+            (ErrorKind::Unknown, "ERR unknown command"),
+            (ErrorKind::Parse, "bad frame"),
+            (ErrorKind::Auth, "WRONGPASS"),
+        ] {
+            assert!(
+                !is_transient(&FredError::new(kind.clone(), details)),
+                "{kind:?} {details}"
+            );
+        }
     }
 }
