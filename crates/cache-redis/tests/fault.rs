@@ -228,8 +228,8 @@ fn starts_degraded_and_recovers_when_redis_appears() {
 }
 
 /// A Redis reached through its Unix socket is killed, then started again: while it is down,
-/// reads fail fast with a transient error (a miss for the cache: the socket file is stale or
-/// gone); when it is back on the same socket, the backend reconnects by itself.
+/// reads fail with a transient error (a miss for the cache, and a failure its breaker counts);
+/// when it is back on the same socket, the backend reconnects by itself.
 #[test]
 #[ignore = "needs the redis test service: `cargo xtask services up redis`, then `cargo test -- --include-ignored` (cargo xtask test does both)"]
 fn a_restarted_server_is_reached_again_through_its_socket() {
@@ -252,7 +252,7 @@ fn a_restarted_server_is_reached_again_through_its_socket() {
     });
     server.kill();
     rt.block_on(async {
-        // The client notices the closed socket; from then on reads fail fast.
+        // The client notices the closed socket; from then on reads fail.
         let t = Instant::now();
         loop {
             match backend.get("sock:k").await {
@@ -264,13 +264,11 @@ fn a_restarted_server_is_reached_again_through_its_socket() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let t = Instant::now();
-        assert!(backend.get("sock:k").await.is_err());
-        assert!(
-            t.elapsed() < READ_DEADLINE,
-            "failed fast: {:?}",
-            t.elapsed()
-        );
+        // Still down: every read is a transient error. (It may take up to the command timeout
+        // while fred waits for a connection; the cache's read deadline bounds what a request
+        // waits, as `redis_paused_then_killed_mid_stream_never_fails_a_call` checks.)
+        let e = backend.get("sock:k").await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
     });
     server.restart();
     let up = Instant::now();
