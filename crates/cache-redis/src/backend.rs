@@ -22,7 +22,7 @@ use fred::util::redis_keyslot;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::config::{RedisConfig, Topology, UnixUrl, is_unix_scheme};
+use crate::config::{RedisConfig, Topology, UnixUrl, is_unix_url};
 use crate::coordination::RedisCoordinator;
 use crate::keys::{escape_glob, is_entry_key};
 use crate::reads::Reads;
@@ -460,19 +460,14 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
                         crate::config::redact_url(url)
                     ))
                 })?;
-            let mut config = unix_config(u.path)?;
-            config.username = u.username;
-            config.password = u.password;
-            config.database = u.db;
-            config
+            unix_config(u)?
         }
-        Topology::Unix(path) => {
-            let mut config = unix_config(path.clone())?;
-            config.username = c.username.clone();
-            config.password = c.password.clone();
-            config.database = c.db;
-            config
-        }
+        Topology::Unix(path) => unix_config(UnixUrl {
+            path: path.clone(),
+            username: c.username.clone(),
+            password: c.password.clone(),
+            db: c.db,
+        })?,
         Topology::Url(url) => {
             // Errors from the URL parser could echo parts of the URL: report only the kind.
             let config = Config::from_url(url).map_err(|e| {
@@ -541,21 +536,19 @@ fn fred_config(c: &RedisConfig) -> Result<(Config, Kind)> {
     Ok((config, kind))
 }
 
-fn is_unix_url(url: &str) -> bool {
-    url.split_once("://")
-        .is_some_and(|(scheme, _)| is_unix_scheme(&scheme.to_ascii_lowercase()))
-}
-
-/// fred's configuration of one server behind the Unix socket at `path`.
-fn unix_config(path: std::path::PathBuf) -> Result<Config> {
+/// fred's configuration of one server behind a Unix socket, with its credentials and database.
+fn unix_config(u: UnixUrl) -> Result<Config> {
     #[cfg(unix)]
     return Ok(Config {
-        server: ServerConfig::Unix { path },
+        server: ServerConfig::Unix { path: u.path },
+        username: u.username,
+        password: u.password,
+        database: u.db,
         ..Default::default()
     });
     #[cfg(not(unix))]
     {
-        let _ = path;
+        let _ = u;
         Err(CacheError::Config(
             "cache_params: Unix sockets need a Unix system".to_owned(),
         ))

@@ -676,8 +676,8 @@ fn check_url(raw: &str) -> std::result::Result<(), String> {
 /// Parses a Redis URL. redis-py's `unix://user:password@/path` has credentials but no host, which
 /// a URL parser rejects: a placeholder host (ignored, as in fred's `redis+unix://` form) goes in.
 pub(crate) fn parse_url(raw: &str) -> std::result::Result<url::Url, url::ParseError> {
-    if let Some((scheme, rest)) = raw.split_once("://")
-        && is_unix_scheme(&scheme.to_ascii_lowercase())
+    if is_unix_url(raw)
+        && let Some((scheme, rest)) = raw.split_once("://")
         && let Some((userinfo, path)) = rest.split_once("@/")
         && !userinfo.contains('/')
     {
@@ -686,13 +686,20 @@ pub(crate) fn parse_url(raw: &str) -> std::result::Result<url::Url, url::ParseEr
     url::Url::parse(raw)
 }
 
+/// Whether a URL (not yet parsed) names a Unix socket.
+pub(crate) fn is_unix_url(raw: &str) -> bool {
+    raw.split_once("://")
+        .is_some_and(|(scheme, _)| is_unix_scheme(&scheme.to_ascii_lowercase()))
+}
+
 /// Whether a URL scheme names a Unix socket: redis-py's `unix`, fred's `redis+unix` (and
 /// `valkey+unix`).
 pub(crate) fn is_unix_scheme(scheme: &str) -> bool {
     matches!(scheme, "unix" | "redis+unix" | "valkey+unix")
 }
 
-/// A Unix-socket URL's parts.
+/// A Unix socket with its credentials and database (from a `unix://` URL, or from
+/// `unix_socket_path` and the other keys).
 #[derive(Debug, PartialEq)]
 pub(crate) struct UnixUrl {
     pub(crate) path: PathBuf,
