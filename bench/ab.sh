@@ -26,7 +26,8 @@ P=
 trap 'kill $FAKE ${P:-} 2>/dev/null || true' EXIT
 sleep 1.5
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
-# utime + stime of the process in ns (clock ticks: coarse, but the kernel leaves stolen time out)
+# utime + stime of the process in ns (clock ticks: coarse; on this VM they include stolen time,
+# as schedstat does: read them with the steal column)
 tick_ns() { sed 's/.*) //' /proc/"$1"/stat | awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($12 + $13) * 1e9 / hz}'; }
 steal() { awk '/^cpu / {print $9}' /proc/stat; }
 vcs() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/ {v += $2} END {printf "%.0f\n", v}'; }
